@@ -1,0 +1,44 @@
+"""Model, signature and tensor names: the one place they are defined.
+
+The export code (trainer/export.py) and every client (serving/client.py, the CLI,
+the benchmarks, the tests) import these, so a renamed tensor cannot drift between
+the two sides. Plain Python, no TensorFlow import.
+"""
+
+from trainer import features as F
+
+# Model names: one directory each under the serving base path, TF Serving's layout
+# <base_path>/<model>/<version>/saved_model.pb.
+RETRIEVAL_MODEL = "retrieval"
+RETRIEVAL_BRUTE_FORCE_MODEL = "retrieval_brute_force"
+RANKING_MODEL = "ranking"
+ALL_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL)
+
+# Signatures.
+RECOMMEND_SIGNATURE = "recommend"  # retrieval: query features -> top-k item ids + scores
+QUERY_EMBEDDING_SIGNATURE = "query_embedding"  # retrieval: query features -> [B, D]
+CANDIDATE_EMBEDDING_SIGNATURE = "candidate_embedding"  # retrieval: item ids -> [B, D]
+SCORE_SIGNATURE = "score"  # ranking: query features + candidates -> score per head
+DEFAULT_SIGNATURE = "serving_default"  # alias of recommend / score
+
+# Input tensors of recommend / query_embedding / score (batch-major).
+USER_ID = F.USER_ID  # string [B]
+HISTORY_ITEM_IDS = F.HISTORY_ITEM_IDS  # string [B, H], padded with "" (optional)
+HOUR_OF_DAY = F.HOUR_OF_DAY  # int64 [B] (optional)
+DAY_OF_WEEK = F.DAY_OF_WEEK  # int64 [B] (optional)
+HOURS_SINCE_PREV_EVENT = F.HOURS_SINCE_PREV_EVENT  # float32 [B] (optional)
+K = "k"  # int32 scalar: how many items recommend returns (<= the export's max_k)
+EXCLUDE_HISTORY = "exclude_history"  # bool scalar: drop history items (default true)
+CANDIDATE_ITEM_IDS = "candidate_item_ids"  # string [B, C]: ranking candidates
+ITEM_IDS_INPUT = F.ITEM_ID  # string [B]: candidate_embedding input
+
+# Output tensors.
+OUT_ITEM_IDS = "item_ids"  # string [B, k]
+OUT_SCORES = "scores"  # float32 [B, k]
+OUT_EMBEDDING = "embedding"  # float32 [B, D]
+OUT_RATING = "rating"  # float32 [B, C]: predicted rating
+OUT_ENGAGEMENT = "engagement"  # float32 [B, C]: probability of engagement
+
+# Warmup file, TF Serving's convention.
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"

@@ -1,0 +1,7 @@
+"""TFX pipeline: dataset adapters, example builder, components, runners and the CLI."""
+
+# TFRS needs Keras 2: select tf-keras before TensorFlow is imported anywhere.
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,240 @@
+"""Typed pipeline configuration, parsed once from YAML; unknown keys are errors.
+
+One frozen dataclass per scope. ``load_config(path)`` returns a ``PipelineConfig``;
+relative paths in it are resolved against the repository root (the directory that
+holds ``configs/``), so commands work from any working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from trainer import features as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file is malformed; the message says where and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EventsTable:
+    path: str
+    # Canonical role -> column name in the user's table. Required: user, item, timestamp.
+    # Optional: rating, weight, event_type.
+    columns: dict[str, str]
+    format: str = ""  # csv | parquet; empty: from the file extension
+    # Optional event_type -> label weight (implicit feedback with typed events).
+    event_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Timestamps in the table: "unix_seconds" (int/float) or "iso8601" strings.
+    timestamp_format: str = "unix_seconds"
+
+
+@dataclasses.dataclass(frozen=True)
+class SideTable:
+    path: str
+    id_column: str
+    # column -> kind (categorical | numeric | text | multi_valued)
+    features: dict[str, str]
+    format: str = ""
+    multi_value_separator: str = "|"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    events: EventsTable
+    users: Optional[SideTable] = None
+    items: Optional[SideTable] = None
+    # How to materialize the tables when they are missing: movielens_100k,
+    # synthetic_implicit, or none (the user provides them).
+    fetch: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    strategy: str = "global_time"  # global_time | per_user (see tfx_pipeline/splits.py)
+    eval_fraction: float = 0.2  # the most recent 20%: the usual MovieLens protocol
+    min_user_events: int = 5  # per_user: users with fewer events stay all-train
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamplesConfig:
+    history_length: int = 20  # ML-100K users have >= 20 ratings; longer adds little
+    split: SplitConfig = SplitConfig()
+    engagement_threshold: float = 4.0  # rating >= 4 is "liked" on a 1-5 scale
+    num_shards: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    # TFDV thresholds; train/eval skew uses L-infinity for categorical features and
+    # Jensen-Shannon for numeric ones; drift compares with the previous run's stats.
+    skew_linf: float = 0.3
+    skew_jsd: float = 0.3
+    drift_linf: float = 0.3
+    drift_jsd: float = 0.3
+    # Features left out of the skew/drift checks (ids and time change by design).
+    exclude_from_drift: tuple[str, ...] = (F.USER_ID, F.ITEM_ID, F.HISTORY_ITEM_IDS, F.TIMESTAMP)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    data: DataConfig
+    schema_dir: str
+    examples: ExamplesConfig = ExamplesConfig()
+    validation: ValidationConfig = ValidationConfig()
+    pipeline_root: str = ""  # default: runs/<name>
+    serving_base_path: str = ""  # default: runs/<name>/serving
+    # Free-form sections owned by the trainer (retrieval, ranking, gate, index);
+    # trainer/hparams.py parses them into its own typed configs, strictly.
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source_path: str = ""  # set by load_config
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return resolve_path(self.pipeline_root or f"runs/{self.name}")
+
+    @property
+    def serving_root(self) -> Path:
+        return resolve_path(self.serving_base_path or f"runs/{self.name}/serving")
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.root / "metadata.sqlite"
+
+    def side_features(self) -> dict[str, str]:
+        """Canonical example key -> kind, for every user and item side feature."""
+        out: dict[str, str] = {}
+        if self.data.users:
+            out.update({F.user_feature(c): k for c, k in self.data.users.features.items()})
+        if self.data.items:
+            out.update({F.item_feature(c): k for c, k in self.data.items.features.items()})
+        return out
+
+    def item_features(self) -> dict[str, str]:
+        return {k: v for k, v in self.side_features().items() if k.startswith(F.ITEM_FEATURE_PREFIX)}
+
+    def user_features(self) -> dict[str, str]:
+        return {k: v for k, v in self.side_features().items() if k.startswith(F.USER_FEATURE_PREFIX)}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Builds dataclass ``cls`` from a mapping, recursively; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source_path"}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in raw:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing required key {name!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce([a for a in args if a is not type(None)][0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is not hint:
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _validate(cfg: PipelineConfig, where: str) -> None:
+    required = {"user", "item", "timestamp"}
+    allowed = required | {"rating", "weight", "event_type"}
+    cols = cfg.data.events.columns
+    if missing := required - set(cols):
+        raise ConfigError(f"{where}: data.events.columns must map {sorted(missing)} (roles: {sorted(allowed)})")
+    if unknown := set(cols) - allowed:
+        raise ConfigError(f"{where}: data.events.columns has unknown role(s) {sorted(unknown)}; roles: {sorted(allowed)}")
+    if cfg.data.events.timestamp_format not in ("unix_seconds", "iso8601"):
+        raise ConfigError(f"{where}: data.events.timestamp_format must be unix_seconds or iso8601")
+    for side in (cfg.data.users, cfg.data.items):
+        if side is None:
+            continue
+        for col, kind in side.features.items():
+            if kind not in F.FEATURE_KINDS:
+                raise ConfigError(f"{where}: feature {col!r} has kind {kind!r}; expected one of {F.FEATURE_KINDS}")
+    if cfg.data.users and any(k in (F.MULTI_VALUED, F.TEXT) for k in cfg.data.users.features.values()):
+        raise ConfigError(f"{where}: user features may be categorical or numeric only")
+    if cfg.data.fetch not in ("none", "movielens_100k", "synthetic_implicit"):
+        raise ConfigError(f"{where}: data.fetch must be none, movielens_100k or synthetic_implicit")
+    from tfx_pipeline import splits
+
+    if cfg.examples.split.strategy not in splits.STRATEGIES:
+        raise ConfigError(f"{where}: examples.split.strategy must be one of {splits.STRATEGIES}")
+    if cfg.examples.history_length < 1:
+        raise ConfigError(f"{where}: examples.history_length must be >= 1")
+
+
+def parse_config(raw: dict, where: str = "<config>") -> PipelineConfig:
+    cfg = _build(PipelineConfig, raw, where)
+    _validate(cfg, where)
+    return dataclasses.replace(cfg, source_path=where)
+
+
+def load_config(path: str | os.PathLike, overrides: Optional[dict] = None) -> PipelineConfig:
+    """Loads and validates a YAML config. ``overrides`` are merged on top (tests, CLI)."""
+    p = resolve_path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist (see configs/ for examples)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return parse_config(raw, str(p))
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
