@@ -1,0 +1,176 @@
+"""Reads a dataset's tables through its config and checks them row by row.
+
+Maps any user's event table (CSV or Parquet) and optional user / item feature
+tables onto the canonical columns:
+
+  events: user_id (str), item_id (str), timestamp (int64 unix s), rating (float32
+          label: the rating, else the weight, else event_weights[event_type], else 1)
+  users:  user_id + one column per configured feature
+  items:  item_id + one column per configured feature (multi-valued ones as lists)
+
+Every problem is a ``DataError`` naming the file, the column, the row and what is
+wrong, raised before anything downstream runs; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfx_pipeline.config import EventsTable, PipelineConfig, SideTable, resolve_path
+from trainer import features as F
+
+MAX_ROWS_IN_MESSAGE = 5
+
+
+class DataError(ValueError):
+    """Input data violates the data contract; the message says where and what."""
+
+
+def _read(path: Path, fmt: str) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found (check the config's data paths)")
+    fmt = fmt or ("parquet" if path.suffix in (".parquet", ".pq") else "csv")
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(path)
+        elif fmt == "csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="error")
+        else:
+            raise DataError(f"{path}: unknown format {fmt!r}; use csv or parquet")
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: the file is empty (no header, no rows)") from e
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: malformed row: {e}") from e
+    if df.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    return df
+
+
+def _rows(mask: np.ndarray) -> str:
+    bad = np.flatnonzero(mask)
+    # +2: 1-based, and the header is line 1 of a CSV.
+    shown = ", ".join(str(i + 2) for i in bad[:MAX_ROWS_IN_MESSAGE])
+    more = f" and {len(bad) - MAX_ROWS_IN_MESSAGE} more" if len(bad) > MAX_ROWS_IN_MESSAGE else ""
+    return f"{len(bad)} row(s) (line {shown}{more})"
+
+
+def _require_columns(df: pd.DataFrame, path: Path, needed: dict[str, str]) -> None:
+    for role, col in needed.items():
+        if col not in df.columns:
+            raise DataError(
+                f"{path}: missing required column {col!r} (mapped as {role!r} in the config); "
+                f"columns present: {list(df.columns)}"
+            )
+
+
+def _nonempty_str(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    s = df[col].astype(str).str.strip()
+    bad = (s == "") | df[col].isna().to_numpy()
+    if bad.any():
+        raise DataError(f"{path}: column {col!r} is empty in {_rows(bad.to_numpy())}")
+    return s
+
+
+def _numeric(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
+    num = pd.to_numeric(df[col], errors="coerce")
+    bad = num.isna().to_numpy() | ~np.isfinite(num.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        examples = df[col][bad].astype(str).head(3).tolist()
+        raise DataError(f"{path}: column {col!r} is not a finite number in {_rows(bad)}: e.g. {examples}")
+    return num.astype(float)
+
+
+def load_events(cfg: PipelineConfig) -> pd.DataFrame:
+    spec: EventsTable = cfg.data.events
+    path = resolve_path(spec.path)
+    df = _read(path, spec.format)
+    cols = spec.columns
+    _require_columns(df, path, cols)
+    out = pd.DataFrame({
+        F.USER_ID: _nonempty_str(df, cols["user"], path),
+        F.ITEM_ID: _nonempty_str(df, cols["item"], path),
+    })
+    ts_col = cols["timestamp"]
+    if spec.timestamp_format == "iso8601":
+        ts = pd.to_datetime(df[ts_col], errors="coerce", utc=True)
+        bad = ts.isna().to_numpy()
+        if bad.any():
+            raise DataError(f"{path}: column {ts_col!r} is not an ISO-8601 time in {_rows(bad)}")
+        out[F.TIMESTAMP] = (ts.astype("int64") // 10**9).to_numpy()
+    else:
+        out[F.TIMESTAMP] = _numeric(df, ts_col, path).astype("int64")
+    if (out[F.TIMESTAMP] < 0).any():
+        raise DataError(f"{path}: column {ts_col!r} is negative in {_rows((out[F.TIMESTAMP] < 0).to_numpy())}")
+
+    if "rating" in cols:
+        out[F.RATING_LABEL] = _numeric(df, cols["rating"], path)
+    elif "weight" in cols:
+        out[F.RATING_LABEL] = _numeric(df, cols["weight"], path)
+    elif "event_type" in cols:
+        types = df[cols["event_type"]].astype(str)
+        if spec.event_weights:
+            unknown = ~types.isin(list(spec.event_weights))
+            if unknown.any():
+                raise DataError(
+                    f"{path}: column {cols['event_type']!r} has event type(s) "
+                    f"{sorted(types[unknown].unique())[:5]} not in data.events.event_weights in {_rows(unknown.to_numpy())}"
+                )
+            out[F.RATING_LABEL] = types.map(spec.event_weights).astype(float)
+        else:
+            out[F.RATING_LABEL] = 1.0
+    else:
+        out[F.RATING_LABEL] = 1.0
+    return out.reset_index(drop=True)
+
+
+def load_side_table(spec: SideTable, prefix_fn) -> pd.DataFrame:
+    """Returns a frame indexed by id with canonical feature columns (``prefix_fn(col)``)."""
+    path = resolve_path(spec.path)
+    df = _read(path, spec.format)
+    _require_columns(df, path, {"id": spec.id_column, **{c: c for c in spec.features}})
+    ids = _nonempty_str(df, spec.id_column, path)
+    dup = ids.duplicated().to_numpy()
+    if dup.any():
+        raise DataError(f"{path}: column {spec.id_column!r} has duplicate ids in {_rows(dup)}")
+    out = pd.DataFrame(index=ids.to_numpy())
+    for col, kind in spec.features.items():
+        key = prefix_fn(col)
+        if kind == F.NUMERIC:
+            out[key] = _numeric(df, col, path).to_numpy()
+        elif kind == F.MULTI_VALUED:
+            out[key] = [
+                [v for v in str(x).split(spec.multi_value_separator) if v] for x in df[col].to_numpy()
+            ]
+        else:
+            out[key] = df[col].astype(str).to_numpy()
+    return out
+
+
+def load_tables(cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    """Events, users (or None), items (or None), validated against each other."""
+    events = load_events(cfg)
+    users = load_side_table(cfg.data.users, F.user_feature) if cfg.data.users else None
+    items = load_side_table(cfg.data.items, F.item_feature) if cfg.data.items else None
+    events_path = resolve_path(cfg.data.events.path)
+    for table, col, name in ((users, F.USER_ID, "users"), (items, F.ITEM_ID, "items")):
+        if table is None:
+            continue
+        missing = ~events[col].isin(table.index)
+        if missing.any():
+            ids = sorted(events.loc[missing, col].unique())[:5]
+            raise DataError(
+                f"{events_path}: {name} table has no row for {col} {ids} used in {_rows(missing.to_numpy())}; "
+                f"add them to the {name} table"
+            )
+    return events, users, items
+
+
+def catalogue(events: pd.DataFrame, items: pd.DataFrame | None) -> list[str]:
+    """Every candidate item id: the item table's ids plus any id seen only in events."""
+    ids = set(events[F.ITEM_ID].unique())
+    if items is not None:
+        ids |= set(items.index)
+    return sorted(ids)
