@@ -21,20 +21,26 @@ CANDIDATE_EMBEDDING_SIGNATURE = "candidate_embedding"  # retrieval: item ids -> 
 SCORE_SIGNATURE = "score"  # ranking: query features + candidates -> score per head
 DEFAULT_SIGNATURE = "serving_default"  # alias of recommend / score
 
-# Input tensors of recommend / query_embedding / score (batch-major).
+# Input tensors of recommend / query_embedding / score. Every input is batch-major
+# (first dimension B) so that server-side batching can concatenate requests, as TF
+# Serving's batching requires. "Optional" inputs must still be sent; their neutral
+# value (below) means "unknown": the model then uses what it stored at export time
+# (the user's last known history and features) or an out-of-vocabulary embedding.
 USER_ID = F.USER_ID  # string [B]
-HISTORY_ITEM_IDS = F.HISTORY_ITEM_IDS  # string [B, H], padded with "" (optional)
-HOUR_OF_DAY = F.HOUR_OF_DAY  # int64 [B] (optional)
-DAY_OF_WEEK = F.DAY_OF_WEEK  # int64 [B] (optional)
-HOURS_SINCE_PREV_EVENT = F.HOURS_SINCE_PREV_EVENT  # float32 [B] (optional)
-K = "k"  # int32 scalar: how many items recommend returns (<= the export's max_k)
-EXCLUDE_HISTORY = "exclude_history"  # bool scalar: drop history items (default true)
+HISTORY_ITEM_IDS = F.HISTORY_ITEM_IDS  # string [B, H], padded with ""; all "" = unknown
+HOUR_OF_DAY = F.HOUR_OF_DAY  # int64 [B]; -1 = unknown
+DAY_OF_WEEK = F.DAY_OF_WEEK  # int64 [B]; -1 = unknown
+HOURS_SINCE_PREV_EVENT = F.HOURS_SINCE_PREV_EVENT  # float32 [B]; -1 = unknown
+# User side features (user_<name>, per dataset) are inputs too: string [B] ("" =
+# unknown) or float32 [B] (NaN = unknown); GetModelMetadata lists them.
+K = "k"  # int32 [B]: items wanted per row; outputs have max(k) columns, padded
+EXCLUDE_HISTORY = "exclude_history"  # bool [B]: drop the row's history items
 CANDIDATE_ITEM_IDS = "candidate_item_ids"  # string [B, C]: ranking candidates
 ITEM_IDS_INPUT = F.ITEM_ID  # string [B]: candidate_embedding input
 
 # Output tensors.
-OUT_ITEM_IDS = "item_ids"  # string [B, k]
-OUT_SCORES = "scores"  # float32 [B, k]
+OUT_ITEM_IDS = "item_ids"  # string [B, max(k)]; "" past a row's own k
+OUT_SCORES = "scores"  # float32 [B, max(k)]; -inf past a row's own k
 OUT_EMBEDDING = "embedding"  # float32 [B, D]
 OUT_RATING = "rating"  # float32 [B, C]: predicted rating
 OUT_ENGAGEMENT = "engagement"  # float32 [B, C]: probability of engagement
