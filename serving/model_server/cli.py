@@ -1,0 +1,135 @@
+"""Command line for the model server, with TF Serving's flag names.
+
+    python -m serving.model_server --model_config_file serving/models.config \
+        --port 8500 --rest_api_port 8501 --monitoring_port 8502
+
+Also `recsys serve ...` (the project CLI calls `main`). Stops cleanly on
+SIGINT/SIGTERM: in-flight requests finish, then models are unloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models.config")
+
+
+def _port(value: str) -> int | None:
+    """A port number; 0 picks a free port, -1 or 'none' disables the endpoint."""
+    if value.lower() in ("none", "off", "-1"):
+        return None
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser (flag names follow tensorflow_model_server)."""
+    p = argparse.ArgumentParser(
+        prog="recsys serve",
+        description="Serve SavedModels over TensorFlow Serving's gRPC and REST APIs.",
+    )
+    p.add_argument("--model_config_file", "--model-config", dest="model_config_file",
+                   help=f"text-format ModelServerConfig (default: {DEFAULT_CONFIG} unless --model_base_path is given)")
+    p.add_argument("--model_name", default="default", help="model name with --model_base_path (default: default)")
+    p.add_argument("--model_base_path", help="serve this one base path instead of a config file")
+    p.add_argument("--port", "--grpc-port", dest="port", type=_port, default=8500,
+                   help="gRPC port (default 8500; 0 = any free port)")
+    p.add_argument("--rest_api_port", "--rest-port", dest="rest_api_port", type=_port, default=8501,
+                   help="REST port (default 8501; 0 = any free port; none = off)")
+    p.add_argument("--monitoring_port", "--metrics-port", dest="monitoring_port", type=_port, default=8502,
+                   help="Prometheus /metrics port (default 8502; none = off)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=2.0,
+                   help="seconds between polls for new versions (default 2)")
+    p.add_argument("--enable_batching", action="store_true", help="batch concurrent Predict calls")
+    p.add_argument("--batching_parameters_file",
+                   help="TF Serving BatchingParameters text file (max_batch_size { value: 32 } ...)")
+    p.add_argument("--max_message_size_mb", type=int, default=64, help="gRPC/REST message limit in MiB (default 64)")
+    p.add_argument("--grpc_max_threads", type=int, default=16, help="gRPC handler threads (default 16)")
+    p.add_argument("--log_level", default="INFO", help="Python logging level (default INFO)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the server until SIGINT/SIGTERM; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import serving  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+    from serving.model_server.config import (
+        BatchingOptions, ConfigError, load_batching_parameters, load_model_server_config, single_model_config)
+    from serving.model_server.server import ModelServer
+
+    try:
+        if args.model_base_path and args.model_config_file:
+            raise ConfigError("pass either --model_config_file or --model_base_path, not both")
+        if args.model_base_path:
+            config = single_model_config(args.model_name, args.model_base_path)
+        else:
+            config = load_model_server_config(args.model_config_file or DEFAULT_CONFIG)
+        batching = None
+        if args.batching_parameters_file:
+            batching = load_batching_parameters(args.batching_parameters_file)
+            if not args.enable_batching:
+                print("note: --batching_parameters_file given without --enable_batching; batching stays off",
+                      file=sys.stderr)
+                batching = None
+        elif args.enable_batching:
+            batching = BatchingOptions()
+        if args.max_message_size_mb <= 0:
+            raise ConfigError("--max_message_size_mb must be > 0")
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def on_event(event: str, model: str, version: int, detail: str) -> None:
+        if event == "loaded":
+            print(f"loaded model {model} version {version} from {detail}", flush=True)
+        elif event == "failed":
+            print(f"FAILED model {model} version {version}: {detail}", flush=True)
+        else:
+            print(f"unloaded model {model} version {version}", flush=True)
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = ModelServer(
+        config, grpc_port=args.port, rest_port=args.rest_api_port, metrics_port=args.monitoring_port,
+        host=args.host, poll_interval_s=args.file_system_poll_wait_seconds, batching=batching,
+        max_message_size_bytes=args.max_message_size_mb * 1024 * 1024,
+        grpc_max_workers=args.grpc_max_threads, on_version_event=on_event,
+    )
+    try:
+        try:
+            server.start()
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        models = ", ".join(f"{m.name} <- {m.base_path}" for m in config.model_config_list.config)
+        print(f"serving models: {models}", flush=True)
+        if server.grpc_port is not None:
+            print(f"gRPC listening on {server.grpc_address}", flush=True)
+        if server.rest_port is not None:
+            print(f"REST listening on {server.rest_url}", flush=True)
+        if server.metrics_port is not None:
+            print(f"metrics listening on http://{args.host}:{server.metrics_port}/metrics", flush=True)
+        if batching:
+            print(f"batching on: {batching}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("shutting down", flush=True)
+        return 0
+    finally:
+        server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

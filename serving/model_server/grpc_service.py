@@ -1,0 +1,144 @@
+"""gRPC PredictionService and ModelService, using TF Serving's official stubs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+
+from serving.model_server.config import ConfigError
+from serving.model_server.errors import ServingError, error_code_number, invalid_argument
+from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
+from serving.model_server.predictor import Predictor, model_spec_version
+from serving.model_server.version_manager import VersionManager
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The request's deadline as a time.monotonic() value (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class _Observed:
+    """Wraps one RPC: converts errors to gRPC status and records metrics."""
+
+    def __init__(self, metrics: ServerMetrics, manager: VersionManager):
+        self._metrics = metrics
+        self._manager = manager
+
+    @contextlib.contextmanager
+    def __call__(self, api: str, context: grpc.ServicerContext, model: str = "", signature: str = ""):
+        start = time.monotonic()
+        status, message = grpc.StatusCode.OK, ""
+        try:
+            yield
+        except ServingError as e:
+            status, message = e.code, e.message
+        except Exception as e:  # a bug must cost one request, not the server
+            log.exception("%s failed", api)
+            status, message = grpc.StatusCode.INTERNAL, f"internal error in {api}: {type(e).__name__}: {e}"
+        model_label = model if self._manager.is_configured(model) else UNKNOWN_MODEL
+        self._metrics.observe_request(api, model_label, signature, status.name, time.monotonic() - start)
+        if status != grpc.StatusCode.OK:
+            context.abort(status, message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+
+    def __init__(self, predictor: Predictor, metrics: ServerMetrics):
+        self._predictor = predictor
+        self._manager = predictor.manager
+        self._observed = _Observed(metrics, self._manager)
+
+    def Predict(self, request, context):
+        response = None
+        with self._observed("Predict", context, request.model_spec.name, request.model_spec.signature_name or "serving_default"):
+            response = self._predictor.predict(request, deadline_of(context))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        response = None
+        with self._observed("GetModelMetadata", context, request.model_spec.name):
+            fields = list(request.metadata_field)
+            if not fields:
+                raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise invalid_argument(f"Metadata field {field} is not supported; use {SIGNATURE_DEF_FIELD!r}")
+            version, label = model_spec_version(request.model_spec)
+            with self._manager.lease(request.model_spec.name, version, label) as loaded:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = request.model_spec.name
+                response.model_spec.version.value = loaded.version
+                response.metadata[SIGNATURE_DEF_FIELD].Pack(loaded.signature_def_map)
+        return response
+
+    def _unimplemented(self, api: str, context):
+        with self._observed(api, context):
+            raise ServingError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{api} is not implemented by this model server; call Predict with a predict signature instead",
+            )
+
+    def Classify(self, request, context):
+        self._unimplemented("Classify", context)
+
+    def Regress(self, request, context):
+        self._unimplemented("Regress", context)
+
+    def MultiInference(self, request, context):
+        self._unimplemented("MultiInference", context)
+
+
+def status_response(manager: VersionManager, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
+    """Builds a GetModelStatusResponse (shared with the REST status endpoint)."""
+    if not model_spec.name:
+        raise invalid_argument("GetModelStatusRequest.model_spec.name must be set")
+    version, label = model_spec_version(model_spec)
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in manager.model_status(model_spec.name, version, label):
+        entry = response.model_version_status.add()
+        entry.version = status.version
+        entry.state = status.state
+        entry.status.error_code = error_code_number(status.error_code)
+        entry.status.error_message = status.error_message
+    return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest."""
+
+    def __init__(self, manager: VersionManager, metrics: ServerMetrics):
+        self._manager = manager
+        self._observed = _Observed(metrics, manager)
+
+    def GetModelStatus(self, request, context):
+        response = None
+        with self._observed("GetModelStatus", context, request.model_spec.name):
+            response = status_response(self._manager, request.model_spec)
+        return response
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = None
+        with self._observed("HandleReloadConfigRequest", context):
+            try:
+                self._manager.reload_config(request.config)
+            except ConfigError as e:
+                raise invalid_argument(str(e)) from e
+            response = model_management_pb2.ReloadConfigResponse()
+            response.status.error_code = 0
+        return response

@@ -1,0 +1,98 @@
+"""The one Predict code path shared by gRPC, REST and warmup replay."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import predict_pb2
+
+from serving import names
+from serving.model_server.batching import Batcher
+from serving.model_server.errors import ServingError
+from serving.model_server.signatures import (
+    Signature,
+    decode_inputs,
+    ndarray_to_tensor_proto,
+    run_signature,
+    select_outputs,
+    validate_arrays,
+)
+from serving.model_server.version_manager import LoadedVersion, VersionManager
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raises DEADLINE_EXCEEDED once time.monotonic() passed `deadline`."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline exceeded before the model ran")
+
+
+def model_spec_version(spec) -> tuple[int | None, str | None]:
+    """(version, label) from a ModelSpec's version_choice oneof."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+class Predictor:
+    """Runs Predict requests on leased versions, batching them when enabled.
+
+    Args:
+        manager: where versions come from.
+        batcher: a Batcher, or None to run every request on its own.
+        max_batch_size: most rows per request (None: unlimited). With batching
+            on this is the batch size, as TF Serving enforces.
+    """
+
+    def __init__(self, manager: VersionManager, batcher: Batcher | None = None, max_batch_size: int | None = None):
+        self.manager = manager
+        self.batcher = batcher
+        self.max_batch_size = max_batch_size
+
+    def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
+        """Serves one gRPC PredictRequest."""
+        version, label = model_spec_version(request.model_spec)
+        with self.manager.lease(request.model_spec.name, version, label) as loaded:
+            return self.predict_on_version(loaded, request, deadline)
+
+    def predict_on_version(self, loaded: LoadedVersion, request: predict_pb2.PredictRequest,
+                           deadline: float | None = None) -> predict_pb2.PredictResponse:
+        """Runs a PredictRequest on a given version (also used to replay warmup)."""
+        signature = self.signature(loaded, request.model_spec.signature_name)
+        arrays = decode_inputs(signature, request.inputs)
+        outputs = self.run(loaded, signature, arrays, list(request.output_filter), deadline)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name or loaded.model_name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = signature.name
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(ndarray_to_tensor_proto(value))
+        return response
+
+    @staticmethod
+    def signature(loaded: LoadedVersion, signature_name: str) -> Signature:
+        """Looks up a signature; FAILED_PRECONDITION when absent, as TF Serving answers."""
+        name = signature_name or names.DEFAULT_SIGNATURE
+        signature = loaded.signatures.get(name)
+        if signature is None:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f'Serving signature key "{name}" not found. Model {loaded.model_name} version {loaded.version} '
+                f"has: {sorted(loaded.signatures)}",
+            )
+        return signature
+
+    def run(self, loaded: LoadedVersion, signature: Signature, arrays: dict[str, np.ndarray],
+            output_filter: list[str], deadline: float | None) -> dict[str, np.ndarray]:
+        """Validates decoded inputs, runs (batched or not) and applies output_filter."""
+        validate_arrays(signature, arrays, self.max_batch_size)
+        wanted = select_outputs(signature, output_filter)
+        check_deadline(deadline)
+        if self.batcher is not None and Batcher.can_batch(signature, arrays):
+            outputs = self.batcher.submit(loaded, signature, arrays, deadline)
+            return {k: outputs[k] for k in wanted}
+        return run_signature(signature, arrays, wanted)

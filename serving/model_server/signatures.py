@@ -1,0 +1,219 @@
+"""Tensor conversion and request validation against a signature's TensorSpecs.
+
+The checks mirror what TF Serving (and the TF runtime behind it) rejects, but
+happen before the model runs so that the error names the input and says what
+was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+from serving.model_server.errors import ServingError, invalid_argument
+
+import grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A callable signature of a loaded SavedModel.
+
+    Attributes:
+        name: the signature key (e.g. "serving_default").
+        inputs: input name -> TensorSpec.
+        outputs: output name -> TensorSpec.
+        function: the concrete function; takes the inputs as keyword tensors.
+    """
+
+    name: str
+    inputs: dict[str, tf.TensorSpec]
+    outputs: dict[str, tf.TensorSpec]
+    function: object
+
+    @classmethod
+    def from_concrete_function(cls, name: str, function) -> "Signature":
+        """Builds the spec from a loaded SavedModel's `signatures[name]`."""
+        _, kwargs = function.structured_input_signature
+        outputs = function.structured_outputs
+        if not isinstance(outputs, dict):
+            raise ValueError(f"signature {name!r} does not return a dict of named tensors")
+        return cls(
+            name=name,
+            inputs=dict(kwargs),
+            outputs={k: tf.TensorSpec(v.shape, v.dtype, k) for k, v in outputs.items()},
+            function=function,
+        )
+
+    def has_batch_dimension(self) -> bool:
+        """True when every input and output is batch-major ([B, ...] with B unknown)."""
+        specs = list(self.inputs.values()) + list(self.outputs.values())
+        return bool(self.inputs) and all(s.shape.rank is not None and s.shape.rank >= 1 for s in specs)
+
+
+def dtype_name(dtype: tf.dtypes.DType) -> str:
+    """TF Serving's spelling of a dtype in messages, e.g. DT_INT32."""
+    return types_pb2.DataType.Name(dtype.as_datatype_enum)
+
+
+def tensor_proto_to_ndarray(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Decodes one request input, turning malformed protos into INVALID_ARGUMENT."""
+    if proto.dtype == types_pb2.DT_INVALID:
+        raise invalid_argument(f"input {name!r}: TensorProto has no dtype; set dtype (e.g. DT_STRING)")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # make_ndarray raises several types for bad protos
+        raise invalid_argument(f"input {name!r}: cannot decode TensorProto ({type(e).__name__}: {e})") from e
+
+
+def decode_inputs(signature: Signature, protos) -> dict[str, np.ndarray]:
+    """Checks the request's input names and dtypes, then decodes them.
+
+    Args:
+        signature: the signature being called.
+        protos: the request's `inputs` map (name -> TensorProto).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the missing/extra/mistyped input.
+    """
+    expected, sent = set(signature.inputs), set(protos.keys())
+    if expected != sent:
+        # Same wording as TF Serving's VerifyRequestInputsSize.
+        raise invalid_argument(
+            f"input size does not match signature {signature.name!r}: {len(sent)}!={len(expected)} "
+            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+        )
+    arrays = {}
+    for name, spec in signature.inputs.items():
+        proto = protos[name]
+        if proto.dtype != spec.dtype.as_datatype_enum:
+            received = types_pb2.DataType.Name(proto.dtype) if proto.dtype in types_pb2.DataType.values() else str(proto.dtype)
+            raise invalid_argument(
+                f"input {name!r} of signature {signature.name!r}: expected dtype {dtype_name(spec.dtype)}, "
+                f"received {received}"
+            )
+        arrays[name] = tensor_proto_to_ndarray(name, proto)
+    validate_arrays(signature, arrays)
+    return arrays
+
+
+def validate_arrays(signature: Signature, arrays: dict[str, np.ndarray], max_batch_size: int | None = None) -> int | None:
+    """Checks decoded inputs' shapes (and dtypes for arrays built from JSON).
+
+    Args:
+        signature: the signature being called.
+        arrays: input name -> ndarray, exactly the signature's inputs.
+        max_batch_size: when set, the most rows a request may carry.
+
+    Returns:
+        The batch size (dim 0 shared by every input), or None when the inputs are
+        not all batch-major with one common dim 0.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the input, expected and received shape.
+    """
+    batch_sizes = set()
+    for name, spec in signature.inputs.items():
+        array = arrays[name]
+        if not _dtype_matches(spec.dtype, array):
+            raise invalid_argument(
+                f"input {name!r} of signature {signature.name!r}: expected dtype {dtype_name(spec.dtype)}, "
+                f"received {array.dtype}"
+            )
+        if not spec.shape.is_compatible_with(array.shape):
+            raise invalid_argument(
+                f"input {name!r} of signature {signature.name!r}: expected shape {_shape_str(spec.shape)}, "
+                f"received {list(array.shape)}"
+            )
+        batch_sizes.add(array.shape[0] if array.ndim else None)
+    batch = batch_sizes.pop() if len(batch_sizes) == 1 else None
+    if max_batch_size is not None and batch is not None and batch > max_batch_size:
+        raise invalid_argument(
+            f"batch size {batch} is larger than the maximum input batch size {max_batch_size}; "
+            "split the request into smaller ones"
+        )
+    return batch
+
+
+def _dtype_matches(dtype: tf.dtypes.DType, array: np.ndarray) -> bool:
+    if dtype == tf.string:
+        return array.dtype == object or array.dtype.kind in ("S", "U")
+    return array.dtype == dtype.as_numpy_dtype
+
+
+def _shape_str(shape: tf.TensorShape) -> str:
+    if shape.rank is None:
+        return "<any>"
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape.as_list()) + "]"
+
+
+def run_signature(signature: Signature, arrays: dict[str, np.ndarray], output_filter=()) -> dict[str, np.ndarray]:
+    """Calls the signature and returns the requested outputs as ndarrays.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an unknown/duplicate output name or an
+            error the model itself raised on these inputs (bad value, as TF does).
+    """
+    wanted = select_outputs(signature, output_filter)
+    try:
+        tensors = {k: tf.convert_to_tensor(v, dtype=signature.inputs[k].dtype) for k, v in arrays.items()}
+        results = signature.function(**tensors)
+    except tf.errors.InvalidArgumentError as e:
+        raise invalid_argument(f"model rejected the inputs: {e.message}") from e
+    except tf.errors.OpError as e:
+        raise ServingError(grpc.StatusCode.INTERNAL, f"model execution failed: {e.message}") from e
+    return {k: results[k].numpy() for k in wanted}
+
+
+def select_outputs(signature: Signature, output_filter) -> list[str]:
+    """Validates `output_filter` (TF Serving's rules); empty means all outputs."""
+    wanted = list(output_filter)
+    for alias in wanted:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(signature.outputs))}}}."
+            )
+    if len(set(wanted)) != len(wanted):
+        raise invalid_argument(f"duplicate output tensor alias in output_filter: {wanted}")
+    return wanted or sorted(signature.outputs)
+
+
+def ndarray_to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """Encodes an output like TF Serving's Tensor::AsProtoField (typed *_val fields).
+
+    Clients commonly read `outputs["scores"].float_val` directly, which only works
+    with the field encoding, not `tensor_content`.
+    """
+    array = np.asarray(array)
+    proto = tensor_pb2.TensorProto()
+    for dim in array.shape:
+        proto.tensor_shape.dim.add().size = dim
+    flat = array.ravel()
+    kind = array.dtype
+    if kind == object or kind.kind in ("S", "U"):
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in flat)
+    elif kind == np.float32:
+        proto.dtype = types_pb2.DT_FLOAT
+        proto.float_val.extend(flat.tolist())
+    elif kind == np.float64:
+        proto.dtype = types_pb2.DT_DOUBLE
+        proto.double_val.extend(flat.tolist())
+    elif kind in (np.int32, np.int16, np.int8, np.uint8, np.uint16):
+        proto.dtype = tf.as_dtype(kind).as_datatype_enum
+        proto.int_val.extend(flat.tolist())
+    elif kind == np.int64:
+        proto.dtype = types_pb2.DT_INT64
+        proto.int64_val.extend(flat.tolist())
+    elif kind == np.bool_:
+        proto.dtype = types_pb2.DT_BOOL
+        proto.bool_val.extend(flat.tolist())
+    else:  # half, complex, unsigned 32/64: let TF pick the encoding.
+        return tf.make_tensor_proto(array)
+    return proto
