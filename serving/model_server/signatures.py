@@ -50,8 +50,11 @@ class Signature:
 
     def has_batch_dimension(self) -> bool:
         """True when every input and output is batch-major ([B, ...] with B unknown)."""
-        specs = list(self.inputs.values()) + list(self.outputs.values())
-        return bool(self.inputs) and all(s.shape.rank is not None and s.shape.rank >= 1 for s in specs)
+        if not self.inputs:
+            return False
+        inputs_ok = all(s.shape.rank and s.shape[0] is None for s in self.inputs.values())
+        outputs_ok = all(s.shape.rank is None or s.shape.rank >= 1 for s in self.outputs.values())
+        return inputs_ok and outputs_ok
 
 
 def dtype_name(dtype: tf.dtypes.DType) -> str:
@@ -117,7 +120,7 @@ def validate_arrays(signature: Signature, arrays: dict[str, np.ndarray], max_bat
     Raises:
         ServingError: INVALID_ARGUMENT naming the input, expected and received shape.
     """
-    batch_sizes = set()
+    batch_sizes = {}
     for name, spec in signature.inputs.items():
         array = arrays[name]
         if not _dtype_matches(spec.dtype, array):
@@ -130,8 +133,14 @@ def validate_arrays(signature: Signature, arrays: dict[str, np.ndarray], max_bat
                 f"input {name!r} of signature {signature.name!r}: expected shape {_shape_str(spec.shape)}, "
                 f"received {list(array.shape)}"
             )
-        batch_sizes.add(array.shape[0] if array.ndim else None)
-    batch = batch_sizes.pop() if len(batch_sizes) == 1 else None
+        batch_sizes[name] = array.shape[0] if array.ndim else None
+    distinct = set(batch_sizes.values())
+    if len(distinct) > 1 and signature.has_batch_dimension():
+        rows = ", ".join(f"{k!r} has {v}" for k, v in sorted(batch_sizes.items()))
+        raise invalid_argument(
+            f"inputs of signature {signature.name!r} must share dim 0 (the batch size): {rows}; send the same number of rows for every input"
+        )
+    batch = distinct.pop() if len(distinct) == 1 else None
     if max_batch_size is not None and batch is not None and batch > max_batch_size:
         raise invalid_argument(
             f"batch size {batch} is larger than the maximum input batch size {max_batch_size}; "
