@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import serving  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+    # Imported here so --help and flag errors answer without loading TensorFlow.
     from serving.model_server.config import (
         BatchingOptions, ConfigError, load_batching_parameters, load_model_server_config, single_model_config)
     from serving.model_server.server import ModelServer

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import ServingError, invalid_argument
-
-import grpc
 
 
 @dataclasses.dataclass(frozen=True)

@@ -382,9 +382,17 @@ def test_health_is_503_until_every_model_has_a_version(tmp_path, templates):
     base = tmp_path / "empty"
     base.mkdir()
     config = parse_model_server_config(_config_text([f'name: "empty" base_path: "{base}"']))
-    with ModelServer(config, grpc_port=None, metrics_port=None, poll_interval_s=POLL_S) as server:
+    with ModelServer(config, metrics_port=None, poll_interval_s=POLL_S, max_message_size_bytes=4096) as server:
         status, body = _http(server.rest_url + "/healthz")
         assert status == 503 and "model empty" in body["error"]
+        # Requests before any version loaded: NOT_FOUND, and message size limits hold.
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            assert _rpc_error(stub.Predict, recommend_request("empty")).code() == grpc.StatusCode.NOT_FOUND
+            big = recommend_request("empty", ["x" * 5000], [1])
+            assert _rpc_error(stub.Predict, big).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status, body = _http(server.rest_url + "/v1/models/empty:predict", {"inputs": {"user_id": ["x" * 5000]}})
+        assert status == 413 and "4096" in body["error"]
         with pytest.raises(TimeoutError, match="empty"):
             server.wait_until_available(0.3)
         install_version(templates[1], str(base), 1)
