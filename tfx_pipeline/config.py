@@ -238,3 +238,10 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def config_from_json(text: str) -> PipelineConfig:
+    """Inverse of ``PipelineConfig.to_json`` (how components receive the config)."""
+    raw = json.loads(text)
+    where = raw.pop("source_path", "") or "<config>"
+    return parse_config(raw, where)

@@ -1,0 +1,1 @@
+"""Custom TFX components: thin declarations over plain, separately tested functions."""

@@ -1,0 +1,23 @@
+"""DataGate: stops the run on schema anomalies, train/eval skew or run-to-run drift."""
+
+
+from tfx.types import standard_artifacts
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+
+
+@component
+def DataGate(
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    schema: InputArtifact[standard_artifacts.Schema],
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    config_json: Parameter[str],
+    baseline_dir: Parameter[str],
+    report: OutputArtifact[standard_artifacts.ExampleValidationMetrics],
+) -> None:
+    """Raises ``DataValidationError`` (failing the run before Transform) on any finding."""
+    from tfx_pipeline.config import config_from_json
+    from tfx_pipeline.validation import check_data
+
+    cfg = config_from_json(config_json)
+    check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri)

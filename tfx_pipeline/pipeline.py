@@ -1,0 +1,98 @@
+"""Wiring only: which components run, in what order, on which artifacts.
+
+No feature, model or data logic lives here (see the modules each component names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+from tfx import v1 as tfx
+
+from tfx_pipeline.components.data_gate import DataGate
+from tfx_pipeline.components.example_builder import ExampleBuilder
+from tfx_pipeline.config import PipelineConfig, resolve_path
+
+DATA_STAGE = "data"
+ALL_STAGES = "all"
+DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+def data_fingerprint(cfg: PipelineConfig) -> str:
+    """Digest of the input tables' bytes, so TFX's cache misses when the data changes."""
+    h = hashlib.sha256()
+    for table in (cfg.data.events, cfg.data.users, cfg.data.items):
+        if table is None:
+            continue
+        path = resolve_path(table.path)
+        h.update(str(path).encode())
+        if path.exists():
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def create_pipeline(
+    cfg: PipelineConfig,
+    stage: str = ALL_STAGES,
+    beam_pipeline_args: Optional[list[str]] = None,
+    enable_cache: bool = True,
+    metadata_path: Optional[str] = None,
+) -> tfx.dsl.Pipeline:
+    beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
+    config_json = cfg.to_json()
+    components = []
+
+    # Events + side tables -> train/eval examples, candidate items, user state.
+    example_builder = ExampleBuilder(
+        config_json=config_json,
+        data_fingerprint=data_fingerprint(cfg),
+        beam_pipeline_args_json=json.dumps(beam_args),
+    )
+    # Per-split statistics of the built examples.
+    statistics_gen = tfx.components.StatisticsGen(examples=example_builder.outputs["examples"])
+    # The curated, version-controlled schema (schemas/<dataset>/schema.pbtxt).
+    schema_gen = tfx.components.ImportSchemaGen(
+        schema_file=str(resolve_path(cfg.schema_dir) / "schema.pbtxt"))
+    # Anomalies of each split against the schema.
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    # Stops the run on anomalies, train/eval skew, or drift from the last good run.
+    data_gate = DataGate(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"],
+        anomalies=example_validator.outputs["anomalies"],
+        config_json=config_json,
+        baseline_dir=str(cfg.root / "drift_baseline"),
+    )
+    # Feature logic (trainer/preprocessing.py), analyzed on train, applied to both splits.
+    transform = tfx.components.Transform(
+        examples=example_builder.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn="trainer.preprocessing.preprocessing_fn",
+        custom_config={"side_features": cfg.side_features()},
+    )
+    transform.add_upstream_node(data_gate)
+    components += [example_builder, statistics_gen, schema_gen, example_validator, data_gate, transform]
+
+    if stage != DATA_STAGE:
+        from tfx_pipeline.training_stage import training_components
+
+        components += training_components(cfg, example_builder, schema_gen, transform)
+
+    metadata = (
+        tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+        if metadata_path else None
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.name,
+        pipeline_root=str(cfg.root / "artifacts"),
+        metadata_connection_config=metadata,
+        components=components,
+        enable_cache=enable_cache,
+        beam_pipeline_args=beam_args,
+    )

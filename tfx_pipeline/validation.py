@@ -1,0 +1,127 @@
+"""The data gate's work: anomalies, train/eval skew and run-to-run drift, with TFDV.
+
+ExampleValidator records anomalies but does not stop a run; this gate reads them,
+adds the two distribution checks TFDV offers (L-infinity distance for categorical
+features, Jensen-Shannon divergence for numeric ones) and raises one error listing
+every finding, so nothing downstream (Transform, Trainer, Pusher) runs on bad data.
+
+Drift baseline: after a clean run, the train statistics are copied to
+``baseline_dir``; the next run compares against them. (A file rather than an MLMD
+resolver so the comparison is with the last run that *passed*, not merely the last
+one that ran.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
+
+from tfx_pipeline.splits import EVAL, TRAIN
+
+STATS_FILE = "FeatureStats.pb"
+ANOMALIES_FILE = "SchemaDiff.pb"
+REPORT_FILE = "data_validation.json"
+
+
+class DataValidationError(RuntimeError):
+    """The data failed validation; the message lists each feature and what is wrong."""
+
+
+def _split_file(uri: str, split: str, name: str) -> str:
+    return os.path.join(uri, f"Split-{split}", name)
+
+
+def load_schema(schema_uri: str) -> schema_pb2.Schema:
+    path = schema_uri if schema_uri.endswith(".pbtxt") else os.path.join(schema_uri, "schema.pbtxt")
+    return tfdv.load_schema_text(path)
+
+
+def _anomaly_lines(anomalies: anomalies_pb2.Anomalies, label: str) -> list[str]:
+    out = []
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+        reasons = "; ".join(f"{r.short_description}: {r.description}" for r in info.reason) or info.description
+        out.append(f"[{label}] feature {feature!r}: {reasons}")
+    if anomalies.HasField("dataset_anomaly_info"):
+        for r in anomalies.dataset_anomaly_info.reason:
+            out.append(f"[{label}] dataset: {r.short_description}: {r.description}")
+    return out
+
+
+def _with_comparators(schema: schema_pb2.Schema, linf: float, jsd: float, exclude) -> schema_pb2.Schema:
+    """A copy of the schema with drift comparators on every non-excluded feature."""
+    s = schema_pb2.Schema()
+    s.CopyFrom(schema)
+    for f in s.feature:
+        if f.name in exclude:
+            continue
+        if f.type == schema_pb2.BYTES:
+            f.drift_comparator.infinity_norm.threshold = linf
+        else:
+            f.drift_comparator.jensen_shannon_divergence.threshold = jsd
+    return s
+
+
+def _distribution_findings(schema, current, previous, linf, jsd, exclude, label) -> tuple[list[str], dict]:
+    s = _with_comparators(schema, linf, jsd, exclude)
+    result = tfdv.validate_statistics(statistics=current, schema=s, previous_statistics=previous)
+    values = {}
+    for info in result.drift_skew_info:
+        name = info.path.step[0] if info.path.step else "?"
+        for m in info.drift_measurements:
+            values[name] = {"type": anomalies_pb2.DriftSkewInfo.Measurement.Type.Name(m.type),
+                            "value": m.value, "threshold": m.threshold}
+    lines = []
+    for feature, info in sorted(result.anomaly_info.items()):
+        for r in info.reason:
+            lines.append(f"[{label}] feature {feature!r}: {r.description}")
+    return lines, values
+
+
+def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseline_dir: str,
+               report_uri: str) -> dict:
+    """Raises DataValidationError on any finding; writes a JSON report either way."""
+    schema = load_schema(schema_uri)
+    findings: list[str] = []
+    report: dict = {"anomalies": {}, "skew_train_vs_eval": {}, "drift_vs_previous_run": {}}
+    for split in (TRAIN, EVAL):
+        path = _split_file(anomalies_uri, split, ANOMALIES_FILE)
+        anomalies = anomalies_pb2.Anomalies()
+        with open(path, "rb") as fh:
+            anomalies.ParseFromString(fh.read())
+        lines = _anomaly_lines(anomalies, f"{split} split anomaly")
+        report["anomalies"][split] = lines
+        findings += lines
+
+    train = tfdv.load_stats_binary(_split_file(stats_uri, TRAIN, STATS_FILE))
+    evals = tfdv.load_stats_binary(_split_file(stats_uri, EVAL, STATS_FILE))
+    exclude = set(vcfg.exclude_from_drift)
+    lines, values = _distribution_findings(schema, evals, train, vcfg.skew_linf, vcfg.skew_jsd, exclude,
+                                           "train/eval skew")
+    findings += lines
+    report["skew_train_vs_eval"] = values
+
+    baseline = os.path.join(baseline_dir, STATS_FILE)
+    if os.path.exists(baseline):
+        previous = tfdv.load_stats_binary(baseline)
+        lines, values = _distribution_findings(schema, train, previous, vcfg.drift_linf, vcfg.drift_jsd,
+                                               exclude, "drift vs previous run")
+        findings += lines
+        report["drift_vs_previous_run"] = values
+    report["findings"] = findings
+    os.makedirs(report_uri, exist_ok=True)
+    with open(os.path.join(report_uri, REPORT_FILE), "w") as fh:
+        json.dump(report, fh, indent=2)
+    if findings:
+        raise DataValidationError(
+            "data validation failed; nothing was trained or pushed. Fix the data, or the curated schema in "
+            "schemas/ if the change is intended:\n  " + "\n  ".join(findings)
+            + f"\n(report: {os.path.join(report_uri, REPORT_FILE)})"
+        )
+    os.makedirs(baseline_dir, exist_ok=True)
+    shutil.copyfile(_split_file(stats_uri, TRAIN, STATS_FILE), baseline)
+    print(f"[DataGate] no anomalies; skew and drift within thresholds (report: {report_uri})", flush=True)
+    return report
