@@ -3,33 +3,39 @@
 TF Serving's binary cannot load ScaNN's custom ops, so the project serves its
 SavedModels with this Python server; any TF Serving client works unchanged.
 
-Public API:
+Public API (imported lazily, so `serving.model_server.cli --help` does not load
+TensorFlow):
     ModelServer, BatchingOptions, infra_validate, InfraValidationError,
-    load_model_server_config, parse_batching_parameters.
+    ServingError, ConfigError, load_model_server_config,
+    parse_model_server_config, load_batching_parameters,
+    parse_batching_parameters.
 Command line: `python -m serving.model_server --model_config_file ...`.
 """
 
-from serving.model_server.config import (
-    BatchingOptions,
-    ConfigError,
-    load_batching_parameters,
-    load_model_server_config,
-    parse_batching_parameters,
-    parse_model_server_config,
-)
-from serving.model_server.errors import ServingError
-from serving.model_server.infra_validation import InfraValidationError, infra_validate
-from serving.model_server.server import ModelServer
+import importlib
 
-__all__ = [
-    "BatchingOptions",
-    "ConfigError",
-    "InfraValidationError",
-    "ModelServer",
-    "ServingError",
-    "infra_validate",
-    "load_batching_parameters",
-    "load_model_server_config",
-    "parse_batching_parameters",
-    "parse_model_server_config",
-]
+_EXPORTS = {
+    "BatchingOptions": "config",
+    "ConfigError": "config",
+    "load_batching_parameters": "config",
+    "load_model_server_config": "config",
+    "parse_batching_parameters": "config",
+    "parse_model_server_config": "config",
+    "ServingError": "errors",
+    "InfraValidationError": "infra_validation",
+    "infra_validate": "infra_validation",
+    "ModelServer": "server",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

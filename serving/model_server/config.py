@@ -105,8 +105,9 @@ def validate_model_server_config(config: ModelServerConfig, source: str) -> Mode
                 raise ConfigError(f"{where}: bad version label {label!r}; use letters, digits, '_' or '-', not starting with a digit")
             if version <= 0:
                 raise ConfigError(f"{where}: label {label!r} must point at a version > 0")
-        if not _is_remote(model.base_path):
-            model.base_path = os.path.abspath(model.base_path)
+        if _is_remote(model.base_path):
+            raise ConfigError(f"{where}: remote base_path {model.base_path!r} is not supported; sync it to a local directory")
+        model.base_path = os.path.abspath(model.base_path)
     return config
 
 

@@ -51,6 +51,8 @@ def test_model_config_errors():
             "model_config_list { config { name: 'a' base_path: '/a' } config { name: 'a' base_path: '/b' } }")
     with pytest.raises(ConfigError, match="base_path is required"):
         parse_model_server_config("model_config_list { config { name: 'a' } }")
+    with pytest.raises(ConfigError, match="remote base_path"):
+        parse_model_server_config("model_config_list { config { name: 'a' base_path: 'gs://b/a' } }")
 
 
 def test_batching_parameters_both_syntaxes():
