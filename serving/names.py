@@ -19,6 +19,8 @@ RECOMMEND_SIGNATURE = "recommend"  # retrieval: query features -> top-k item ids
 QUERY_EMBEDDING_SIGNATURE = "query_embedding"  # retrieval: query features -> [B, D]
 CANDIDATE_EMBEDDING_SIGNATURE = "candidate_embedding"  # retrieval: item ids -> [B, D]
 SCORE_SIGNATURE = "score"  # ranking: query features + candidates -> score per head
+POPULAR_SIGNATURE = "popular"  # retrieval: k [B] -> the most popular items in training
+ITEM_FEATURES_SIGNATURE = "item_features"  # retrieval: item ids -> their side features as strings
 DEFAULT_SIGNATURE = "serving_default"  # alias of recommend / score
 
 # Input tensors of recommend / query_embedding / score. Every input is batch-major
@@ -41,7 +43,13 @@ ITEM_IDS_INPUT = F.ITEM_ID  # string [B]: candidate_embedding input
 # Output tensors.
 OUT_ITEM_IDS = "item_ids"  # string [B, max(k)]; "" past a row's own k
 OUT_SCORES = "scores"  # float32 [B, max(k)]; -inf past a row's own k
+OUT_KNOWN_USER = "known_user"  # bool [B]: the user id was in the training vocabulary
 OUT_EMBEDDING = "embedding"  # float32 [B, D]
+# item_features outputs: one string [B] tensor per item side feature, named by its
+# canonical key (item_<name>); multi-valued ones joined with MULTI_VALUE_JOIN;
+# plus OUT_KNOWN_ITEM.
+OUT_KNOWN_ITEM = "known_item"  # bool [B]: the item id is in the served catalogue
+MULTI_VALUE_JOIN = "|"
 OUT_RATING = "rating"  # float32 [B, C]: predicted rating
 OUT_ENGAGEMENT = "engagement"  # float32 [B, C]: probability of engagement
 
