@@ -6,9 +6,9 @@ For every interaction: the user's features, the user's N most recent earlier ite
 features and the labels. Each example is assigned to a time-based split
 (tfx_pipeline/splits.py). Two more outputs serve training and export:
 
-- candidates: one example per catalogue item (item id + item features), so every
+- items (candidates): one example per catalogue item (item id + item features), so every
   item, interacted with or not, gets a candidate embedding and can be indexed;
-- user_state: one example per user with their features and their latest N items
+- users (user state): one example per user with their features and their latest N items
   over all events, so a served model can recommend for a known user id alone.
 
 Rows are grouped by user inside Beam (GroupByKey), so the per-user work scales out
@@ -33,6 +33,8 @@ from trainer import features as F
 SPLIT_DIR = "Split-{}"
 CANDIDATES_SPLIT = "items"
 USER_STATE_SPLIT = "users"
+ALL_SPLITS = (*splits.SPLIT_NAMES, CANDIDATES_SPLIT, USER_STATE_SPLIT)
+SIDE_SPLITS = [CANDIDATES_SPLIT, USER_STATE_SPLIT]  # not interactions: no stats, no Transform
 
 
 # -- rows -> serialized tf.Examples --------------------------------------------
@@ -170,12 +172,10 @@ def build_examples(
     users: pd.DataFrame | None,
     items: pd.DataFrame | None,
     cfg,
-    examples_uri: str,
-    candidates_uri: str,
-    user_state_uri: str,
+    out_uri: str,
     beam_pipeline_args: list[str] | None = None,
 ) -> dict[str, int]:
-    """Runs the Beam job; returns example counts per split."""
+    """Runs the Beam job, writing ``out_uri/Split-<name>/``; returns example counts per split."""
     from tfx_pipeline.tables import catalogue
 
     ex_cfg = cfg.examples
@@ -221,16 +221,16 @@ def build_examples(
             lambda kv, n: splits.SPLIT_NAMES.index(kv[0]), len(splits.SPLIT_NAMES)
         )
         for name, part in zip(splits.SPLIT_NAMES, parts):
-            _write(part | f"Drop{name}" >> beam.Values(), examples_uri, name, example_types,
+            _write(part | f"Drop{name}" >> beam.Values(), out_uri, name, example_types,
                    ex_cfg.num_shards, name)
         states = by_user | "UserState" >> beam.Map(
             lambda kv: user_state_row(kv[0], list(kv[1]), ex_cfg.history_length, user_rows.get(kv[0]), side_kinds)
         )
-        _write(states, user_state_uri, USER_STATE_SPLIT, user_types, 1, "Users")
+        _write(states, out_uri, USER_STATE_SPLIT, user_types, 1, "Users")
         cands = (
             p
             | "ItemIds" >> beam.Create(item_ids, reshuffle=False)
             | "Candidates" >> beam.Map(lambda i: candidate_row(i, (item_rows or {}).get(i), side_kinds))
         )
-        _write(cands, candidates_uri, CANDIDATES_SPLIT, item_types, 1, "Items")
+        _write(cands, out_uri, CANDIDATES_SPLIT, item_types, 1, "Items")
     return counts

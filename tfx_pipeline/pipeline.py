@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 from tfx_pipeline.components.data_gate import DataGate
 from tfx_pipeline.components.example_builder import ExampleBuilder
 from tfx_pipeline.config import PipelineConfig, resolve_path
+from tfx_pipeline.example_builder import SIDE_SPLITS
 
 DATA_STAGE = "data"
 ALL_STAGES = "all"
@@ -54,13 +55,15 @@ def create_pipeline(
         beam_pipeline_args_json=json.dumps(beam_args),
     )
     # Per-split statistics of the built examples.
-    statistics_gen = tfx.components.StatisticsGen(examples=example_builder.outputs["examples"])
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_builder.outputs["examples"], exclude_splits=SIDE_SPLITS)
     # The curated, version-controlled schema (schemas/<dataset>/schema.pbtxt).
     schema_gen = tfx.components.ImportSchemaGen(
         schema_file=str(resolve_path(cfg.schema_dir) / "schema.pbtxt"))
     # Anomalies of each split against the schema.
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+        exclude_splits=SIDE_SPLITS)
     # Stops the run on anomalies, train/eval skew, or drift from the last good run.
     data_gate = DataGate(
         statistics=statistics_gen.outputs["statistics"],
@@ -69,12 +72,15 @@ def create_pipeline(
         config_json=config_json,
         baseline_dir=str(cfg.root / "drift_baseline"),
     )
-    # Feature logic (trainer/preprocessing.py), analyzed on train, applied to both splits.
+    # Feature logic (trainer/preprocessing.py), analyzed on train. Not materialized:
+    # the trainers apply the graph to raw examples (and export it inside the models).
     transform = tfx.components.Transform(
         examples=example_builder.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn",
         custom_config={"side_features": cfg.side_features()},
+        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        materialize=False,
     )
     transform.add_upstream_node(data_gate)
     components += [example_builder, statistics_gen, schema_gen, example_validator, data_gate, transform]

@@ -83,10 +83,9 @@ def infer_schema(cfg, out_path: Path | None = None) -> Path:
 
     events, users, items = load_tables(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {k: os.path.join(tmp, k) for k in ("examples", "candidates", "users")}
-        build_examples(events, users, items, cfg, paths["examples"], paths["candidates"], paths["users"])
+        build_examples(events, users, items, cfg, tmp)
         stats = tfdv.generate_statistics_from_tfrecord(
-            os.path.join(paths["examples"], "Split-train", "*.gz"),
+            os.path.join(tmp, "Split-train", "*.gz"),
             stats_options=tfdv.StatsOptions(),
             pipeline_options=None,
         )

@@ -1,4 +1,11 @@
-"""ExampleBuilder: canonical tables -> train/eval Examples, candidates, user state."""
+"""ExampleBuilder: canonical tables -> one Examples artifact with four splits.
+
+train / eval: interaction examples (time-based split); items: one example per
+catalogue item (candidates to index); users: each user's latest state. One
+artifact, so the stock Trainer, which takes a single examples channel, can reach
+the candidates and user state; StatisticsGen, ExampleValidator and Transform are
+told to use only train and eval.
+"""
 
 
 import json
@@ -15,8 +22,6 @@ def ExampleBuilder(
     data_fingerprint: Parameter[str],
     beam_pipeline_args_json: Parameter[str],
     examples: OutputArtifact[standard_artifacts.Examples],
-    candidates: OutputArtifact[standard_artifacts.Examples],
-    user_state: OutputArtifact[standard_artifacts.Examples],
 ) -> None:
     """Reads and validates the dataset's tables, then runs the example-building Beam job.
 
@@ -31,10 +36,8 @@ def ExampleBuilder(
     cfg = config_from_json(config_json)
     events, users, items = load_tables(cfg)
     counts = example_builder.build_examples(
-        events, users, items, cfg, examples.uri, candidates.uri, user_state.uri,
+        events, users, items, cfg, examples.uri,
         beam_pipeline_args=json.loads(beam_pipeline_args_json),
     )
-    examples.split_names = artifact_utils.encode_split_names(list(splits.SPLIT_NAMES))
-    candidates.split_names = artifact_utils.encode_split_names([example_builder.CANDIDATES_SPLIT])
-    user_state.split_names = artifact_utils.encode_split_names([example_builder.USER_STATE_SPLIT])
+    examples.split_names = artifact_utils.encode_split_names(list(example_builder.ALL_SPLITS))
     print(f"[ExampleBuilder] examples per split: {counts}", flush=True)

@@ -1,0 +1,106 @@
+"""From Transform's outputs to the dense tensors the models take.
+
+Transform emits [B] / [B, 1] dense tensors and SparseTensors for variable-length
+features. Models take dense tensors with indices shifted by +1 so that 0 is
+padding: ``history_item_ids_idx`` [B, H], ``item_genres_idx`` [B, M], ... One
+function does this for training input pipelines and for the exported signatures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer import features as F
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureLayout:
+    """Which transformed features exist and their embedding input sizes."""
+
+    sizes: dict  # transformed idx/bucket feature -> embedding rows (vocab + OOV + padding)
+    user_cats: tuple[str, ...]  # user categorical idx features
+    user_nums: tuple[str, ...]  # user numeric base keys (have _z and _bucket)
+    item_cats: tuple[str, ...]  # item categorical idx features
+    item_lists: tuple[str, ...]  # item multi-valued idx / text token features ([B, M])
+    item_nums: tuple[str, ...]  # item numeric base keys
+    list_features: tuple[str, ...]  # every [B, M] feature, history included
+
+    @property
+    def num_users(self) -> int:
+        return self.sizes[F.USER_ID_IDX]
+
+    @property
+    def num_items(self) -> int:
+        return self.sizes[F.ITEM_ID_IDX]
+
+
+def layout_from_transform(tf_transform_output: tft.TFTransformOutput, side_features: dict) -> FeatureLayout:
+    def rows(vocab_name: str) -> int:
+        # vocabulary + OOV bucket(s) + the padding row 0.
+        return tf_transform_output.vocabulary_size_by_name(vocab_name) + F.OOV_BUCKETS + 1
+
+    sizes = {
+        F.USER_ID_IDX: rows(F.USER_VOCAB),
+        F.ITEM_ID_IDX: rows(F.ITEM_VOCAB),
+        F.HISTORY_IDX: rows(F.ITEM_VOCAB),
+        F.HOUR_OF_DAY: F.HOURS_IN_DAY + 1,
+        F.DAY_OF_WEEK: F.DAYS_IN_WEEK + 1,
+    }
+    user_cats, user_nums, item_cats, item_lists, item_nums = [], [], [], [], []
+    for key, kind in sorted(side_features.items()):
+        is_user = key.startswith(F.USER_FEATURE_PREFIX)
+        if kind == F.NUMERIC:
+            (user_nums if is_user else item_nums).append(key)
+            sizes[key + F.BUCKET_SUFFIX] = F.NUM_NUMERIC_BUCKETS + 2
+        elif kind == F.CATEGORICAL:
+            (user_cats if is_user else item_cats).append(key + F.IDX_SUFFIX)
+            sizes[key + F.IDX_SUFFIX] = rows(key)
+        elif kind == F.MULTI_VALUED:
+            item_lists.append(key + F.IDX_SUFFIX)
+            sizes[key + F.IDX_SUFFIX] = rows(key)
+        elif kind == F.TEXT:
+            item_lists.append(key + F.TOKENS_SUFFIX)
+            sizes[key + F.TOKENS_SUFFIX] = rows(key)
+    return FeatureLayout(
+        sizes=sizes, user_cats=tuple(user_cats), user_nums=tuple(user_nums), item_cats=tuple(item_cats),
+        item_lists=tuple(item_lists), item_nums=tuple(item_nums),
+        list_features=(F.HISTORY_IDX, *item_lists),
+    )
+
+
+def to_model_inputs(transformed: dict, layout: FeatureLayout) -> dict:
+    """Dense, padding-shifted model inputs from Transform outputs (training or serving)."""
+    out = {}
+    for name, value in transformed.items():
+        if name in layout.list_features:
+            if isinstance(value, tf.RaggedTensor):
+                value = value.to_sparse()
+            if isinstance(value, tf.SparseTensor):
+                value = tf.sparse.to_dense(value, default_value=tf.constant(-1, value.dtype))
+            out[name] = tf.cast(value, tf.int64) + 1  # -1 padding -> 0
+            continue
+        if isinstance(value, tf.SparseTensor):
+            value = tf.sparse.to_dense(value)
+        if value.shape.rank == 2:
+            value = tf.squeeze(value, axis=1)
+        if name in layout.sizes and name not in (F.HOUR_OF_DAY, F.DAY_OF_WEEK):
+            value = tf.cast(value, tf.int64) + 1  # shift: 0 is reserved for padding
+        out[name] = value
+    return out
+
+
+def transformed_dataset(file_pattern, data_accessor, tf_transform_output, layout: FeatureLayout,
+                        batch_size: int, shuffle: bool, num_epochs: int | None = 1, seed: int = 0) -> tf.data.Dataset:
+    """Batches of model inputs from Transform's materialized examples."""
+    from tfx_bsl.public import tfxio
+
+    ds = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=num_epochs,
+                                       shuffle_seed=seed, drop_final_batch=shuffle),
+        tf_transform_output.transformed_metadata.schema,
+    )
+    return ds.map(lambda x: to_model_inputs(x, layout), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

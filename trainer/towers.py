@@ -1,0 +1,156 @@
+"""Feature encoders and the two retrieval towers.
+
+All index inputs are shifted so that 0 is padding (trainer/model_inputs.py).
+The item-id embedding table is shared by the history encoder and the candidate
+tower, so "what the user watched" and "what we recommend" live in one space.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from trainer import features as F
+from trainer.model_inputs import FeatureLayout
+
+
+class MaskedMean(tf.keras.layers.Layer):
+    """Mean of [B, M, D] embeddings over positions whose index ([B, M]) is non-zero."""
+
+    def call(self, embeddings, ids):
+        mask = tf.cast(tf.not_equal(ids, 0), embeddings.dtype)[..., None]
+        return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+class HistoryEncoder(tf.keras.layers.Layer):
+    """Encodes a [B, H] history of item indices (oldest first, 0 = padding) to [B, D].
+
+    ``mean``: masked mean of item embeddings (order-free, robust on small data).
+    ``gru``: a GRU over the sequence; the last valid state.
+    ``attention``: one Transformer block (self-attention + FFN) with learned
+    positions, masked-mean pooled.
+    """
+
+    def __init__(self, kind: str, item_embedding: tf.keras.layers.Embedding, dim: int, max_len: int,
+                 heads: int = 2, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.kind, self.item_embedding, self.dim = kind, item_embedding, dim
+        self.pool = MaskedMean()
+        if kind == "gru":
+            self.gru = tf.keras.layers.GRU(dim)
+        elif kind == "attention":
+            self.positions = tf.keras.layers.Embedding(max_len + 1, item_embedding.output_dim)
+            self.attention = tf.keras.layers.MultiHeadAttention(heads, key_dim=max(8, item_embedding.output_dim // heads),
+                                                                dropout=dropout)
+            self.norm1 = tf.keras.layers.LayerNormalization()
+            self.norm2 = tf.keras.layers.LayerNormalization()
+            self.ffn = tf.keras.Sequential([tf.keras.layers.Dense(2 * item_embedding.output_dim, activation="gelu"),
+                                            tf.keras.layers.Dense(item_embedding.output_dim)])
+        elif kind != "mean":
+            raise ValueError(f"unknown history encoder {kind!r}: use mean, gru or attention")
+
+    def call(self, ids, training=False):
+        emb = self.item_embedding(ids)  # [B, H, E]
+        valid = tf.not_equal(ids, 0)
+        if self.kind == "mean":
+            return self.pool(emb, ids)
+        if self.kind == "gru":
+            # Right-align isn't needed: Keras masking skips padded steps.
+            return self.gru(emb, mask=valid, training=training)
+        length = tf.shape(ids)[1]
+        emb = emb + self.positions(tf.range(length))[None]
+        attn_mask = tf.logical_and(valid[:, :, None], valid[:, None, :])
+        x = self.norm1(emb + self.attention(emb, emb, attention_mask=attn_mask, training=training))
+        x = self.norm2(x + self.ffn(x))
+        return self.pool(x, ids)
+
+
+def _embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
+    return tf.keras.layers.Embedding(rows, dim, name=name, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+
+
+def _mlp(units, out_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
+    layers = []
+    for u in units:
+        layers += [tf.keras.layers.Dense(u, activation="relu"), tf.keras.layers.Dropout(dropout)]
+    layers.append(tf.keras.layers.Dense(out_dim))
+    return tf.keras.Sequential(layers, name=name)
+
+
+class ItemEncoder(tf.keras.layers.Layer):
+    """Concatenated item features: id embedding + content (genres, title tokens, numerics)."""
+
+    def __init__(self, layout: FeatureLayout, item_embedding, feature_dim: int, use_id: bool = True,
+                 use_content: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.layout, self.item_embedding, self.use_id, self.use_content = layout, item_embedding, use_id, use_content
+        self.pool = MaskedMean()
+        names = (*layout.item_cats, *layout.item_lists, *[k + F.BUCKET_SUFFIX for k in layout.item_nums])
+        self.embeddings = {n: _embedding(layout.sizes[n], feature_dim, f"emb_{n}") for n in names} if use_content else {}
+
+    def call(self, x):
+        parts = []
+        if self.use_id:
+            parts.append(self.item_embedding(x[F.ITEM_ID_IDX]))
+        if self.use_content:
+            for n in self.layout.item_cats:
+                parts.append(self.embeddings[n](x[n]))
+            for n in self.layout.item_lists:
+                parts.append(self.pool(self.embeddings[n](x[n]), x[n]))
+            for k in self.layout.item_nums:
+                parts.append(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX]))
+                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], tf.float32), -1))
+        return tf.concat(parts, axis=-1)
+
+
+class QueryEncoder(tf.keras.layers.Layer):
+    """Concatenated query features: user id, user features, history, context."""
+
+    def __init__(self, layout: FeatureLayout, item_embedding, hp, history_len: int, **kwargs):
+        super().__init__(**kwargs)
+        self.layout, self.hp = layout, hp
+        d = hp.feature_embedding_dim
+        self.user_embedding = _embedding(layout.num_users, hp.id_embedding_dim, "emb_user_id")
+        names = (*layout.user_cats, *[k + F.BUCKET_SUFFIX for k in layout.user_nums])
+        self.embeddings = {n: _embedding(layout.sizes[n], d, f"emb_{n}") for n in names}
+        self.hour = _embedding(F.HOURS_IN_DAY + 1, d, "emb_hour")
+        self.day = _embedding(F.DAYS_IN_WEEK + 1, d, "emb_day")
+        self.history = HistoryEncoder(hp.history_encoder, item_embedding, hp.id_embedding_dim, history_len,
+                                      heads=hp.attention_heads, dropout=hp.dropout)
+
+    def call(self, x, training=False):
+        parts = []
+        if self.hp.use_user_id:
+            parts.append(self.user_embedding(x[F.USER_ID_IDX]))
+        if self.hp.use_content_features:
+            for n in self.layout.user_cats:
+                parts.append(self.embeddings[n](x[n]))
+            for k in self.layout.user_nums:
+                parts.append(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX]))
+                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], tf.float32), -1))
+        if self.hp.use_history:
+            parts.append(self.history(x[F.HISTORY_IDX], training=training))
+        if self.hp.use_context:
+            parts += [self.hour(x[F.HOUR_OF_DAY]), self.day(x[F.DAY_OF_WEEK]),
+                      tf.expand_dims(tf.cast(x[F.RECENCY_Z], tf.float32), -1)]
+        return tf.concat(parts, axis=-1)
+
+
+class Tower(tf.keras.Model):
+    """Encoder -> MLP -> L2-normalized embedding [B, D]."""
+
+    def __init__(self, encoder: tf.keras.layers.Layer, hp, name: str):
+        super().__init__(name=name)
+        self.encoder = encoder
+        self.mlp = _mlp(hp.hidden_units, hp.embedding_dim, hp.dropout, f"{name}_mlp")
+
+    def call(self, x, training=False):
+        kwargs = {"training": training} if isinstance(self.encoder, QueryEncoder) else {}
+        return tf.math.l2_normalize(self.mlp(self.encoder(x, **kwargs), training=training), axis=-1)
+
+
+def build_towers(layout: FeatureLayout, hp, history_len: int) -> tuple[Tower, Tower]:
+    item_embedding = _embedding(layout.num_items, hp.id_embedding_dim, "emb_item_id")
+    query = Tower(QueryEncoder(layout, item_embedding, hp, history_len), hp, "query_tower")
+    candidate = Tower(ItemEncoder(layout, item_embedding, hp.feature_embedding_dim, hp.use_item_id,
+                                  hp.use_content_features), hp, "candidate_tower")
+    return query, candidate
