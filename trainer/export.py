@@ -137,7 +137,7 @@ class RetrievalModule(tf.Module):
         self.resolver, self.topk = resolver, topk_layer
         self.max_k, self.fetch_k = max_k, fetch_k
         ids = candidates["ids"]
-        self.candidate_ids = tf.constant(ids)
+        self.candidate_ids = tf.Variable(ids, trainable=False, name="candidate_ids")
         self.candidate_embeddings = tf.Variable(candidates["embeddings"], trainable=False, name="candidate_embeddings")
         self.unknown_item_embedding = tf.constant(unknown_item_embedding)
         self.item_table = tf.lookup.StaticHashTable(
@@ -147,6 +147,11 @@ class RetrievalModule(tf.Module):
         self.popular_counts = tf.constant(candidates["counts"][order].astype(np.float32))
         self.item_feature_keys = list(item_feature_keys)
         self.item_strings = {k: tf.constant(candidates["features"][k]) for k in self.item_feature_keys}
+
+    def _resolve_query(self, inputs: dict) -> dict:
+        """Saved as ``resolve_query`` so the index step can wrap this export with ScaNN."""
+        query, history, known = self.resolver.resolve(inputs)
+        return {names.OUT_EMBEDDING: query, "history": history, names.OUT_KNOWN_USER: known}
 
     def _recommend(self, inputs: dict) -> dict:
         query, history, known = self.resolver.resolve(inputs)
@@ -181,6 +186,9 @@ class RetrievalModule(tf.Module):
             out[key] = tf.where(known, tf.gather(self.item_strings[key], tf.maximum(idx, 0)), "")
         return out
 
+    def attach_resolve_query(self, user_features: dict) -> None:
+        self.resolve_query = tf.function(self._resolve_query, input_signature=[query_input_signature(user_features)])
+
     def signatures(self, user_features: dict) -> dict:
         qspec = query_input_signature(user_features)
         rspec = dict(qspec)
@@ -207,6 +215,38 @@ def brute_force_layer(embeddings: np.ndarray, ids: np.ndarray, k: int):
         tf.constant(embeddings), tf.constant(ids))
 
 
-def save(module: RetrievalModule, export_dir: str, user_features: dict, scann: bool = False) -> None:
-    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if scann else None
-    tf.saved_model.save(module, export_dir, signatures=module.signatures(user_features), options=options)
+def save(module: RetrievalModule, export_dir: str, user_features: dict) -> None:
+    module.attach_resolve_query(user_features)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures(user_features))
+
+
+class ScannRetrievalModule(tf.Module):
+    """The brute-force export, reloaded, with ScaNN answering ``recommend``.
+
+    Every other signature is the reloaded export's own, so the two models agree on
+    everything but the approximate top-k.
+    """
+
+    def __init__(self, base, scann_layer, max_k: int, fetch_k: int):
+        super().__init__()
+        self.base, self.topk, self.max_k, self.fetch_k = base, scann_layer, max_k, fetch_k
+
+    def _recommend(self, inputs: dict) -> dict:
+        query_keys = self.base.resolve_query.input_signature[0].keys()
+        resolved = self.base.resolve_query({k: inputs[k] for k in query_keys})
+        scores, ids = self.topk(resolved[names.OUT_EMBEDDING], k=self.fetch_k)
+        k = tf.minimum(inputs[names.K], self.max_k)
+        top_ids, top_scores = finalize_topk(scores, ids, resolved["history"], inputs[names.EXCLUDE_HISTORY], k)
+        return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores,
+                names.OUT_KNOWN_USER: resolved[names.OUT_KNOWN_USER]}
+
+    def save(self, export_dir: str) -> None:
+        rspec = dict(self.base.resolve_query.input_signature[0])
+        rspec[names.K] = tf.TensorSpec([None], tf.int32, names.K)
+        rspec[names.EXCLUDE_HISTORY] = tf.TensorSpec([None], tf.bool, names.EXCLUDE_HISTORY)
+        recommend = tf.function(lambda **kw: self._recommend(kw)).get_concrete_function(**rspec)
+        signatures = {name: fn for name, fn in self.base.signatures.items()}
+        signatures[names.RECOMMEND_SIGNATURE] = recommend
+        signatures[names.DEFAULT_SIGNATURE] = recommend
+        tf.saved_model.save(self, export_dir, signatures=signatures,
+                            options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
