@@ -136,8 +136,11 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     os.makedirs(run_dir, exist_ok=True)
     metrics["train_seconds"] = train_seconds
     metrics["epochs_run"] = len(fit.history["loss"])
-    with open(os.path.join(run_dir, METRICS_FILE), "w") as fh:
-        json.dump(metrics, fh, indent=2)
+    # Beside the model too: the gate reads it from the Model artifact (and from the
+    # latest blessed Model's artifact).
+    for directory in (run_dir, os.path.dirname(serving_dir.rstrip("/"))):
+        with open(os.path.join(directory, METRICS_FILE), "w") as fh:
+            json.dump(metrics, fh, indent=2)
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as fh:
         json.dump({**{k: [float(x) for x in v] for k, v in fit.history.items()},
                    "grad_norm": grad_logger.norms}, fh, indent=2)

@@ -1,0 +1,57 @@
+"""What a run produced, printed for people: evaluation tables, verdicts, index recall, pushes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tfx_pipeline.config import PipelineConfig
+
+
+def latest(root: Path, component: str, output: str) -> str | None:
+    base = root / "artifacts" / component / output
+    if not base.is_dir():
+        return None
+    ids = sorted((int(p.name) for p in base.iterdir() if p.name.isdigit()), reverse=True)
+    return str(base / str(ids[0])) if ids else None
+
+
+def print_summary(cfg: PipelineConfig) -> dict:
+    from trainer.report import ranking_table, retrieval_table, write_report
+
+    root = cfg.root
+    out: dict = {}
+    retrieval_run = latest(root, "RetrievalTrainer", "model_run")
+    ranking_run = latest(root, "RankingTrainer", "model_run")
+    scann = latest(root, "IndexBuilder", "scann_model")
+    index_report = os.path.join(scann, "index_report.json") if scann else None
+    for label, run, table in (("retrieval", retrieval_run, retrieval_table), ("ranking", ranking_run, ranking_table)):
+        path = os.path.join(run, "metrics.json") if run else None
+        if path and os.path.exists(path):
+            with open(path) as fh:
+                metrics = json.load(fh)
+            out[label] = metrics
+            print(f"\n[eval] {label} on the eval split ({cfg.examples.split.strategy} split):")
+            print("\n".join("  " + r for r in table(metrics)))
+    for gate in ("RetrievalGate", "RankingGate"):
+        blessing = latest(root, gate, "blessing")
+        if blessing:
+            verdict = "BLESSED" if os.path.exists(os.path.join(blessing, "BLESSED")) else "NOT BLESSED"
+            print(f"[gate] {gate}: {verdict} ({blessing})")
+    if index_report and os.path.exists(index_report):
+        with open(index_report) as fh:
+            idx = json.load(fh)
+        out["index"] = idx
+        print(f"[index] ScaNN recall@10 vs exact search: {idx['recall@10']:.4f} (floor {idx['recall_floor']}) "
+              f"over {idx['num_candidates']:,} candidates")
+    if retrieval_run or ranking_run:
+        report = write_report(str(root / "report"), retrieval_run, ranking_run, index_report)
+        out["report"] = report
+        print(f"[report] {report}")
+    serving = cfg.serving_root
+    if serving.is_dir():
+        for model in sorted(p for p in serving.iterdir() if p.is_dir()):
+            versions = sorted(v.name for v in model.iterdir() if v.name.isdigit())
+            print(f"[push] {model.name}: versions {versions} under {model}")
+    return out

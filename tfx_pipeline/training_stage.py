@@ -1,0 +1,85 @@
+"""Wiring of the training half: trainers, gates, index, infra validation, push."""
+
+from __future__ import annotations
+
+import json
+
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from serving import names
+from tfx_pipeline.components.index_builder import IndexBuilder
+from tfx_pipeline.components.infra_validator import InfraValidator
+from tfx_pipeline.components.model_gate import ModelGate
+from tfx_pipeline.config import PipelineConfig
+from trainer.hparams import parse_trainer_config, to_json
+
+RETRIEVAL_TRAINER = "RetrievalTrainer"
+RANKING_TRAINER = "RankingTrainer"
+
+
+def _latest_blessed(trainer_id: str, gate_id: str):
+    """The latest blessed model from this trainer, by ML Metadata (the change baseline)."""
+    return tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=standard_artifacts.Model, producer_component_id=trainer_id),
+        model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=gate_id),
+    ).with_id(f"LatestBlessed{trainer_id}")
+
+
+def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_name: str):
+    return tfx.components.Pusher(
+        model=model_channel,
+        model_blessing=blessing,
+        infra_blessing=infra_blessing,
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(cfg.serving_root / model_name))),
+    ).with_id(f"Push_{model_name}")
+
+
+def training_components(cfg: PipelineConfig, example_builder, schema_gen, transform) -> list:
+    trainer_cfg = parse_trainer_config(cfg.trainer)  # fails early on unknown keys
+    custom_config = {
+        "side_features": cfg.side_features(),
+        "history_length": cfg.examples.history_length,
+        "trainer": json.loads(to_json(trainer_cfg)),
+    }
+    gate_json = json.dumps(json.loads(to_json(trainer_cfg))["gate"])
+    common = dict(
+        examples=example_builder.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config=custom_config,
+    )
+    # Two-tower retrieval (trainer/retrieval_trainer.py): brute-force export + metrics.
+    retrieval = tfx.components.Trainer(run_fn="trainer.retrieval_trainer.run_fn", **common).with_id(RETRIEVAL_TRAINER)
+    # DCN-v2 multitask ranking (trainer/ranking_trainer.py).
+    ranking = tfx.components.Trainer(run_fn="trainer.ranking_trainer.run_fn", **common).with_id(RANKING_TRAINER)
+
+    retrieval_baseline = _latest_blessed(RETRIEVAL_TRAINER, "RetrievalGate")
+    ranking_baseline = _latest_blessed(RANKING_TRAINER, "RankingGate")
+    # Bless only what clears the floors and does not regress against the latest blessed model.
+    retrieval_gate = ModelGate(model=retrieval.outputs["model"], baseline_model=retrieval_baseline.outputs["model"],
+                               kind="retrieval", gate_json=gate_json).with_id("RetrievalGate")
+    ranking_gate = ModelGate(model=ranking.outputs["model"], baseline_model=ranking_baseline.outputs["model"],
+                             kind="ranking", gate_json=gate_json).with_id("RankingGate")
+    # ScaNN over every candidate; fails the run below the recall floor.
+    index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
+                         trainer_json=to_json(trainer_cfg))
+    components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index]
+
+    served = (
+        (names.RETRIEVAL_MODEL, index.outputs["scann_model"], retrieval_gate),
+        (names.RETRIEVAL_BRUTE_FORCE_MODEL, retrieval.outputs["model"], retrieval_gate),
+        (names.RANKING_MODEL, ranking.outputs["model"], ranking_gate),
+    )
+    for model_name, model_channel, gate in served:
+        # Load in the model server on a free port and replay the warmup requests.
+        infra = InfraValidator(model=model_channel, blessing=gate.outputs["blessing"],
+                               model_name=model_name).with_id(f"InfraValidate_{model_name}")
+        # Versioned directory <serving base>/<model>/<version>/ when blessed and infra-blessed.
+        pusher = _pusher(model_channel, gate.outputs["blessing"], infra.outputs["infra_blessing"], cfg, model_name)
+        components += [infra, pusher]
+    return components
