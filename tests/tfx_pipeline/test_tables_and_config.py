@@ -1,0 +1,103 @@
+"""Bad input stops with a message naming the file, the column and what is wrong."""
+
+import pytest
+
+from tfx_pipeline.config import ConfigError, load_config, parse_config
+from tfx_pipeline.tables import DataError, load_tables
+
+
+def _cfg(tmp_path, events_csv: str, items_csv: str | None = None, **events_extra):
+    (tmp_path / "events.csv").write_text(events_csv)
+    raw = {
+        "name": "t",
+        "schema_dir": str(tmp_path),
+        "data": {"events": {"path": str(tmp_path / "events.csv"),
+                            "columns": {"user": "u", "item": "i", "timestamp": "t", "rating": "r"}, **events_extra}},
+    }
+    if items_csv is not None:
+        (tmp_path / "items.csv").write_text(items_csv)
+        raw["data"]["items"] = {"path": str(tmp_path / "items.csv"), "id_column": "i",
+                                "features": {"genres": "multi_valued"}}
+    return parse_config(raw)
+
+
+def test_shipped_configs_parse():
+    ml = load_config("configs/movielens_100k.yaml")
+    assert ml.side_features()["item_genres"] == "multi_valued"
+    imp = load_config("configs/implicit_demo.yaml")
+    assert imp.side_features() == {} and imp.data.events.columns["event_type"] == "action"
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['histroy_length'\]"):
+        parse_config({"name": "x", "schema_dir": "s", "examples": {"histroy_length": 3},
+                      "data": {"events": {"path": "e", "columns": {"user": "u", "item": "i", "timestamp": "t"}}}})
+
+
+def test_missing_role_mapping_is_an_error():
+    with pytest.raises(ConfigError, match=r"must map \['timestamp'\]"):
+        parse_config({"name": "x", "schema_dir": "s",
+                      "data": {"events": {"path": "e", "columns": {"user": "u", "item": "i"}}}})
+
+
+def test_good_table_loads(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,10,100,4\n1,11,200,5\n")
+    events, users, items = load_tables(cfg)
+    assert list(events.columns) == ["user_id", "item_id", "timestamp", "rating"]
+    assert events["timestamp"].tolist() == [100, 200] and users is None and items is None
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,r\n1,10,4\n")
+    with pytest.raises(DataError) as e:
+        load_tables(cfg)
+    assert "events.csv" in str(e.value) and "missing required column 't'" in str(e.value)
+
+
+def test_malformed_row_names_line(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,10,100,4\n1,11,200,5,extra,fields\n")
+    with pytest.raises(DataError, match=r"events.csv: malformed row"):
+        load_tables(cfg)
+
+
+def test_non_numeric_timestamp_names_row_and_column(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,10,100,4\n1,11,yesterday,5\n")
+    with pytest.raises(DataError) as e:
+        load_tables(cfg)
+    msg = str(e.value)
+    assert "column 't'" in msg and "line 3" in msg and "yesterday" in msg
+
+
+def test_empty_user_id_is_reported(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n,10,100,4\n")
+    with pytest.raises(DataError, match=r"column 'u' is empty in 1 row\(s\) \(line 2\)"):
+        load_tables(cfg)
+
+
+@pytest.mark.parametrize("content,expected", [("", "is empty"), ("u,i,t,r\n", "no rows")])
+def test_empty_input(tmp_path, content, expected):
+    cfg = _cfg(tmp_path, content)
+    with pytest.raises(DataError, match=expected):
+        load_tables(cfg)
+
+
+def test_missing_file(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,1,1,1\n")
+    (tmp_path / "events.csv").unlink()
+    with pytest.raises(DataError, match="file not found"):
+        load_tables(cfg)
+
+
+def test_event_item_missing_from_item_table(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,10,100,4\n1,99,200,5\n", items_csv="i,genres\n10,Drama|Comedy\n")
+    with pytest.raises(DataError, match=r"items table has no row for item_id \['99'\]"):
+        load_tables(cfg)
+
+
+def test_unknown_event_type_without_weight(tmp_path):
+    (tmp_path / "events.csv").write_text("u,i,t,a\n1,10,100,click\n1,11,200,refund\n")
+    cfg = parse_config({"name": "t", "schema_dir": ".", "data": {"events": {
+        "path": str(tmp_path / "events.csv"), "columns": {"user": "u", "item": "i", "timestamp": "t", "event_type": "a"},
+        "event_weights": {"click": 1.0}}}})
+    with pytest.raises(DataError, match=r"event type\(s\) \['refund'\] not in data.events.event_weights"):
+        load_tables(cfg)
