@@ -95,7 +95,8 @@ def create_pipeline(
         if metadata_path else None
     )
     return tfx.dsl.Pipeline(
-        pipeline_name=cfg.name,
+        # Kubeflow v2 accepts only [a-z0-9-] names; one name for both runners.
+        pipeline_name=cfg.name.lower().replace("_", "-"),
         pipeline_root=str(cfg.root / "artifacts"),
         metadata_connection_config=metadata,
         components=components,

@@ -13,7 +13,7 @@ def DataGate(
     anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
     config_json: Parameter[str],
     baseline_dir: Parameter[str],
-    report: OutputArtifact[standard_artifacts.ExampleValidationMetrics],
+    report: OutputArtifact[standard_artifacts.ExampleAnomalies],
 ) -> None:
     """Raises ``DataValidationError`` (failing the run before Transform) on any finding."""
     from tfx_pipeline.config import config_from_json

@@ -5,7 +5,6 @@ blessed model, resolved from ML Metadata by LatestBlessedModelStrategy), applies
 trainer/gate.py, and writes a ModelBlessing the Pusher honours.
 """
 
-from typing import Optional
 
 from tfx.types import standard_artifacts
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
@@ -18,7 +17,7 @@ def ModelGate(
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     kind: Parameter[str],
     gate_json: Parameter[str],
-    baseline_model: Optional[InputArtifact[standard_artifacts.Model]] = None,
+    baseline_model: InputArtifact[standard_artifacts.Model] = None,
 ) -> None:
     import json
 
