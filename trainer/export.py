@@ -88,6 +88,8 @@ def finalize_topk(scores: tf.Tensor, ids: tf.Tensor, history: tf.Tensor, exclude
 class QueryResolver(tf.Module):
     """Raw query inputs -> (query embedding [B, D], effective history [B, H], known_user [B]).
 
+    ``resolve_inputs`` returns the resolved query model inputs instead of the embedding.
+
     Missing inputs ("" / NaN / all-"" history) fall back to the user's stored state.
     """
 
@@ -104,6 +106,17 @@ class QueryResolver(tf.Module):
 
     def resolve(self, inputs: dict, fallback: bool = True):
         """``fallback=False`` ignores stored state (offline evaluation: it holds the future)."""
+        model_inputs, history, known = self.resolve_inputs(inputs, fallback)
+        query = self.query_tower(model_inputs, training=False)
+        return query, history, known
+
+    def resolve_inputs(self, inputs: dict, fallback: bool = True):
+        """Like ``resolve`` but stops before the tower: (query model inputs, history [B, H], known [B]).
+
+        The model inputs are the Transform outputs of the resolved raw query features
+        (user id, user side features, history, context), shifted as in model_inputs.py;
+        the ranking export feeds them to its own model. ``query_tower`` may be None here.
+        """
         idx = self.user_table.lookup(inputs[names.USER_ID])
         known = idx >= 0 if fallback else tf.zeros_like(idx, tf.bool)
         safe = tf.maximum(idx, 0)
@@ -124,8 +137,7 @@ class QueryResolver(tf.Module):
             value, saved = inputs[key], tf.gather(self.state_features[key], safe)
             missing = tf.math.is_nan(value) if kind == F.NUMERIC else tf.equal(value, "")
             raw[key] = tf.where(missing & known, saved, value)
-        query = self.query_tower(raw_to_model_inputs(raw, self.tft_layer, self.layout), training=False)
-        return query, history, known
+        return raw_to_model_inputs(raw, self.tft_layer, self.layout), history, known
 
 
 class RetrievalModule(tf.Module):
