@@ -76,8 +76,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     eval_rows = raw_data.transformed_rows(eval_files, spec, tft_layer, layout)
 
     counts = np.zeros(layout.num_items, dtype=np.int64)
-    for batch in train_rows.batch(8192):
-        np.add.at(counts, batch[F.ITEM_ID_IDX].numpy(), 1)
+    for ids in train_rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
+        np.add.at(counts, ids.numpy(), 1)
     sampling = add_sampling_probability(tf.constant(counts + 1))
     train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed, sampling)
     eval_ds = raw_data.batched(eval_rows, batch_size, False, hp.seed, sampling)
