@@ -39,12 +39,16 @@ def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_
 
 def training_components(cfg: PipelineConfig, example_builder, schema_gen, transform) -> list:
     trainer_cfg = parse_trainer_config(cfg.trainer)  # fails early on unknown keys
+    sections = json.loads(to_json(trainer_cfg))
+    # Each component gets only the sections it uses, so changing the gate re-runs the
+    # gate and not the trainers (TFX's cache key includes every execution property).
     custom_config = {
         "side_features": cfg.side_features(),
         "history_length": cfg.examples.history_length,
-        "trainer": json.loads(to_json(trainer_cfg)),
+        "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"]},
     }
-    gate_json = json.dumps(json.loads(to_json(trainer_cfg))["gate"])
+    gate_json = json.dumps(sections["gate"])
+    index_json = json.dumps({"retrieval": sections["retrieval"], "index": sections["index"]})
     common = dict(
         examples=example_builder.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -67,7 +71,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
                              kind="ranking", gate_json=gate_json).with_id("RankingGate")
     # ScaNN over every candidate; fails the run below the recall floor.
     index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
-                         trainer_json=to_json(trainer_cfg))
+                         trainer_json=index_json)
     components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index]
 
     served = (

@@ -22,7 +22,8 @@ DATA_COMPONENTS = {"ExampleBuilder", "StatisticsGen", "ImportSchemaGen", "Exampl
 def _cfg(tmp_path, **over):
     base = {"pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),
             "trainer": {"retrieval": {"epochs": 2, "batch_size": 128}, "ranking": {"epochs": 1, "batch_size": 256},
-                        "gate": {"min_auc": 0.0}}}
+                        "gate": {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "max_recall_drop": 1.0,
+                                 "max_auc_drop": 1.0, "max_rmse_increase": 10.0}}}
     base.update(over)
     return load_config("configs/implicit_demo.yaml", base)
 
@@ -106,3 +107,16 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
         assert b"sku-0003" not in ids[1][:3] and ids[1][3] == b""  # history excluded; k=3 for row 2
     finally:
         server.stop()
+
+    # Second run, same data, with a floor no model can reach: the gate refuses, the
+    # pushers skip, and the served versions stay as they were.
+    strict = _cfg(tmp_path)
+    strict = load_config("configs/implicit_demo.yaml", {
+        "pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),
+        "trainer": {**strict.trainer, "gate": {**strict.trainer["gate"], "min_recall_at_100": 1.01, "min_auc": 1.01}}})
+    rows = run_local(strict)
+    states = {r["component"]: r["state"] for r in rows}
+    assert states["RetrievalGate"] == "COMPLETE" and states["ExampleBuilder"] == "CACHED"
+    for model in names.ALL_MODELS:
+        versions = [p for p in (cfg.serving_root / model).iterdir() if p.name.isdigit()]
+        assert len(versions) == 1, (model, versions)
