@@ -1,0 +1,101 @@
+"""The exported ``ranking`` SavedModel: raw query features + candidate ids in, scores out.
+
+Signature ``score`` (also ``serving_default``), names from serving/names.py:
+  inputs   export.query_input_signature(user_features)   user id, history, context,
+                                                          user side features ([B] / [B, H])
+           candidate_item_ids  string [B, C]
+  outputs  rating      float32 [B, C]   predicted rating
+           engagement  float32 [B, C]   probability of engagement (sigmoid of the logit)
+
+The query is resolved by ``export.QueryResolver.resolve_inputs`` (the same fallback to
+the user's stored history/features as the retrieval export), then repeated C times.
+Candidate item features are not recomputed per request: every catalogue item went
+through the Transform graph at export time into padded dense tables (one row per
+item, plus a last out-of-vocabulary row built from empty features, used for unknown
+candidate ids); a request gathers rows by id. The Transform graph (for the query) and
+the model travel inside the SavedModel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from serving import names
+from trainer import export, features as F
+from trainer.model_inputs import FeatureLayout
+from trainer.ranking_model import ENGAGEMENT_LOGIT, RATING
+
+UNKNOWN_ITEM_ID = b"__unknown_item__"
+
+
+def item_input_names(layout: FeatureLayout) -> list[str]:
+    """Model inputs that describe the candidate item."""
+    return [F.ITEM_ID_IDX, *layout.item_cats, *layout.item_lists,
+            *[k + s for k in layout.item_nums for s in (F.Z_SUFFIX, F.BUCKET_SUFFIX)]]
+
+
+def unknown_item_raw(items: dict, item_features: dict) -> dict:
+    """One raw item row with an id outside the vocabulary and empty features."""
+    raw = {F.ITEM_ID: tf.constant([UNKNOWN_ITEM_ID])}
+    for key, kind in item_features.items():
+        if kind == F.NUMERIC:
+            raw[key] = tf.constant([np.nan], tf.float32)
+        elif kind == F.MULTI_VALUED:
+            raw[key] = tf.constant([[b""]])
+        else:
+            raw[key] = tf.constant([b""])
+    return raw
+
+
+def build_item_rows(items: dict, tft_layer, layout: FeatureLayout, item_features: dict) -> dict[str, np.ndarray]:
+    """Model inputs of every catalogue item, then the OOV row: name -> [N + 1] or [N + 1, M] arrays."""
+    list_keys = [k for k, v in item_features.items() if v == F.MULTI_VALUED]
+    wanted = item_input_names(layout)
+    known = export.raw_to_model_inputs({k: tf.constant(v) for k, v in items.items()}, tft_layer, layout, list_keys)
+    oov = export.raw_to_model_inputs(unknown_item_raw(items, item_features), tft_layer, layout, list_keys)
+    rows = {}
+    for name in wanted:
+        a, b = known[name].numpy(), oov[name].numpy()
+        if a.ndim == 2:
+            width = max(a.shape[1], b.shape[1], 1)
+            a = np.pad(a, [(0, 0), (0, width - a.shape[1])])
+            b = np.pad(b, [(0, 0), (0, width - b.shape[1])])
+        rows[name] = np.concatenate([a, b])
+    return rows
+
+
+class RankingModule(tf.Module):
+    def __init__(self, resolver: export.QueryResolver, model: tf.keras.Model, item_ids: np.ndarray,
+                 item_rows: dict[str, np.ndarray], user_features: dict):
+        super().__init__()
+        self.resolver, self.model = resolver, model
+        self.user_features = dict(user_features)
+        ids = np.asarray([i if isinstance(i, bytes) else str(i).encode() for i in item_ids], dtype=object)
+        self.item_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
+        self.oov_row = tf.constant(len(ids), tf.int64)
+        self.item_rows = {k: tf.Variable(v, trainable=False, name=f"item_rows_{k}") for k, v in sorted(item_rows.items())}
+
+    def _score(self, inputs: dict) -> dict:
+        cands = inputs[names.CANDIDATE_ITEM_IDS]
+        query_keys = export.query_input_signature(self.user_features).keys()
+        query, _, _ = self.resolver.resolve_inputs({k: inputs[k] for k in query_keys})
+        b, c = tf.shape(cands)[0], tf.shape(cands)[1]
+        idx = self.item_table.lookup(tf.reshape(cands, [-1]))
+        idx = tf.where(idx >= 0, idx, self.oov_row)
+        feats = {k: tf.repeat(v, c, axis=0) for k, v in query.items()}  # row-major: query i -> rows i*C..i*C+C-1
+        feats.update({k: tf.gather(v, idx) for k, v in self.item_rows.items()})
+        out = self.model(feats, training=False)
+        return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [b, c]),
+                names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [b, c])}
+
+    def signatures(self) -> dict:
+        spec = dict(export.query_input_signature(self.user_features))
+        spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
+        score = tf.function(lambda **kw: self._score(kw)).get_concrete_function(**spec)
+        return {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
+
+
+def save(module: RankingModule, export_dir: str) -> None:
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
