@@ -1,0 +1,133 @@
+"""Ranking: train + export on a tiny dataset end to end, then the served ``score`` signature."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import trainer  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+
+from serving import names
+from trainer import features as F, raw_data
+
+TRAINER_CFG = {"ranking": {"epochs": 2, "batch_size": 64, "embedding_dim": 8, "deep_units": [32], "num_cross_layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def ranking(tiny_pipeline, tmp_path_factory):
+    from trainer.ranking_trainer import train_and_export
+
+    root = tmp_path_factory.mktemp("ranking")
+    serving_dir = str(root / "model" / "Format-Serving")
+    run_dir = str(root / "model_run")
+    metrics = train_and_export(tiny_pipeline.examples_uri, tiny_pipeline.transform_dir, serving_dir, run_dir,
+                               tiny_pipeline.side_features, tiny_pipeline.history_length, TRAINER_CFG,
+                               log_dir=os.path.join(run_dir, "tensorboard"))
+    loaded = tf.saved_model.load(serving_dir)
+    return {"metrics": metrics, "serving_dir": serving_dir, "run_dir": run_dir, "model": loaded,
+            "score": loaded.signatures[names.SCORE_SIGNATURE]}
+
+
+def _query(ranking, user_ids, **override) -> dict:
+    spec = ranking["score"].structured_input_signature[1]
+    n = len(user_ids)
+    q = {names.USER_ID: tf.constant(user_ids), names.HISTORY_ITEM_IDS: tf.constant([[""]] * n),
+         names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
+         names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n)}
+    for key, s in spec.items():
+        if key not in q and key != names.CANDIDATE_ITEM_IDS:
+            q[key] = tf.constant([float("nan")] * n) if s.dtype == tf.float32 else tf.constant([""] * n)
+    q.update({k: tf.constant(v) for k, v in override.items()})
+    return q
+
+
+def _score(ranking, query: dict, candidates) -> dict:
+    out = ranking["score"](**query, **{names.CANDIDATE_ITEM_IDS: tf.constant(candidates)})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_run_files_have_finite_metrics(ranking):
+    run_dir = ranking["run_dir"]
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        m = json.load(fh)
+    for part in ("model", "baseline"):
+        assert _finite(m[part]["rmse"]) and _finite(m[part]["auc"]), m
+        assert 0.0 <= m[part]["auc"] <= 1.0
+    assert m["num_eval_examples"] > 0 and m["epochs_run"] >= 1
+    # The gate reads the copy beside the model.
+    assert os.path.exists(os.path.join(os.path.dirname(ranking["serving_dir"]), "metrics.json"))
+    with open(os.path.join(run_dir, "history.json")) as fh:
+        h = json.load(fh)
+    assert len(h["loss"]) == m["epochs_run"] == len(h["grad_norm"])
+    assert {"rmse", "auc", "val_rmse", "val_auc", "val_loss"} <= set(h)
+    with open(os.path.join(run_dir, "feature_importance.json")) as fh:
+        imp = json.load(fh)
+    expected = {"user_id", "user_age", "user_gender", "user_occupation", "item_id", "item_title", "item_genres",
+                "item_release_year", "history", "hour_of_day", "day_of_week", "recency"}
+    assert set(imp) == expected
+    for group, vals in imp.items():
+        assert set(vals) == {"rmse_increase", "auc_drop"}
+        assert all(_finite(v) for v in vals.values()), (group, vals)
+    assert os.path.isdir(os.path.join(run_dir, "tensorboard"))
+
+
+def test_score_shapes_ranges_and_unknowns(ranking, tiny_pipeline):
+    users = [tiny_pipeline.user_ids[0], "no-such-user", tiny_pipeline.user_ids[1]]
+    cands = [tiny_pipeline.item_ids[:3] + ["no-such-item"]] * 3
+    out = _score(ranking, _query(ranking, users), cands)
+    assert set(out) == {names.OUT_RATING, names.OUT_ENGAGEMENT}
+    for v in out.values():
+        assert v.shape == (3, 4) and v.dtype == np.float32 and np.all(np.isfinite(v))
+    assert np.all((out[names.OUT_ENGAGEMENT] >= 0) & (out[names.OUT_ENGAGEMENT] <= 1))
+    # serving_default is the same function.
+    default = ranking["model"].signatures[names.DEFAULT_SIGNATURE]
+    again = default(**_query(ranking, users), **{names.CANDIDATE_ITEM_IDS: tf.constant(cands)})
+    np.testing.assert_allclose(again[names.OUT_RATING].numpy(), out[names.OUT_RATING], rtol=1e-6)
+
+
+def test_candidate_order_permutes_scores(ranking, tiny_pipeline):
+    cands = np.array(tiny_pipeline.item_ids[:6] + ["no-such-item"], dtype=object)
+    perm = np.random.default_rng(0).permutation(len(cands))
+    q = _query(ranking, tiny_pipeline.user_ids[:2])
+    a = _score(ranking, q, [list(cands)] * 2)
+    b = _score(ranking, q, [list(cands[perm])] * 2)
+    for key in (names.OUT_RATING, names.OUT_ENGAGEMENT):
+        np.testing.assert_allclose(b[key], a[key][:, perm], rtol=1e-5, atol=1e-6)
+    # Rows differ by user, so each row is scored with its own query.
+    one = _score(ranking, _query(ranking, tiny_pipeline.user_ids[1:2]), [list(cands)])
+    np.testing.assert_allclose(one[names.OUT_RATING][0], a[names.OUT_RATING][1], rtol=1e-5, atol=1e-6)
+
+
+def test_known_user_alone_uses_stored_state(ranking, tiny_pipeline):
+    spec = ranking["score"].structured_input_signature[1]
+    keys = [F.USER_ID, F.HISTORY_ITEM_IDS, *[k for k in spec if k.startswith(F.USER_FEATURE_PREFIX)]]
+    users = raw_data.read_numpy(raw_data.split_files(tiny_pipeline.examples_uri, "users"),
+                                {k: v for k, v in _raw_spec(tiny_pipeline).items() if k in keys})
+    rows = [0, 1]
+    uid = [users[F.USER_ID][r].decode() for r in rows]
+    explicit = {F.HISTORY_ITEM_IDS: users[F.HISTORY_ITEM_IDS][rows]}
+    explicit.update({k: users[k][rows] for k in keys[2:]})
+    cands = [tiny_pipeline.item_ids[:5]] * 2
+    alone = _score(ranking, _query(ranking, uid), cands)
+    given = _score(ranking, _query(ranking, uid, **explicit), cands)
+    np.testing.assert_allclose(alone[names.OUT_RATING], given[names.OUT_RATING], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(alone[names.OUT_ENGAGEMENT], given[names.OUT_ENGAGEMENT], rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_requests_written(ranking):
+    assert os.path.getsize(os.path.join(ranking["serving_dir"], names.WARMUP_DIR, names.WARMUP_FILE)) > 0
+
+
+def _raw_spec(tiny_pipeline) -> dict:
+    import tensorflow_transform as tft
+
+    return tft.TFTransformOutput(tiny_pipeline.transform_dir).raw_feature_spec()
