@@ -138,11 +138,13 @@ def permutation_importance(model, eval_rows: tf.data.Dataset, layout: FeatureLay
 def _train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, float, np.ndarray, int]:
     counts = np.zeros(num_items, dtype=np.int64)
     total, engaged, n = 0.0, 0.0, 0
-    for batch in train_rows.batch(8192):
-        np.add.at(counts, batch[F.ITEM_ID_IDX].numpy(), 1)
-        total += float(np.sum(batch[F.RATING_LABEL].numpy(), dtype=np.float64))
-        engaged += float(np.sum(batch[F.ENGAGED_LABEL].numpy()))
-        n += int(batch[F.RATING_LABEL].shape[0])
+    # Scalars only: rows differ in the length of their list features.
+    scalars = train_rows.map(lambda r: (r[F.ITEM_ID_IDX], r[F.RATING_LABEL], r[F.ENGAGED_LABEL]))
+    for items, ratings, engaged_labels in scalars.batch(8192):
+        np.add.at(counts, items.numpy(), 1)
+        total += float(np.sum(ratings.numpy(), dtype=np.float64))
+        engaged += float(np.sum(engaged_labels.numpy()))
+        n += int(ratings.shape[0])
     if n == 0:
         raise ValueError("ranking: the train split is empty")
     return total / n, engaged / n, counts, n
