@@ -175,11 +175,10 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         model = RankingModel(layout, hp, history_length, rating_mean=rating_mean, engagement_rate=engaged_rate)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
     grad_logger = GradientNormLogger(model, train_ds)
-    callbacks = [
-        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.early_stopping_patience,
-                                         restore_best_weights=True),
-        grad_logger,
-    ]
+    # Keeps (restores) the weights of the epoch with the lowest weighted eval loss.
+    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.early_stopping_patience,
+                                                      restore_best_weights=True)
+    callbacks = [early_stopping, grad_logger]
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     log(f"ranking: training {hp.epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "
@@ -202,6 +201,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         "eval_engaged_rate": float(np.mean(pred["y_engaged"])) if len(pred["y_engaged"]) else float("nan"),
         "train_seconds": train_seconds,
         "epochs_run": len(fit.history["loss"]),
+        "best_epoch": int(early_stopping.best_epoch) + 1,  # the weights evaluated and exported
     }
     importance = permutation_importance(model, eval_rows, layout, seed=hp.seed)
 

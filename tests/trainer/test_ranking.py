@@ -62,7 +62,7 @@ def test_run_files_have_finite_metrics(ranking):
     for part in ("model", "baseline"):
         assert _finite(m[part]["rmse"]) and _finite(m[part]["auc"]), m
         assert 0.0 <= m[part]["auc"] <= 1.0
-    assert m["num_eval_examples"] > 0 and m["epochs_run"] >= 1
+    assert m["num_eval_examples"] > 0 and 1 <= m["best_epoch"] <= m["epochs_run"]
     # The gate reads the copy beside the model.
     assert os.path.exists(os.path.join(os.path.dirname(ranking["serving_dir"]), "metrics.json"))
     with open(os.path.join(run_dir, "history.json")) as fh:
