@@ -1,0 +1,108 @@
+"""Retrieval run on tiny data, save-and-reload round trips, ScaNN vs brute force, the index floor."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import names
+from trainer import features as F
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_pipeline, tmp_path_factory):
+    from trainer.retrieval_trainer import train_and_export
+
+    out = tmp_path_factory.mktemp("retrieval")
+    examples, transform, side, hist = tiny_pipeline
+    metrics = train_and_export(examples, transform, str(out / "model" / "Format-Serving"), str(out / "run"), side, hist,
+                               {"retrieval": {"epochs": 2, "batch_size": 64, "history_encoder": "gru"}})
+    return out, metrics, side
+
+
+def _query(user_ids, history, user_features, k=5, exclude=True):
+    n = len(user_ids)
+    width = max(1, max(len(h) for h in history))
+    hist = np.array([[h.encode() for h in row] + [b""] * (width - len(row)) for row in history], dtype=object)
+    inputs = {
+        names.USER_ID: tf.constant([u.encode() for u in user_ids]),
+        names.HISTORY_ITEM_IDS: tf.constant(hist),
+        names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64),
+        names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
+        names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n),
+        names.K: tf.constant([k] * n, tf.int32),
+        names.EXCLUDE_HISTORY: tf.constant([exclude] * n),
+    }
+    for key, kind in user_features.items():
+        inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
+    return inputs
+
+
+def test_run_writes_metrics_and_history(trained):
+    out, metrics, _ = trained
+    for key in ("recall@10", "recall@50", "recall@100", "ndcg@10"):
+        assert 0.0 <= metrics["model"][key] <= 1.0 and 0.0 <= metrics["popularity"][key] <= 1.0
+    saved = json.loads((out / "model" / "metrics.json").read_text())
+    assert saved["model"] == metrics["model"]
+    history = json.loads((out / "run" / "history.json").read_text())
+    assert len(history["loss"]) == 2 and len(history["grad_norm"]) == 2 and all(np.isfinite(history["grad_norm"]))
+    assert np.load(out / "run" / "eval_queries.npy").ndim == 2
+
+
+def test_brute_force_round_trip_serves_known_unknown_and_excludes(trained):
+    out, _, side = trained
+    user_features = {k: v for k, v in side.items() if k.startswith(F.USER_FEATURE_PREFIX)}
+    model = tf.saved_model.load(str(out / "model" / "Format-Serving"))
+    assert set(model.signatures) >= {names.RECOMMEND_SIGNATURE, names.QUERY_EMBEDDING_SIGNATURE,
+                                     names.CANDIDATE_EMBEDDING_SIGNATURE, names.POPULAR_SIGNATURE,
+                                     names.ITEM_FEATURES_SIGNATURE}
+    item_ids = [i.decode() for i in model.candidate_ids.numpy()]
+    rec = model.signatures[names.RECOMMEND_SIGNATURE]
+    res = rec(**_query(["u0", "nobody"], [[], [item_ids[0], "never-seen-item"]], user_features))
+    ids, known = res[names.OUT_ITEM_IDS].numpy(), res[names.OUT_KNOWN_USER].numpy()
+    assert ids.shape == (2, 5) and known.tolist() == [True, False]
+    assert item_ids[0].encode() not in ids[1]  # history excluded
+    kept = rec(**_query(["nobody"], [[item_ids[0]]], user_features, k=len(item_ids), exclude=False))
+    assert item_ids[0].encode() in kept[names.OUT_ITEM_IDS].numpy()[0]
+    emb = model.signatures[names.CANDIDATE_EMBEDDING_SIGNATURE](item_id=tf.constant([item_ids[1].encode(), b"zzz"]))
+    assert emb[names.OUT_EMBEDDING].shape[0] == 2 and np.all(np.isfinite(emb[names.OUT_EMBEDDING].numpy()))
+    feats = model.signatures[names.ITEM_FEATURES_SIGNATURE](item_id=tf.constant([item_ids[1].encode(), b"zzz"]))
+    assert feats[names.OUT_KNOWN_ITEM].numpy().tolist() == [True, False]
+    pop = model.signatures[names.POPULAR_SIGNATURE](k=tf.constant([3, 1], tf.int32))
+    assert pop[names.OUT_ITEM_IDS].numpy()[1, 1] == b"" and pop[names.OUT_ITEM_IDS].numpy()[0, 0] != b""
+    assert os.path.exists(out / "model" / "Format-Serving" / names.WARMUP_DIR / names.WARMUP_FILE)
+
+
+def test_scann_export_agrees_with_brute_force(trained):
+    import scann  # noqa: F401
+
+    from trainer.index import build_scann_export
+
+    out, _, side = trained
+    user_features = {k: v for k, v in side.items() if k.startswith(F.USER_FEATURE_PREFIX)}
+    bf_dir = str(out / "model" / "Format-Serving")
+    queries = np.load(out / "run" / "eval_queries.npy")
+    n = int(tf.saved_model.load(bf_dir).candidate_embeddings.shape[0])
+    report = build_scann_export(bf_dir, str(out / "scann"), queries, max_k=10, fetch_k=n, recall_floor=0.9,
+                                report_dir=str(out / "scann_report"))
+    assert report["recall@10"] >= 0.9
+    scann_model, bf_model = tf.saved_model.load(str(out / "scann")), tf.saved_model.load(bf_dir)
+    q = _query(["u0", "u1", "u2", "nobody"], [[], [], [], []], user_features, k=10)
+    a = scann_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_ITEM_IDS].numpy()
+    b = bf_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_ITEM_IDS].numpy()
+    overlap = np.mean([len(set(x) & set(y)) / 10.0 for x, y in zip(a, b)])
+    assert overlap >= 0.9, (a, b)
+    assert os.path.exists(out / "scann" / names.WARMUP_DIR / names.WARMUP_FILE)
+
+
+def test_index_floor_fails_the_step(trained, tmp_path):
+    from trainer.index import IndexRecallError, build_scann_export
+
+    out, _, _ = trained
+    bf_dir = str(out / "model" / "Format-Serving")
+    with pytest.raises(IndexRecallError, match="below the floor 1.01"):
+        build_scann_export(bf_dir, str(tmp_path / "scann"), np.load(out / "run" / "eval_queries.npy"), 10, 20,
+                           recall_floor=1.01)
+    assert not (tmp_path / "scann").exists()
