@@ -43,14 +43,16 @@ def executions_since(cfg: PipelineConfig, since_s: float) -> list[dict]:
     conn.sqlite.filename_uri = str(cfg.metadata_path)
     store = metadata_store.MetadataStore(conn)
     states = metadata_store_pb2.Execution.State
+    node_type_id = store.get_context_type("node").id
     rows = []
     for ex in sorted(store.get_executions(), key=lambda e: e.create_time_since_epoch):
         if ex.create_time_since_epoch < since_s * 1000 - 1000:
             continue
-        node = ex.custom_properties["__tfx_node_id__"].string_value if "__tfx_node_id__" in ex.custom_properties else ""
-        if not node:
-            types = store.get_execution_types_by_id([ex.type_id])
-            node = types[0].name.split(".")[-1] if types else "?"
+        # The node context ("<pipeline>.<node id>") names the component instance.
+        node = "?"
+        for ctx in store.get_contexts_by_execution(ex.id):
+            if ctx.type_id == node_type_id:
+                node = ctx.name.split(".", 1)[-1]
         outputs = {}
         events = store.get_events_by_execution_ids([ex.id])
         out_ids = [e.artifact_id for e in events if e.type == e.OUTPUT]
