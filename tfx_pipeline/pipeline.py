@@ -5,6 +5,7 @@ No feature, model or data logic lives here (see the modules each component names
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,7 +46,9 @@ def create_pipeline(
     metadata_path: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
     beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
-    config_json = cfg.to_json()
+    # Data components get the config without the trainer/serving sections, so tuning a
+    # model does not invalidate their cached outputs.
+    config_json = dataclasses.replace(cfg, trainer={}, serving_base_path="").to_json()
     components = []
 
     # Events + side tables -> train/eval examples, candidate items, user state.
