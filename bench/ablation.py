@@ -32,6 +32,12 @@ VARIANTS: dict[str, dict] = {
     "full_gru": dict(history_encoder="gru"),
     "full_attention": dict(history_encoder="attention"),
     "full_no_user_id": dict(use_user_id=False),
+    # Leave-one-out from the default: what each part contributes on top of the rest.
+    "full_no_logq": dict(logq_correction=False),
+    "full_no_accidental_hits": dict(remove_accidental_hits=False),
+    "full_no_history": dict(use_history=False),
+    "full_no_content": dict(use_content_features=False),
+    "full_no_context": dict(use_context=False),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
