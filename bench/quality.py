@@ -22,6 +22,7 @@ with ``trainer.retrieval_metrics.evaluate_scores``. Writes, per split,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import platform
@@ -111,6 +112,8 @@ def run_split(
         "baseline_config": bcfg.to_json_dict(),
         "models": {},
     }
+    # Plug-ins that rebuild the split themselves (bench/ours.py) need its name.
+    bcfg = dataclasses.replace(bcfg, extra={**bcfg.extra, "split": split})
     for name, fn in models.items():
         if callable(getattr(fn, "setup", None)):
             fn.setup(bcfg)  # untimed one-off work (imports)

@@ -34,6 +34,7 @@ from trainer.training_logs import GradientNormLogger, log
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 EVAL_QUERIES_FILE = "eval_queries.npy"
+EVAL_QUERY_USERS_FILE = "eval_query_users.npy"
 KS = (10, 50, 100)
 
 
@@ -128,7 +129,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     module = export.RetrievalModule(resolver, export.brute_force_layer(cand_emb, item_ids, fetch_k), candidates,
                                     hp.max_k, fetch_k, sorted(item_features), unknown_emb)
 
-    metrics, eval_queries = evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, candidates["counts"])
+    metrics, (eval_queries, eval_users) = evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, candidates["counts"])
     export.save(module, serving_dir, user_features)
     from trainer.warmup import write_retrieval_warmup
     write_retrieval_warmup(serving_dir, users, user_features, item_ids)
@@ -145,6 +146,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         json.dump({**{k: [float(x) for x in v] for k, v in fit.history.items()},
                    "grad_norm": grad_logger.norms}, fh, indent=2)
     np.save(os.path.join(run_dir, EVAL_QUERIES_FILE), eval_queries)
+    np.save(os.path.join(run_dir, EVAL_QUERY_USERS_FILE), np.asarray(eval_users, dtype=str))
     log(f"retrieval: {fmt_metrics(metrics)}")
     return metrics
 
@@ -180,7 +182,7 @@ def evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, co
     model = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ cand_emb.T, ks=KS)
     pop_scores = np.asarray(counts, dtype=np.float64)
     popularity = retrieval_metrics.evaluate_scores(task, lambda r: np.broadcast_to(pop_scores, (len(r), len(pop_scores))), ks=KS)
-    return {"model": model, "popularity": popularity, "num_eval_users": int(task.num_users)}, q
+    return {"model": model, "popularity": popularity, "num_eval_users": int(task.num_users)}, (q, task.user_ids)
 
 
 def run_fn(fn_args) -> None:

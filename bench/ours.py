@@ -1,0 +1,56 @@
+"""Plug-in for bench/quality.py: the project's own TFRS retrieval model, default config.
+
+    python -m bench.quality --config configs/movielens_100k.yaml --split both --plugin bench.ours
+
+Runs the pipeline's data half for the same split (tfx_pipeline/splits.py, the
+function the baselines' split uses too), trains the retrieval model with the
+config's trainer settings, and scores the catalogue with the exported candidate
+embeddings and the held-out query embeddings (each user's state at their first
+eval event), so the same metric code ranks it beside the baselines.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from bench.baselines import register
+
+
+@register("tfrs_two_tower_ours")
+def tfrs_two_tower_ours(train_events, task, bcfg):
+    import tensorflow as tf
+
+    from tfx_pipeline.config import load_config
+    from tfx_pipeline.local_runner import run_local
+    from tfx_pipeline.summary import latest
+    from trainer.retrieval_trainer import EVAL_QUERIES_FILE, EVAL_QUERY_USERS_FILE, train_and_export
+
+    base = bcfg.pipeline
+    split = bcfg.extra["split"]
+    cfg = load_config(base.source_path, {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}}})
+    run_local(cfg, stage="data")
+    examples = latest(cfg.root, "ExampleBuilder", "examples")
+    transform = latest(cfg.root, "Transform", "transform_graph")
+    with tempfile.TemporaryDirectory() as tmp:
+        train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
+                         cfg.side_features(), cfg.examples.history_length, cfg.trainer)
+        model = tf.saved_model.load(os.path.join(tmp, "serving"))
+        emb = model.candidate_embeddings.numpy()
+        ids = [i.decode() for i in model.candidate_ids.numpy()]
+        queries = np.load(os.path.join(tmp, "run", EVAL_QUERIES_FILE))
+        users = np.load(os.path.join(tmp, "run", EVAL_QUERY_USERS_FILE))
+    col = {i: j for j, i in enumerate(ids)}
+    cand = np.zeros((task.num_items, emb.shape[1]), np.float32)
+    for j, item in enumerate(task.item_ids):
+        if item in col:
+            cand[j] = emb[col[item]]
+    row = {u: r for r, u in enumerate(users)}
+    missing = [u for u in task.user_ids if u not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} eval users have no query embedding (e.g. {missing[:3]}); "
+                         "the plug-in needs the full dataset (not --smoke)")
+    q = queries[[row[u] for u in task.user_ids]]
+    return lambda rows: q[rows] @ cand.T
