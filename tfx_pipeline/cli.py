@@ -88,8 +88,20 @@ def cmd_demo(args) -> int:
                     keep_serving=not args.no_serve)
 
 
+def _quiet_third_party() -> None:
+    """Library deprecation chatter (google-cloud on Python 3.11, Keras) hides our progress lines."""
+    import logging
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" not in argv:
+        _quiet_third_party()
     # Delegate before building our parser, so `recsys serve --help` is the server's own.
     if argv and argv[0] == "serve":
         from serving.model_server.cli import main as serve_main

@@ -19,7 +19,7 @@ def run_local(cfg: PipelineConfig, stage: str = ALL_STAGES, beam_pipeline_args: 
     """Runs the pipeline; returns one summary row per component execution of this run."""
     ensure_dataset(cfg)
     cfg.root.mkdir(parents=True, exist_ok=True)
-    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
     logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.WARNING)
     pipeline = create_pipeline(cfg, stage=stage, beam_pipeline_args=beam_pipeline_args,
                                enable_cache=enable_cache, metadata_path=str(cfg.metadata_path))
