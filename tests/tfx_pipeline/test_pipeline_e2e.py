@@ -105,6 +105,18 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
         assert ids.shape == (2, 5) and all(i.startswith(b"sku-") for i in ids[0])
         assert list(known) == [True, False]
         assert b"sku-0003" not in ids[1][:3] and ids[1][3] == b""  # history excluded; k=3 for row 2
+
+        # The two-stage client and the CLI against the freshly pushed real models.
+        from serving.client import RecommenderClient
+        from serving.recommend_cli import main as recommend_main
+
+        with RecommenderClient(server.grpc_address, timeout_s=30) as client:
+            recs = client.recommend("u0001", k=5, num_candidates=30)
+            assert len(recs) == 5 and len({r.item_id for r in recs}) == 5
+            assert all(0.0 <= r.engagement <= 1.0 for r in recs)
+            cold = client.recommend("never-seen", k=3, history=["sku-0003", "sku-0010"])
+            assert len(cold) == 3 and not {"sku-0003", "sku-0010"} & {r.item_id for r in cold}
+        assert recommend_main(["--user", "u0001", "--k", "3", "--target", server.grpc_address]) == 0
     finally:
         server.stop()
 
