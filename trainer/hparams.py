@@ -31,6 +31,7 @@ class RetrievalHParams:
     use_history: bool = True
     logq_correction: bool = True  # subtract log(sampling probability) from in-batch logits
     remove_accidental_hits: bool = True
+    num_hard_negatives: int = 0  # >0: keep only the top-n scoring in-batch negatives per row
     temperature: float = 0.05  # logits are cosine similarities / temperature
     batch_size: int = 512
     learning_rate: float = 0.003

@@ -23,7 +23,7 @@ SAMPLING_PROBABILITY = "sampling_probability"
 
 
 class RetrievalModel(tfrs.Model):
-    def __init__(self, query_tower: Tower, candidate_tower: Tower, hp, num_hard_negatives: int | None = None):
+    def __init__(self, query_tower: Tower, candidate_tower: Tower, hp):
         super().__init__()
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
@@ -31,7 +31,7 @@ class RetrievalModel(tfrs.Model):
         self.task = tfrs.tasks.Retrieval(
             temperature=hp.temperature,
             remove_accidental_hits=hp.remove_accidental_hits,
-            num_hard_negatives=num_hard_negatives,
+            num_hard_negatives=hp.num_hard_negatives or None,
         )
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
