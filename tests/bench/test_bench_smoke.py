@@ -1,0 +1,113 @@
+"""The --smoke paths of the index, serving and pipeline benchmarks, in-process via main([...]).
+
+One module fixture trains tiny 1-epoch retrieval + ranking models (and the ScaNN
+export) on the generated tiny dataset; the index and serving smokes run against
+them. The pipeline smoke runs the data stage of configs/implicit_demo.yaml (a real
+TFX pipeline, hence ``e2e``). About 2-3 minutes in all on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import common as C
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    return C.build_tiny_serving(tmp_path_factory.mktemp("bench_tiny"))
+
+
+def _positive(x) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def test_latency_summary_and_tiling():
+    import numpy as np
+
+    from bench.index_bench import exact_topk_chunked, recall, tile_candidates
+
+    s = C.latency_summary([1.0, 2.0, 3.0, 4.0])
+    assert s["n"] == 4 and s["p50_ms"] == 2.5 and s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    assert C.latency_summary([])["p50_ms"] is None
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((50, 8)).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    tiled = tile_candidates(real, 1000, 0.5, 0)
+    assert tiled.shape == (1000, 8) and np.allclose(tiled[:50], real)
+    assert np.allclose(np.linalg.norm(tiled, axis=1), 1.0, atol=1e-5)
+    q = rng.standard_normal((7, 8)).astype(np.float32)
+    exact = np.argsort(-(q @ tiled.T), axis=1)[:, :10]
+    chunked = exact_topk_chunked(q, tiled, 10, chunk=64)  # many chunks: the merge must be exact
+    assert recall(chunked, exact) == 1.0
+
+
+def test_index_bench_smoke(tiny_models, tmp_path, capsys):
+    from bench import index_bench
+
+    bf = f"{tiny_models['serving_dir']}/retrieval_brute_force/1"
+    rc = index_bench.main(["--smoke", "--model-dir", bf, "--queries", f"{tiny_models['run_dir']}/eval_queries.npy",
+                           "--out", str(tmp_path)])
+    assert rc == 0
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"index_bench_smoke.{ext}").stat().st_size > 0
+    report = json.loads((tmp_path / "index_bench_smoke.json").read_text())
+    assert report["smoke"] and "eval_queries.npy" in report["queries_source"]
+    sizes = {r["size"] for r in report["rows"]}
+    assert sizes == {report["real_catalogue"], 5000}
+    methods = {"exact (numpy)", "scann default", "scann fewer leaves", "scann more leaves+reorder", "scann no reorder"}
+    for size in sizes:
+        assert {r["method"] for r in report["rows"] if r["size"] == size} == methods
+    for r in report["rows"]:
+        assert 0.0 <= r["recall@10"] <= 1.0, r
+        assert _positive(r["single_p50_ms"]) and r["single_p95_ms"] >= r["single_p50_ms"]
+        assert _positive(r["batched_ms_per_query"]) and r["build_s"] >= 0
+    exact = [r for r in report["rows"] if r["method"].startswith("exact")]
+    assert all(r["recall@10"] == 1.0 for r in exact)
+    default = next(r for r in report["rows"] if r["size"] == 5000 and r["method"] == "scann default")
+    assert default["recall@10"] >= 0.9  # the pipeline's own parameters hold the floor's ballpark
+    assert [r["model"] for r in report["signature_rows"]] == ["retrieval (ScaNN)", "retrieval_brute_force"]
+    for r in report["signature_rows"]:
+        assert _positive(r["single_p50_ms"]) and _positive(r["batched_ms_per_query"])
+    assert "| scann default |" in capsys.readouterr().out
+
+
+def test_serving_bench_smoke(tiny_models, tmp_path, capsys):
+    from bench import serving_bench
+
+    rc = serving_bench.main(["--smoke", "--serving-dir", tiny_models["serving_dir"], "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "serving_bench_smoke.json").read_text())
+    assert (tmp_path / "serving_bench_smoke.md").exists()
+    cells = {(r["op"], r["batching"], r["concurrency"]) for r in report["grpc"]}
+    assert cells == {(op, b, c) for op in serving_bench.OPS for b in ("off", "on") for c in (1, 2)}
+    for r in report["grpc"]:
+        assert r["errors"] == 0, r["first_error"]
+        assert r["n"] >= 1 and _positive(r["p50_ms"]) and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert _positive(r["throughput_rps"])
+    assert {r["op"] for r in report["inprocess"]} == set(serving_bench.OPS)
+    assert all(_positive(r["p50_ms"]) for r in report["inprocess"])
+    assert "gRPC/in-process" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_pipeline_bench_smoke(tmp_path, capsys):
+    from bench import pipeline_bench
+
+    rc = pipeline_bench.main(["--smoke", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "pipeline_bench_smoke.json").read_text())
+    (run,) = report["runs"]
+    assert run["error"] is None and run["stage"] == "data" and run["events"] > 0
+    names = [c["component"] for c in run["components"]]
+    for component in ("ExampleBuilder", "StatisticsGen", "ExampleValidator", "DataGate", "Transform"):
+        assert component in names
+    for c in run["components"]:
+        assert c["state"] == "COMPLETE" and c["seconds"] >= 0
+        assert c["peak_rss_mb"] is None or c["peak_rss_mb"] > 0
+    assert _positive(run["wall_seconds"]) and _positive(run["peak_rss_mb_tree_sampled"])
+    assert run["peak_rss_mb_process_getrusage"] > 0
+    assert "| Transform |" in (tmp_path / "pipeline_bench_smoke.md").read_text()
