@@ -143,8 +143,15 @@ def run_cell(target: str, op: str, concurrency: int, per_thread: int, time_limit
     from serving.client import RecommenderClient
 
     clients = [RecommenderClient(target, timeout_s=timeout_s) for _ in range(concurrency)]
-    for c in clients:  # metadata cached, channel connected: not part of the measurement
-        grpc_op(c, op, w, 0)
+    try:
+        for c in clients:  # metadata cached, channel connected: not part of the measurement
+            grpc_op(c, op, w, 0)
+    except Exception as e:  # the cell fails, the run goes on
+        for c in clients:
+            c.close()
+        return {"op": op, "concurrency": concurrency, **C.latency_summary([]), "errors": 1, "wall_s": 0.0,
+                "throughput_rps": 0.0, "planned_requests": per_thread * concurrency,
+                "first_error": f"warm-up call failed: {type(e).__name__}: {e}"[:300]}
     lat: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     first_error: list[str] = []
@@ -347,7 +354,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", default=None, help="dataset config whose event table names the users")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--batching", default="off,on", help="comma list of off/on")
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=128,
+                   help="batching on: rows per batch, also the largest request (item_features sends ~100 ids)")
     p.add_argument("--batch-timeout-micros", type=int, default=2000)
     p.add_argument("--requests", type=int, default=300, help="requests per cell, split over the threads")
     p.add_argument("--min-per-thread", type=int, default=10)
