@@ -26,14 +26,13 @@ import time
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
 
 from trainer import export, features as F, raw_data, ranking_export
-from trainer.distribute import choose_strategy
 from trainer.hparams import parse_trainer_config
-from trainer.model_inputs import FeatureLayout, layout_from_transform
+from trainer.model_inputs import FeatureLayout
 from trainer.ranking_model import ENGAGEMENT_LOGIT, RATING, RankingModel
-from trainer.training_logs import GradientNormLogger, log
+from trainer.training_logs import log
+from trainer.training_setup import fit_callbacks, prepare
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -155,32 +154,19 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     """The whole ranking training; plain function so tests and benchmarks call it directly."""
     cfg = parse_trainer_config(trainer_cfg)
     hp = cfg.ranking
-    tf.keras.utils.set_random_seed(hp.seed)
-    tft_out = tft.TFTransformOutput(transform_dir)
-    tft_layer = tft_out.transform_features_layer()
-    layout = layout_from_transform(tft_out, side_features)
-    spec = tft_out.raw_feature_spec()
-    user_features = {k: v for k, v in side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)}
-    item_features = {k: v for k, v in side_features.items() if k.startswith(F.ITEM_FEATURE_PREFIX)}
-
-    strategy, replicas = choose_strategy(hp.mixed_precision)
+    ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
+    tft_layer, layout, spec = ctx.tft_layer, ctx.layout, ctx.raw_spec
+    user_features, item_features, replicas = ctx.user_features, ctx.item_features, ctx.replicas
     batch_size = hp.batch_size * replicas
-    train_rows = raw_data.transformed_rows(raw_data.split_files(examples_uri, "train"), spec, tft_layer, layout)
-    eval_rows = raw_data.transformed_rows(raw_data.split_files(examples_uri, "eval"), spec, tft_layer, layout)
-    rating_mean, engaged_rate, item_counts, num_train = _train_stats(train_rows, layout.num_items)
-    train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed)
-    eval_ds = raw_data.batched(eval_rows, batch_size, False, hp.seed)
+    rating_mean, engaged_rate, item_counts, num_train = _train_stats(ctx.train_rows, layout.num_items)
+    train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed)
+    eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed)
 
-    with strategy.scope():
+    with ctx.strategy.scope():
         model = RankingModel(layout, hp, history_length, rating_mean=rating_mean, engagement_rate=engaged_rate)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-    grad_logger = GradientNormLogger(model, train_ds)
     # Keeps (restores) the weights of the epoch with the lowest weighted eval loss.
-    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.early_stopping_patience,
-                                                      restore_best_weights=True)
-    callbacks = [early_stopping, grad_logger]
-    if log_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    callbacks, early_stopping, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
     log(f"ranking: training {hp.epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "
         f"deep {list(hp.deep_units)}, {replicas} replica(s), {num_train} train rows")
     started = time.time()
@@ -203,7 +189,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         "epochs_run": len(fit.history["loss"]),
         "best_epoch": int(early_stopping.best_epoch) + 1,  # the weights evaluated and exported
     }
-    importance = permutation_importance(model, eval_rows, layout, seed=hp.seed)
+    importance = permutation_importance(model, ctx.eval_rows, layout, seed=hp.seed)
 
     # Export: the resolver (Transform graph + stored user state) + item rows + the model.
     items = raw_data.read_numpy(raw_data.split_files(examples_uri, "items"), raw_data.subset_spec(spec, raw_data.item_keys(spec)))

@@ -20,16 +20,14 @@ import time
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-import tensorflow_transform as tft
 
 from serving import names
 from trainer import export, features as F, raw_data, retrieval_metrics
-from trainer.distribute import choose_strategy
 from trainer.hparams import parse_trainer_config
-from trainer.model_inputs import layout_from_transform
 from trainer.retrieval_model import RetrievalModel, add_sampling_probability
 from trainer.towers import build_towers
-from trainer.training_logs import GradientNormLogger, log
+from trainer.training_logs import log
+from trainer.training_setup import fit_callbacks, prepare
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -60,41 +58,25 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     """The whole retrieval training; plain function so tests and benchmarks call it directly."""
     cfg = parse_trainer_config(trainer_cfg)
     hp = cfg.retrieval
-    tf.keras.utils.set_random_seed(hp.seed)
-    tft_out = tft.TFTransformOutput(transform_dir)
-    tft_layer = tft_out.transform_features_layer()
-    layout = layout_from_transform(tft_out, side_features)
-    spec = tft_out.raw_feature_spec()
-    user_features = {k: v for k, v in side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)}
-    item_features = {k: v for k, v in side_features.items() if k.startswith(F.ITEM_FEATURE_PREFIX)}
+    ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
+    tft_layer, layout, spec = ctx.tft_layer, ctx.layout, ctx.raw_spec
+    user_features, item_features, replicas = ctx.user_features, ctx.item_features, ctx.replicas
     item_lists = [k for k, v in item_features.items() if v == F.MULTI_VALUED]
-
-    strategy, replicas = choose_strategy(hp.mixed_precision)
     batch_size = hp.batch_size * replicas
     train_files = raw_data.split_files(examples_uri, "train")
-    eval_files = raw_data.split_files(examples_uri, "eval")
-    train_rows = raw_data.transformed_rows(train_files, spec, tft_layer, layout)
-    eval_rows = raw_data.transformed_rows(eval_files, spec, tft_layer, layout)
 
     counts = np.zeros(layout.num_items, dtype=np.int64)
-    for ids in train_rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
+    for ids in ctx.train_rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
         np.add.at(counts, ids.numpy(), 1)
     sampling = add_sampling_probability(tf.constant(counts + 1))
-    train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed, sampling)
-    eval_ds = raw_data.batched(eval_rows, batch_size, False, hp.seed, sampling)
+    train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed, sampling)
+    eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed, sampling)
 
-    with strategy.scope():
+    with ctx.strategy.scope():
         query_tower, candidate_tower = build_towers(layout, hp, history_length)
         model = RetrievalModel(query_tower, candidate_tower, hp)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-    grad_logger = GradientNormLogger(model, train_ds)
-    callbacks = [
-        tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=hp.early_stopping_patience,
-                                         restore_best_weights=True),
-        grad_logger,
-    ]
-    if log_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    callbacks, _, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
     log(f"retrieval: training {hp.epochs} epoch(s), batch {batch_size}, encoder {hp.history_encoder}, "
         f"{replicas} replica(s), {layout.num_items - 2} items, {layout.num_users - 2} users")
     started = time.time()

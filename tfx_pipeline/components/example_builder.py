@@ -10,7 +10,6 @@ told to use only train and eval.
 
 import json
 
-from tfx import v1 as tfx
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
@@ -28,7 +27,7 @@ def ExampleBuilder(
     ``data_fingerprint`` (a digest of the input files) is an execution property only so
     that TFX's cache key changes when the data does; the executor does not read it.
     """
-    from tfx_pipeline import example_builder, splits
+    from tfx_pipeline import example_builder
     from tfx_pipeline.config import config_from_json
     from tfx_pipeline.tables import load_tables
 
