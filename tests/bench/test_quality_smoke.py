@@ -78,3 +78,16 @@ def test_popularity_beats_random_on_movielens():
     # measured: popularity 0.332, random 0.064 (1682 items: expected ~100/1682 - seen)
     assert pop["recall@100"] > 0.25 > 0.1 > rnd["recall@100"]
     assert pop["ndcg@10"] > 3 * rnd["ndcg@10"]
+
+
+@pytest.mark.e2e
+def test_ablation_smoke(tmp_path, capsys):
+    """bench/ablation.py end to end on the tiny implicit dataset: data half + one variant."""
+    from bench import ablation
+
+    rc = ablation.main(["--config", "configs/implicit_demo.yaml", "--split", "per_user", "--variants", "ids_only",
+                        "--epochs", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "ablation_implicit_demo_per_user.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["ids_only", "popularity"]
+    assert all(0.0 <= r["recall@100"] <= 1.0 for r in rows)
