@@ -22,6 +22,8 @@ SCORE_SIGNATURE = "score"  # ranking: query features + candidates -> score per h
 POPULAR_SIGNATURE = "popular"  # retrieval: k [B] -> the most popular items in training
 ITEM_FEATURES_SIGNATURE = "item_features"  # retrieval: item ids -> their side features as strings
 DEFAULT_SIGNATURE = "serving_default"  # alias of recommend / score
+EVAL_SIGNATURE = "evaluate_examples"  # ranking: serialized raw tf.Examples -> per-head scores (TFMA)
+EXAMPLES_INPUT = "examples"  # string [B]: evaluate_examples input
 
 # Input tensors of recommend / query_embedding / score. Every input is batch-major
 # (first dimension B) so that server-side batching can concatenate requests, as TF

@@ -39,6 +39,9 @@ def print_summary(cfg: PipelineConfig) -> dict:
         if blessing:
             verdict = "BLESSED" if os.path.exists(os.path.join(blessing, "BLESSED")) else "NOT BLESSED"
             print(f"[gate] {gate}: {verdict} ({blessing})")
+    evaluation = latest(root, "RankingGate", "evaluation")
+    if evaluation:
+        print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")
     if index_report and os.path.exists(index_report):
         with open(index_report) as fh:
             idx = json.load(fh)

@@ -12,6 +12,7 @@ from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
 from tfx_pipeline.config import PipelineConfig
+from trainer.gate import ranking_eval_config
 from trainer.hparams import parse_trainer_config, to_json
 
 RETRIEVAL_TRAINER = "RetrievalTrainer"
@@ -67,8 +68,15 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     # Bless only what clears the floors and does not regress against the latest blessed model.
     retrieval_gate = ModelGate(model=retrieval.outputs["model"], baseline_model=retrieval_baseline.outputs["model"],
                                kind="retrieval", gate_json=gate_json).with_id("RetrievalGate")
-    ranking_gate = ModelGate(model=ranking.outputs["model"], baseline_model=ranking_baseline.outputs["model"],
-                             kind="ranking", gate_json=gate_json).with_id("RankingGate")
+    # Ranking through TFMA: RMSE (rating head) and AUC (engagement head) on the eval split,
+    # value thresholds and change thresholds against the latest blessed ranking model.
+    ranking_gate = tfx.components.Evaluator(
+        examples=example_builder.outputs["examples"],
+        model=ranking.outputs["model"],
+        baseline_model=ranking_baseline.outputs["model"],
+        eval_config=ranking_eval_config(trainer_cfg.gate),
+        example_splits=["eval"],
+    ).with_id("RankingGate")
     # ScaNN over every candidate; fails the run below the recall floor.
     index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
                          trainer_json=index_json)

@@ -1,7 +1,10 @@
-"""The evaluation gate's decision: absolute floors, lift over the baseline, no regression.
+"""The evaluation gates.
 
-Pure function over the metrics the trainers write (``metrics.json`` beside each
-model), so both outcomes are tested without training anything.
+Retrieval: ``decide``, a pure function over the metrics the retrieval trainer writes
+(``metrics.json`` beside the model): absolute floor, lift over popularity, no
+regression against the latest blessed model. TFMA has no top-K retrieval metric over
+a full catalogue with seen-item exclusion, hence this custom gate.
+Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA).
 """
 
 from __future__ import annotations
@@ -41,19 +44,41 @@ def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) ->
             prev = baseline["model"]["recall@100"]
             check("no_regression", r100 >= prev - gate.max_recall_drop,
                   f"recall@100 {r100:.4f} vs latest blessed {prev:.4f} (max drop {gate.max_recall_drop})")
-    elif kind == "ranking":
-        auc, rmse = m["auc"], m["rmse"]
-        check("min_auc", auc >= gate.min_auc, f"AUC {auc:.4f} vs floor {gate.min_auc}")
-        check("max_rmse", rmse <= gate.max_rmse, f"RMSE {rmse:.4f} vs ceiling {gate.max_rmse}")
-        if baseline is not None:
-            b = baseline["model"]
-            check("no_auc_regression", auc >= b["auc"] - gate.max_auc_drop,
-                  f"AUC {auc:.4f} vs latest blessed {b['auc']:.4f} (max drop {gate.max_auc_drop})")
-            check("no_rmse_regression", rmse <= b["rmse"] + gate.max_rmse_increase,
-                  f"RMSE {rmse:.4f} vs latest blessed {b['rmse']:.4f} (max increase {gate.max_rmse_increase})")
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     if not reasons:
         reasons.append("all checks passed" + (" (first model: no baseline)" if baseline is None else ""))
     return {"blessed": all(c["ok"] for c in checks.values()), "reasons": reasons, "checks": checks,
             "has_baseline": baseline is not None}
+
+
+def ranking_eval_config(gate: GateConfig):
+    """TFMA EvalConfig for the ranking model's Evaluator: RMSE of the rating head, AUC of
+    the engagement head, each with an absolute threshold and a change threshold against
+    the latest blessed model (TFMA skips change thresholds when there is no baseline)."""
+    import tensorflow_model_analysis as tfma
+
+    from serving import names
+    from trainer import features as F
+
+    def spec(name: str, is_baseline: bool = False):
+        return tfma.ModelSpec(name=name, is_baseline=is_baseline, signature_name=names.EVAL_SIGNATURE,
+                              label_keys={names.OUT_RATING: F.RATING_LABEL, names.OUT_ENGAGEMENT: F.ENGAGED_LABEL})
+
+    rmse = tfma.MetricConfig(class_name="RootMeanSquaredError", threshold=tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(upper_bound={"value": gate.max_rmse}),
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.LOWER_IS_BETTER,
+                                                     absolute={"value": gate.max_rmse_increase})))
+    auc = tfma.MetricConfig(class_name="AUC", threshold=tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                     absolute={"value": -gate.max_auc_drop})))
+    return tfma.EvalConfig(
+        model_specs=[spec("candidate"), spec("baseline", is_baseline=True)],
+        slicing_specs=[tfma.SlicingSpec()],
+        metrics_specs=[
+            tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount")]),
+            tfma.MetricsSpec(output_names=[names.OUT_RATING], metrics=[rmse]),
+            tfma.MetricsSpec(output_names=[names.OUT_ENGAGEMENT], metrics=[auc]),
+        ],
+    )

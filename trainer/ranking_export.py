@@ -67,9 +67,11 @@ def build_item_rows(items: dict, tft_layer, layout: FeatureLayout, item_features
 
 class RankingModule(tf.Module):
     def __init__(self, resolver: export.QueryResolver, model: tf.keras.Model, item_ids: np.ndarray,
-                 item_rows: dict[str, np.ndarray], user_features: dict):
+                 item_rows: dict[str, np.ndarray], user_features: dict, raw_spec: dict | None = None):
         super().__init__()
         self.resolver, self.model = resolver, model
+        # Features (no labels) that evaluate_examples parses from serialized raw tf.Examples.
+        self.raw_spec = {k: v for k, v in (raw_spec or {}).items() if k not in (*F.LABEL_KEYS, F.TIMESTAMP)}
         self.user_features = dict(user_features)
         ids = np.asarray([i if isinstance(i, bytes) else str(i).encode() for i in item_ids], dtype=object)
         self.item_table = tf.lookup.StaticHashTable(
@@ -90,11 +92,25 @@ class RankingModule(tf.Module):
         return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [b, c]),
                 names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [b, c])}
 
+    def _evaluate_examples(self, serialized: tf.Tensor) -> dict:
+        """One score per example (its own user, item, history, context): what TFMA evaluates."""
+        from trainer.model_inputs import to_model_inputs
+
+        raw = tf.io.parse_example(serialized, self.raw_spec)
+        feats = to_model_inputs(self.resolver.tft_layer(raw), self.resolver.layout)
+        out = self.model(feats, training=False)
+        return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [-1]),
+                names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [-1])}
+
     def signatures(self) -> dict:
         spec = dict(export.query_input_signature(self.user_features))
         spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
         score = tf.function(lambda **kw: self._score(kw)).get_concrete_function(**spec)
-        return {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
+        out = {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
+        if self.raw_spec:
+            out[names.EVAL_SIGNATURE] = tf.function(lambda examples: self._evaluate_examples(examples)).get_concrete_function(
+                tf.TensorSpec([None], tf.string, names.EXAMPLES_INPUT))
+        return out
 
 
 def save(module: RankingModule, export_dir: str) -> None:

@@ -196,7 +196,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     item_rows = ranking_export.build_item_rows(items, tft_layer, layout, item_features)
     users = raw_data.read_numpy(raw_data.split_files(examples_uri, "users"), raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
     resolver = export.QueryResolver(tft_layer, None, layout, user_features, users, history_length)
-    module = ranking_export.RankingModule(resolver, model, items[F.ITEM_ID], item_rows, user_features)
+    module = ranking_export.RankingModule(resolver, model, items[F.ITEM_ID], item_rows, user_features, raw_spec=spec)
     ranking_export.save(module, serving_dir)
     from trainer.warmup import write_ranking_warmup
     write_ranking_warmup(serving_dir, users, user_features, [v.decode() for v in items[F.ITEM_ID]])

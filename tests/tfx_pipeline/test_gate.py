@@ -26,12 +26,18 @@ def test_retrieval_regression_against_latest_blessed_is_rejected():
     assert decide("retrieval", _retrieval(0.445), _retrieval(0.45), GateConfig(max_recall_drop=0.01))["blessed"]
 
 
-def test_ranking_floors_and_change_thresholds():
-    cur = {"model": {"auc": 0.70, "rmse": 0.95}}
-    assert decide("ranking", cur, None, GateConfig())["blessed"]
-    assert not decide("ranking", cur, {"model": {"auc": 0.75, "rmse": 0.95}}, GateConfig())["blessed"]
-    assert not decide("ranking", cur, {"model": {"auc": 0.70, "rmse": 0.90}}, GateConfig())["blessed"]
-    assert not decide("ranking", {"model": {"auc": 0.49, "rmse": 0.9}}, None, GateConfig())["blessed"]
+def test_ranking_eval_config_carries_the_gate_thresholds():
+    from serving import names
+    from trainer.gate import ranking_eval_config
+
+    cfg = ranking_eval_config(GateConfig(min_auc=0.6, max_rmse=1.2, max_auc_drop=0.02, max_rmse_increase=0.05))
+    assert [m.signature_name for m in cfg.model_specs] == [names.EVAL_SIGNATURE] * 2
+    assert [m.is_baseline for m in cfg.model_specs] == [False, True]
+    by_output = {tuple(s.output_names): s.metrics[0] for s in cfg.metrics_specs if s.output_names}
+    auc = by_output[(names.OUT_ENGAGEMENT,)].threshold
+    rmse = by_output[(names.OUT_RATING,)].threshold
+    assert auc.value_threshold.lower_bound.value == 0.6 and auc.change_threshold.absolute.value == -0.02
+    assert rmse.value_threshold.upper_bound.value == 1.2 and rmse.change_threshold.absolute.value == 0.05
 
 
 def test_trainer_config_is_strict():

@@ -131,3 +131,13 @@ def _raw_spec(tiny_pipeline) -> dict:
     import tensorflow_transform as tft
 
     return tft.TFTransformOutput(tiny_pipeline.transform_dir).raw_feature_spec()
+
+
+def test_evaluate_examples_signature_scores_raw_examples(ranking, tiny_pipeline):
+    """The signature TFMA's Evaluator calls: serialized raw eval examples -> one score per head."""
+    files = raw_data.split_files(tiny_pipeline.examples_uri, "eval")
+    serialized = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(16)))
+    out = ranking["model"].signatures[names.EVAL_SIGNATURE](examples=serialized)
+    rating, engagement = out[names.OUT_RATING].numpy(), out[names.OUT_ENGAGEMENT].numpy()
+    assert rating.shape == (int(serialized.shape[0]),) and engagement.shape == rating.shape
+    assert np.all(np.isfinite(rating)) and np.all((engagement >= 0) & (engagement <= 1))
