@@ -37,6 +37,24 @@ def data_fingerprint(cfg: PipelineConfig) -> str:
     return h.hexdigest()[:24]
 
 
+def code_fingerprint() -> str:
+    """Digest of the project's pipeline and trainer sources.
+
+    Passed as an execution property to the components that run our code by module
+    path (ExampleBuilder, Transform, Trainers): TFX's cache key covers execution
+    properties, not the code behind a module path, so without it an upgraded
+    trainer would be answered from the cache with a model built by the old code.
+    """
+    from tfx_pipeline.config import REPO_ROOT
+
+    h = hashlib.sha256()
+    for package in ("tfx_pipeline", "trainer", "serving"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            h.update(str(path.relative_to(REPO_ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def create_pipeline(
     cfg: PipelineConfig,
     stage: str = ALL_STAGES,
@@ -53,7 +71,7 @@ def create_pipeline(
     # Events + side tables -> train/eval examples, candidate items, user state.
     example_builder = ExampleBuilder(
         config_json=config_json,
-        data_fingerprint=data_fingerprint(cfg),
+        data_fingerprint=f"{data_fingerprint(cfg)}-{code_fingerprint()}",
         beam_pipeline_args_json=json.dumps(beam_args),
     )
     # Per-split statistics of the built examples.
@@ -80,7 +98,7 @@ def create_pipeline(
         examples=example_builder.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn",
-        custom_config={"side_features": cfg.side_features()},
+        custom_config={"side_features": cfg.side_features(), "code_fingerprint": code_fingerprint()},
         splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
         materialize=False,
     )

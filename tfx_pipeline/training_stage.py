@@ -12,6 +12,7 @@ from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
 from tfx_pipeline.config import PipelineConfig
+from tfx_pipeline.pipeline import code_fingerprint
 from trainer.gate import ranking_eval_config
 from trainer.hparams import parse_trainer_config, to_json
 
@@ -47,6 +48,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         "side_features": cfg.side_features(),
         "history_length": cfg.examples.history_length,
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"]},
+        "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see pipeline.py)
     }
     gate_json = json.dumps(sections["gate"])
     index_json = json.dumps({"retrieval": sections["retrieval"], "index": sections["index"]})

@@ -24,8 +24,9 @@ def ExampleBuilder(
 ) -> None:
     """Reads and validates the dataset's tables, then runs the example-building Beam job.
 
-    ``data_fingerprint`` (a digest of the input files) is an execution property only so
-    that TFX's cache key changes when the data does; the executor does not read it.
+    ``data_fingerprint`` (a digest of the input files and of the project's code) is an
+    execution property only so that TFX's cache key changes when either does; the
+    executor does not read it.
     """
     from tfx_pipeline import example_builder
     from tfx_pipeline.config import config_from_json
