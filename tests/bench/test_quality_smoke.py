@@ -91,3 +91,23 @@ def test_ablation_smoke(tmp_path, capsys):
     rows = json.loads((tmp_path / "ablation_implicit_demo_per_user.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["ids_only", "popularity"]
     assert all(0.0 <= r["recall@100"] <= 1.0 for r in rows)
+
+
+@pytest.mark.e2e
+def test_ranking_quality_smoke(tmp_path):
+    """bench/ranking_quality.py end to end on the tiny implicit dataset, 1 epoch each."""
+    from bench import ranking_quality
+
+    assert ranking_quality.main(["--config", "configs/implicit_demo.yaml", "--smoke", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "ranking_quality_implicit_demo_global_time_smoke.json").read_text())
+    models = [r["model"] for r in report["rows"]]
+    assert models[0] == "global mean rating" and models[-1].startswith("ours")
+    assert all(r["rmse"] > 0 for r in report["rows"]) and all(0 <= r["auc"] <= 1 for r in report["rows"][1:])
+
+
+def test_rank_auc_matches_hand_count():
+    from bench.ranking_quality import auc
+
+    # pairs (pos, neg): (0.9,0.1) win, (0.9,0.5) win, (0.4,0.1) win, (0.4,0.5) loss -> 3/4
+    assert auc([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5]) == 0.75
+    assert auc([1, 0], [0.5, 0.5]) == 0.5  # a tie counts half
