@@ -50,10 +50,22 @@ class SideTable:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpansConfig:
+    """Dated spans (tfx_pipeline/spans.py): one directory of tables per span."""
+
+    base: str  # directory holding the span directories
+    pattern: str = "span-{SPAN}"  # TFX span spec: {SPAN}, {YYYY}/{MM}/{DD}, optional {VERSION}
+    window: int = 0  # most recent spans read by a run (0 = every span up to the selected one)
+    span: int = -1  # the span a run is for; -1 = the latest one present
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     events: EventsTable
     users: Optional[SideTable] = None
     items: Optional[SideTable] = None
+    # When set, the table paths above are file names inside each span directory.
+    spans: Optional[SpansConfig] = None
     # How to materialize the tables when they are missing: movielens_100k,
     # synthetic_implicit, or none (the user provides them).
     fetch: str = "none"
@@ -205,6 +217,16 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: user features may be categorical or numeric only")
     if cfg.data.fetch not in ("none", "movielens_100k", "synthetic_implicit"):
         raise ConfigError(f"{where}: data.fetch must be none, movielens_100k or synthetic_implicit")
+    if cfg.data.spans is not None:
+        spans = cfg.data.spans
+        if not any(spec in spans.pattern for spec in ("{SPAN", "{YYYY}")):
+            raise ConfigError(f"{where}: data.spans.pattern {spans.pattern!r} needs a {{SPAN}} or {{YYYY}}-{{MM}}-{{DD}} spec")
+        for table in (cfg.data.events, cfg.data.users, cfg.data.items):
+            if table is not None and (os.path.isabs(table.path) or "/" in table.path or "{" in table.path):
+                raise ConfigError(f"{where}: with data.spans, table paths are file names inside each span "
+                                  f"directory (e.g. events.csv), not {table.path!r}")
+        if spans.window < 0:
+            raise ConfigError(f"{where}: data.spans.window must be >= 0 (0 = every span)")
     from tfx_pipeline import splits
 
     if cfg.examples.split.strategy not in splits.STRATEGIES:

@@ -124,6 +124,8 @@ def ensure_dataset(cfg) -> None:
     """Materializes the config's tables if it names a built-in source and they are missing."""
     from tfx_pipeline.config import resolve_path
 
+    if cfg.data.spans is not None:
+        return  # span directories are the user's (or `recsys data make-spans`)
     events_dir = resolve_path(cfg.data.events.path).parent
     if cfg.data.fetch == "movielens_100k":
         fetch_movielens_100k(events_dir)

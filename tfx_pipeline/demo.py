@@ -24,9 +24,9 @@ def serving_config(cfg: PipelineConfig):
 
 
 def first_user(cfg: PipelineConfig) -> str:
-    from tfx_pipeline.tables import load_events
+    from tfx_pipeline.tables import load_tables
 
-    return str(load_events(cfg)["user_id"].iloc[0])
+    return str(load_tables(cfg)[0]["user_id"].iloc[0])
 
 
 def run_demo(cfg: PipelineConfig, user: str | None = None, k: int = 10, port: int = 8500, rest_port: int = 8501,

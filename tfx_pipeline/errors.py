@@ -5,11 +5,12 @@ from __future__ import annotations
 
 def _known_types() -> tuple[type, ...]:
     from tfx_pipeline.config import ConfigError
+    from tfx_pipeline.spans import SpanError
     from tfx_pipeline.tables import DataError
     from tfx_pipeline.validation import DataValidationError
     from trainer.index import IndexRecallError
 
-    return (ConfigError, DataError, DataValidationError, IndexRecallError, FileNotFoundError)
+    return (ConfigError, SpanError, DataError, DataValidationError, IndexRecallError, FileNotFoundError)
 
 
 def find_user_error(exc: BaseException) -> BaseException | None:

@@ -33,6 +33,9 @@ from trainer import features as F
 SPLIT_DIR = "Split-{}"
 CANDIDATES_SPLIT = "items"
 USER_STATE_SPLIT = "users"
+# Spans datasets only: the examples of the run's (newest) span, again, whatever their
+# train/eval split, so the new span alone is validated and compared with the previous one.
+LATEST_SPAN_SPLIT = "latest_span"
 ALL_SPLITS = (*splits.SPLIT_NAMES, CANDIDATES_SPLIT, USER_STATE_SPLIT)
 SIDE_SPLITS = [CANDIDATES_SPLIT, USER_STATE_SPLIT]  # not interactions: no stats, no Transform
 
@@ -93,7 +96,9 @@ def user_examples(
     """Yields (split, row) for one user's events; a row maps example keys to value lists.
 
     Args:
-      events: (timestamp, row_order, item_id, rating, split) tuples, any order.
+      events: (timestamp, row_order, item_id, rating, split[, in_latest_span]) tuples, any
+        order; rows of events in the latest span are yielded a second time under
+        LATEST_SPAN_SPLIT.
       user_row: canonical user feature key -> value, or None.
       items: item id -> canonical item feature key -> value, or None.
       side_kinds: canonical key -> kind for every side feature.
@@ -105,7 +110,7 @@ def user_examples(
     user_side = {k: _side_value(user_row[k], kind) for k, kind in side_kinds.items()
                  if k.startswith(F.USER_FEATURE_PREFIX)}
     item_kinds = {k: kind for k, kind in side_kinds.items() if k.startswith(F.ITEM_FEATURE_PREFIX)}
-    for i, (ts, _, item_id, rating, split) in enumerate(events):
+    for i, (ts, _, item_id, rating, split, *latest) in enumerate(events):
         # Strictly earlier events only: ties in time are not each other's history.
         n_before = int(np.searchsorted(times, ts, side="left"))
         prev_gap_h = (ts - int(times[n_before - 1])) / 3600.0 if n_before else 0.0
@@ -126,6 +131,8 @@ def user_examples(
             item_row = items[item_id]
             row.update({k: _side_value(item_row[k], kind) for k, kind in item_kinds.items()})
         yield split, row
+        if latest and latest[0]:
+            yield LATEST_SPAN_SPLIT, row
 
 
 def user_state_row(user_id: str, events, history_length: int, user_row: dict | None,
@@ -175,14 +182,20 @@ def build_examples(
     out_uri: str,
     beam_pipeline_args: list[str] | None = None,
 ) -> dict[str, int]:
-    """Runs the Beam job, writing ``out_uri/Split-<name>/``; returns example counts per split."""
-    from tfx_pipeline.tables import catalogue
+    """Runs the Beam job, writing ``out_uri/Split-<name>/``; returns example counts per split.
+
+    Events with a ``span`` column (a spans dataset) also fill LATEST_SPAN_SPLIT.
+    """
+    from tfx_pipeline.tables import SPAN_COLUMN, catalogue
 
     ex_cfg = cfg.examples
     side_kinds = cfg.side_features()
     split = splits.assign_splits(
         events, ex_cfg.split.strategy, ex_cfg.split.eval_fraction, ex_cfg.split.min_user_events
     )
+    has_spans = SPAN_COLUMN in events.columns
+    latest = (events[SPAN_COLUMN] == events[SPAN_COLUMN].max()) if has_spans else pd.Series(False, index=events.index)
+    interaction_splits = (*splits.SPLIT_NAMES, LATEST_SPAN_SPLIT) if has_spans else splits.SPLIT_NAMES
     rows = list(zip(
         events[F.USER_ID].to_numpy(),
         events[F.TIMESTAMP].to_numpy(dtype=np.int64).tolist(),
@@ -190,6 +203,7 @@ def build_examples(
         events[F.ITEM_ID].to_numpy(),
         events[F.RATING_LABEL].to_numpy(dtype=float).tolist(),
         split.to_numpy(),
+        latest.tolist(),
     ))
     user_rows = users.to_dict("index") if users is not None else {}
     item_rows = items.to_dict("index") if items is not None else None
@@ -197,6 +211,8 @@ def build_examples(
     counts = {s: int((split == s).sum()) for s in splits.SPLIT_NAMES}
     counts[CANDIDATES_SPLIT] = len(item_ids)
     counts[USER_STATE_SPLIT] = int(events[F.USER_ID].nunique())
+    if has_spans:
+        counts[LATEST_SPAN_SPLIT] = int(latest.sum())
 
     example_types = column_types(side_kinds, [
         F.USER_ID, F.ITEM_ID, F.HISTORY_ITEM_IDS, F.TIMESTAMP, F.HOUR_OF_DAY, F.DAY_OF_WEEK,
@@ -218,9 +234,9 @@ def build_examples(
                                      user_rows.get(kv[0]), item_rows, side_kinds)
         )
         parts = tagged | "BySplit" >> beam.Partition(
-            lambda kv, n: splits.SPLIT_NAMES.index(kv[0]), len(splits.SPLIT_NAMES)
+            lambda kv, n: interaction_splits.index(kv[0]), len(interaction_splits)
         )
-        for name, part in zip(splits.SPLIT_NAMES, parts):
+        for name, part in zip(interaction_splits, parts):
             _write(part | f"Drop{name}" >> beam.Values(), out_uri, name, example_types,
                    ex_cfg.num_shards, name)
         states = by_user | "UserState" >> beam.Map(

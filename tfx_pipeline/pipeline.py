@@ -23,12 +23,15 @@ DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1"
 
 
 def data_fingerprint(cfg: PipelineConfig) -> str:
-    """Digest of the input tables' bytes, so TFX's cache misses when the data changes."""
+    """Digest of the input tables' bytes, so TFX's cache misses when the data changes.
+
+    With spans, every span the run reads counts, so a new span (or a new version of
+    one) is a new cache key.
+    """
+    from tfx_pipeline.tables import input_files
+
     h = hashlib.sha256()
-    for table in (cfg.data.events, cfg.data.users, cfg.data.items):
-        if table is None:
-            continue
-        path = resolve_path(table.path)
+    for path in input_files(cfg):
         h.update(str(path).encode())
         if path.exists():
             with open(path, "rb") as fh:

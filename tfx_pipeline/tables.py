@@ -83,9 +83,9 @@ def _numeric(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     return num.astype(float)
 
 
-def load_events(cfg: PipelineConfig) -> pd.DataFrame:
+def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
     spec: EventsTable = cfg.data.events
-    path = resolve_path(spec.path)
+    path = path or resolve_path(spec.path)
     df = _read(path, spec.format)
     cols = spec.columns
     _require_columns(df, path, cols)
@@ -126,9 +126,9 @@ def load_events(cfg: PipelineConfig) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def load_side_table(spec: SideTable, prefix_fn) -> pd.DataFrame:
+def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.DataFrame:
     """Returns a frame indexed by id with canonical feature columns (``prefix_fn(col)``)."""
-    path = resolve_path(spec.path)
+    path = path or resolve_path(spec.path)
     df = _read(path, spec.format)
     _require_columns(df, path, {"id": spec.id_column, **{c: c for c in spec.features}})
     ids = _nonempty_str(df, spec.id_column, path)
@@ -149,12 +149,58 @@ def load_side_table(spec: SideTable, prefix_fn) -> pd.DataFrame:
     return out
 
 
+SPAN_COLUMN = "span"  # events of a spans dataset: the span each row came from
+
+
+def table_paths(cfg: PipelineConfig) -> dict[str, Path]:
+    """events/users/items -> the file a run reads (for spans: the latest span's side tables)."""
+    if cfg.data.spans is None:
+        return {name: resolve_path(t.path) for name, t in
+                (("events", cfg.data.events), ("users", cfg.data.users), ("items", cfg.data.items)) if t}
+    from tfx_pipeline import spans
+
+    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+    out = {"events": selected[-1].directory / cfg.data.events.path}
+    for name, t in (("users", cfg.data.users), ("items", cfg.data.items)):
+        if t is not None:
+            out[name] = spans.side_table_path(selected, t.path)
+    return out
+
+
+def input_files(cfg: PipelineConfig) -> list[Path]:
+    """Every file a run reads (each selected span's events, the side tables)."""
+    paths = table_paths(cfg)
+    if cfg.data.spans is None:
+        return list(paths.values())
+    from tfx_pipeline import spans
+
+    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+    return [s.directory / cfg.data.events.path for s in selected] + [p for k, p in paths.items() if k != "events"]
+
+
+def _span_events(cfg: PipelineConfig) -> tuple[pd.DataFrame, list]:
+    from tfx_pipeline import spans
+
+    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+    frames = []
+    for s in selected:
+        frame = load_events(cfg, s.directory / cfg.data.events.path)
+        frame[SPAN_COLUMN] = s.span
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True), selected
+
+
 def load_tables(cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    """Events, users (or None), items (or None), validated against each other."""
-    events = load_events(cfg)
-    users = load_side_table(cfg.data.users, F.user_feature) if cfg.data.users else None
-    items = load_side_table(cfg.data.items, F.item_feature) if cfg.data.items else None
-    events_path = resolve_path(cfg.data.events.path)
+    """Events, users (or None), items (or None), validated against each other.
+
+    With ``data.spans``, events are those of every selected span, with their span
+    number in ``SPAN_COLUMN``; side tables are the newest selected span's snapshot.
+    """
+    paths = table_paths(cfg)
+    events = _span_events(cfg)[0] if cfg.data.spans is not None else load_events(cfg)
+    users = load_side_table(cfg.data.users, F.user_feature, paths.get("users")) if cfg.data.users else None
+    items = load_side_table(cfg.data.items, F.item_feature, paths.get("items")) if cfg.data.items else None
+    events_path = paths["events"]
     for table, col, name in ((users, F.USER_ID, "users"), (items, F.ITEM_ID, "items")):
         if table is None:
             continue

@@ -9,6 +9,11 @@ Drift baseline: after a clean run, the train statistics are copied to
 ``baseline_dir``; the next run compares against them. (A file rather than an MLMD
 resolver so the comparison is with the last run that *passed*, not merely the last
 one that ran.)
+
+Spans datasets: the examples of the run's new span (split ``latest_span``) are
+checked against the schema too, and drift compares the new span's statistics with
+those of the previous span that passed (``baseline_dir/span-<N>/``), so a change in
+the new day's data is not diluted by the older spans a run also reads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 from tfx_pipeline.splits import EVAL, TRAIN
+
+LATEST_SPAN = "latest_span"  # tfx_pipeline.example_builder.LATEST_SPAN_SPLIT (no Beam import here)
 
 STATS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"
@@ -81,13 +88,28 @@ def _distribution_findings(schema, current, previous, linf, jsd, exclude, label)
     return lines, values
 
 
+def _span_baselines(baseline_dir: str) -> dict[int, str]:
+    out = {}
+    if os.path.isdir(baseline_dir):
+        for name in os.listdir(baseline_dir):
+            path = os.path.join(baseline_dir, name, STATS_FILE)
+            if name.startswith("span-") and name[5:].isdigit() and os.path.exists(path):
+                out[int(name[5:])] = path
+    return out
+
+
 def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseline_dir: str,
-               report_uri: str) -> dict:
-    """Raises DataValidationError on any finding; writes a JSON report either way."""
+               report_uri: str, span: int | None = None) -> dict:
+    """Raises DataValidationError on any finding; writes a JSON report either way.
+
+    ``span``: the run's span, for spans datasets (their statistics have a
+    ``latest_span`` split); None otherwise.
+    """
     schema = load_schema(schema_uri)
     findings: list[str] = []
     report: dict = {"anomalies": {}, "skew_train_vs_eval": {}, "drift_vs_previous_run": {}}
-    for split in (TRAIN, EVAL):
+    has_span_split = span is not None and os.path.exists(_split_file(stats_uri, LATEST_SPAN, STATS_FILE))
+    for split in (TRAIN, EVAL, *([LATEST_SPAN] if has_span_split else [])):
         path = _split_file(anomalies_uri, split, ANOMALIES_FILE)
         anomalies = anomalies_pb2.Anomalies()
         with open(path, "rb") as fh:
@@ -104,11 +126,23 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
     findings += lines
     report["skew_train_vs_eval"] = values
 
-    baseline = os.path.join(baseline_dir, STATS_FILE)
-    if os.path.exists(baseline):
-        previous = tfdv.load_stats_binary(baseline)
-        lines, values = _distribution_findings(schema, train, previous, vcfg.drift_linf, vcfg.drift_jsd,
-                                               exclude, "drift vs previous run")
+    if has_span_split:
+        # The new span against the newest earlier span that passed.
+        current_split, baseline_path = LATEST_SPAN, os.path.join(baseline_dir, f"span-{span}", STATS_FILE)
+        earlier = {s: p for s, p in _span_baselines(baseline_dir).items() if s < span}
+        previous_path = earlier[max(earlier)] if earlier else None
+        label = f"drift of span {span} vs span {max(earlier)}" if earlier else ""
+        report["span"] = span
+        report["previous_span"] = max(earlier) if earlier else None
+    else:
+        current_split, baseline_path = TRAIN, os.path.join(baseline_dir, STATS_FILE)
+        previous_path = baseline_path if os.path.exists(baseline_path) else None
+        label = "drift vs previous run"
+    if previous_path:
+        previous = tfdv.load_stats_binary(previous_path)
+        current = tfdv.load_stats_binary(_split_file(stats_uri, current_split, STATS_FILE))
+        lines, values = _distribution_findings(schema, current, previous, vcfg.drift_linf, vcfg.drift_jsd,
+                                               exclude, label)
         findings += lines
         report["drift_vs_previous_run"] = values
     report["findings"] = findings
@@ -121,7 +155,7 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
             "schemas/ if the change is intended:\n  " + "\n  ".join(findings)
             + f"\n(report: {os.path.join(report_uri, REPORT_FILE)})"
         )
-    os.makedirs(baseline_dir, exist_ok=True)
-    shutil.copyfile(_split_file(stats_uri, TRAIN, STATS_FILE), baseline)
+    os.makedirs(os.path.dirname(baseline_path), exist_ok=True)
+    shutil.copyfile(_split_file(stats_uri, current_split, STATS_FILE), baseline_path)
     print(f"[DataGate] no anomalies; skew and drift within thresholds (report: {report_uri})", flush=True)
     return report

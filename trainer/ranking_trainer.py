@@ -33,6 +33,7 @@ from trainer.model_inputs import FeatureLayout
 from trainer.ranking_model import ENGAGEMENT_LOGIT, RATING, RankingModel
 from trainer.training_logs import log
 from trainer.training_setup import fit_callbacks, prepare
+from trainer.warm_start import maybe_warm_start, save_state
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -150,8 +151,12 @@ def _train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, fl
 
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
-                     history_length: int, trainer_cfg: dict, log_dir: str | None = None) -> dict:
-    """The whole ranking training; plain function so tests and benchmarks call it directly."""
+                     history_length: int, trainer_cfg: dict, log_dir: str | None = None,
+                     base_model: str | None = None) -> dict:
+    """The whole ranking training; plain function so tests and benchmarks call it directly.
+
+    ``base_model``: the latest blessed ranking model to warm-start from, or None.
+    """
     cfg = parse_trainer_config(trainer_cfg)
     hp = cfg.ranking
     ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
@@ -162,15 +167,18 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed)
     eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed)
 
+    started = time.time()
     with ctx.strategy.scope():
         model = RankingModel(layout, hp, history_length, rating_mean=rating_mean, engagement_rate=engaged_rate)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
+        warm = maybe_warm_start(model, lambda: model(next(iter(train_ds))), base_model, transform_dir,
+                                cfg.warm_start.enabled, "ranking")
+    epochs = cfg.warm_start.epochs if warm["taken"] and cfg.warm_start.epochs > 0 else hp.epochs
     # Keeps (restores) the weights of the epoch with the lowest weighted eval loss.
     callbacks, early_stopping, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
-    log(f"ranking: training {hp.epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "
+    log(f"ranking: training {epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "
         f"deep {list(hp.deep_units)}, {replicas} replica(s), {num_train} train rows")
-    started = time.time()
-    fit = model.fit(train_ds, validation_data=eval_ds, epochs=hp.epochs, callbacks=callbacks, verbose=2)
+    fit = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks, verbose=2)
     train_seconds = time.time() - started
 
     # Evaluation on the whole eval split: the model against the baselines on the same rows.
@@ -188,6 +196,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         "train_seconds": train_seconds,
         "epochs_run": len(fit.history["loss"]),
         "best_epoch": int(early_stopping.best_epoch) + 1,  # the weights evaluated and exported
+        "warm_start": warm,
     }
     importance = permutation_importance(model, ctx.eval_rows, layout, seed=hp.seed)
 
@@ -198,6 +207,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     resolver = export.QueryResolver(tft_layer, None, layout, user_features, users, history_length)
     module = ranking_export.RankingModule(resolver, model, items[F.ITEM_ID], item_rows, user_features, raw_spec=spec)
     ranking_export.save(module, serving_dir)
+    save_state(model, transform_dir, os.path.dirname(serving_dir.rstrip("/")))
     from trainer.warmup import write_ranking_warmup
     write_ranking_warmup(serving_dir, users, user_features, [v.decode() for v in items[F.ITEM_ID]])
 
@@ -233,4 +243,5 @@ def run_fn(fn_args) -> None:
         history_length=cc["history_length"],
         trainer_cfg=cc.get("trainer", {}),
         log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
+        base_model=fn_args.base_model,
     )

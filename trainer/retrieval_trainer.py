@@ -28,6 +28,7 @@ from trainer.retrieval_model import RetrievalModel, add_sampling_probability
 from trainer.towers import build_towers
 from trainer.training_logs import log
 from trainer.training_setup import fit_callbacks, prepare
+from trainer.warm_start import maybe_warm_start, save_state
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
@@ -54,8 +55,13 @@ def _as_str(a: np.ndarray) -> np.ndarray:
 
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
-                     history_length: int, trainer_cfg: dict, log_dir: str | None = None) -> dict:
-    """The whole retrieval training; plain function so tests and benchmarks call it directly."""
+                     history_length: int, trainer_cfg: dict, log_dir: str | None = None,
+                     base_model: str | None = None) -> dict:
+    """The whole retrieval training; plain function so tests and benchmarks call it directly.
+
+    ``base_model``: the latest blessed retrieval model (TFX's ``fn_args.base_model``) to
+    warm-start from (trainer/warm_start.py); None trains from scratch.
+    """
     cfg = parse_trainer_config(trainer_cfg)
     hp = cfg.retrieval
     ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
@@ -72,15 +78,18 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed, sampling)
     eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed, sampling)
 
+    started = time.time()
     with ctx.strategy.scope():
         query_tower, candidate_tower = build_towers(layout, hp, history_length)
         model = RetrievalModel(query_tower, candidate_tower, hp)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
+        warm = maybe_warm_start(model, lambda: model.compute_loss(next(iter(train_ds))), base_model, transform_dir,
+                                cfg.warm_start.enabled, "retrieval")
+    epochs = cfg.warm_start.epochs if warm["taken"] and cfg.warm_start.epochs > 0 else hp.epochs
     callbacks, _, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
-    log(f"retrieval: training {hp.epochs} epoch(s), batch {batch_size}, encoder {hp.history_encoder}, "
+    log(f"retrieval: training {epochs} epoch(s), batch {batch_size}, encoder {hp.history_encoder}, "
         f"{replicas} replica(s), {layout.num_items - 2} items, {layout.num_users - 2} users")
-    started = time.time()
-    fit = model.fit(train_ds, validation_data=eval_ds, epochs=hp.epochs, callbacks=callbacks, verbose=2)
+    fit = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks, verbose=2)
     train_seconds = time.time() - started
 
     # Candidates: every catalogue item through the Transform graph and the candidate tower.
@@ -111,6 +120,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     module = export.RetrievalModule(resolver, export.brute_force_layer(cand_emb, item_ids, fetch_k), candidates,
                                     hp.max_k, fetch_k, sorted(item_features), unknown_emb)
 
+    save_state(model, transform_dir, os.path.dirname(serving_dir.rstrip("/")))
     metrics, (eval_queries, eval_users) = evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, candidates["counts"])
     export.save(module, serving_dir, user_features)
     from trainer.warmup import write_retrieval_warmup
@@ -119,6 +129,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     os.makedirs(run_dir, exist_ok=True)
     metrics["train_seconds"] = train_seconds
     metrics["epochs_run"] = len(fit.history["loss"])
+    metrics["warm_start"] = warm
     # Beside the model too: the gate reads it from the Model artifact (and from the
     # latest blessed Model's artifact).
     for directory in (run_dir, os.path.dirname(serving_dir.rstrip("/"))):
@@ -179,4 +190,5 @@ def run_fn(fn_args) -> None:
         history_length=cc["history_length"],
         trainer_cfg=cc.get("trainer", {}),
         log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
+        base_model=fn_args.base_model,
     )

@@ -20,4 +20,6 @@ def DataGate(
     from tfx_pipeline.validation import check_data
 
     cfg = config_from_json(config_json)
-    check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri)
+    # StatisticsGen copies the examples' span onto the statistics artifact.
+    span = int(statistics.span) if cfg.data.spans is not None else None
+    check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri, span=span)

@@ -39,5 +39,15 @@ def ExampleBuilder(
         events, users, items, cfg, examples.uri,
         beam_pipeline_args=json.loads(beam_pipeline_args_json),
     )
-    examples.split_names = artifact_utils.encode_split_names(list(example_builder.ALL_SPLITS))
+    examples.split_names = artifact_utils.encode_split_names(list(counts))
+    if cfg.data.spans is not None:
+        # Like ExampleGen: the artifact carries the span (and version) it was built for.
+        from tfx_pipeline import spans
+
+        selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+        examples.span = selected[-1].span
+        if selected[-1].version is not None:
+            examples.version = selected[-1].version
+        examples.set_string_custom_property("spans_read", ",".join(str(s.span) for s in selected))
+        print(f"[ExampleBuilder] span {selected[-1].span} (read spans {[s.span for s in selected]})", flush=True)
     print(f"[ExampleBuilder] examples per split: {counts}", flush=True)
