@@ -16,6 +16,10 @@
 5. a reason per item: the history items closest to it in embedding space,
    "popular with all users" for the fallback, or "matches your profile".
 
+TLS: `root_cert_file` (PEM roots to verify the server; or any `credentials`);
+a server started with --auth_token_file needs `token`, sent as
+`authorization: Bearer <token>` metadata on every call.
+
 Every RPC carries a deadline (`timeout_s`, retries included). Only UNAVAILABLE is
 retried (a few times, exponential backoff with jitter): these calls are
 idempotent reads. Any failure surfaces as `RecommenderError` naming the model
@@ -211,7 +215,10 @@ class RecommenderClient:
             candidate_embedding (names.RETRIEVAL_MODEL or RETRIEVAL_BRUTE_FORCE_MODEL).
         ranking_model: model with the score signature; None: no ranking stage.
         channel_options: grpc channel options.
-        credentials: grpc.ChannelCredentials for TLS; None: plaintext.
+        credentials: grpc.ChannelCredentials for TLS; None: plaintext (or root_cert_file).
+        root_cert_file: PEM root certificates to verify the server's TLS
+            certificate with (turns TLS on); instead of credentials.
+        token: shared token for a server started with --auth_token_file.
         max_retries: extra attempts after UNAVAILABLE.
         retry_backoff_s: first backoff; doubles per retry, with jitter.
         interceptors: grpc client interceptors (tracing, auth, tests).
@@ -221,11 +228,21 @@ class RecommenderClient:
                  ranking_model: str | None = names.RANKING_MODEL,
                  channel_options: Sequence[tuple[str, object]] = DEFAULT_CHANNEL_OPTIONS,
                  credentials: grpc.ChannelCredentials | None = None, max_retries: int = 2,
-                 retry_backoff_s: float = 0.05, interceptors: Sequence = ()):
+                 retry_backoff_s: float = 0.05, interceptors: Sequence = (), root_cert_file: str | None = None,
+                 token: str | None = None):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if root_cert_file is not None:
+            if credentials is not None:
+                raise ValueError("pass either credentials or root_cert_file, not both")
+            try:
+                with open(root_cert_file, "rb") as f:
+                    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+            except OSError as e:
+                raise ValueError(f"cannot read root_cert_file {root_cert_file!r}: {e}") from e
+        self._call_metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.target, self.timeout_s = target, float(timeout_s)
         self.retrieval_model, self.ranking_model = retrieval_model, ranking_model
         self.max_retries, self.retry_backoff_s = int(max_retries), float(retry_backoff_s)
@@ -264,7 +281,7 @@ class RecommenderClient:
                 if remaining <= 0:
                     raise RecommenderError(f"{what}: deadline of {self.timeout_s:g}s spent before attempt {attempts}",
                                            grpc.StatusCode.DEADLINE_EXCEEDED, model, signature, attempts - 1)
-                return getattr(self._stub, method)(request, timeout=remaining)
+                return getattr(self._stub, method)(request, timeout=remaining, metadata=self._call_metadata)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
                 backoff = self.retry_backoff_s * (2 ** (attempts - 1)) * random.uniform(0.5, 1.0)

@@ -2,6 +2,7 @@
 
     recsys recommend --user 42 --k 10 [--history 50,172,133] [--target localhost:8500]
         [--exclude 1,2] [--filter item_genres=Comedy] [--diversity 0.3] [--no-rank] [--json]
+        [--root-cert-file ca.pem] [--token-file token.txt]
 
 Also `python -m serving.recommend_cli ...`. Exit status: 0 ok, 1 the server call
 failed, 2 bad arguments.
@@ -16,6 +17,8 @@ import os
 import sys
 
 DEFAULT_TARGET = os.environ.get("RECSYS_TARGET", "localhost:8500")
+DEFAULT_ROOT_CERT_FILE = os.environ.get("RECSYS_ROOT_CERT_FILE")
+DEFAULT_TOKEN_FILE = os.environ.get("RECSYS_TOKEN_FILE")
 _TITLE_WIDTH = 40
 _REASON_WIDTH = 60
 
@@ -57,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"retrieval model name (default {names.RETRIEVAL_MODEL}; or {names.RETRIEVAL_BRUTE_FORCE_MODEL})")
     p.add_argument("--ranking-model", default=names.RANKING_MODEL)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per call, retries included (default 5)")
+    p.add_argument("--root-cert-file", default=DEFAULT_ROOT_CERT_FILE, metavar="PEM",
+                   help="PEM root certificate(s) to verify the server with; turns TLS on (env RECSYS_ROOT_CERT_FILE)")
+    p.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, metavar="FILE",
+                   help="file holding the server's shared token (env RECSYS_TOKEN_FILE)")
     p.add_argument("--no-explain", action="store_true", help="skip the reasons")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -89,6 +96,17 @@ def format_table(recs) -> str:
     return "\n".join(out)
 
 
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --token-file {path!r}: {e}") from e
+    if not token:
+        raise ValueError(f"--token-file {path!r} is empty")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "recommend":  # tolerate `recommend_cli recommend --user ...`
@@ -112,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from serving.client import RecommenderClient, RecommenderError
 
     try:
+        token = _read_token(args.token_file) if args.token_file else None
         with RecommenderClient(args.target, timeout_s=args.timeout, retrieval_model=args.retrieval_model,
-                               ranking_model=None if args.no_rank else args.ranking_model) as client:
+                               ranking_model=None if args.no_rank else args.ranking_model,
+                               root_cert_file=args.root_cert_file, token=token) as client:
             # Numeric user features go as numbers (the client casts to the signature's dtype).
             recs = client.recommend(
                 args.user, k=args.k, history=args.history,

@@ -5,8 +5,9 @@ SavedModels with this Python server; any TF Serving client works unchanged.
 
 Public API (imported lazily, so `serving.model_server.cli --help` does not load
 TensorFlow):
-    ModelServer, BatchingOptions, infra_validate, InfraValidationError,
-    ServingError, ConfigError, load_model_server_config,
+    ModelServer, BatchingOptions, RequestLoggingOptions, TlsOptions,
+    read_token_file, read_prediction_logs, infra_validate,
+    InfraValidationError, ServingError, ConfigError, load_model_server_config,
     parse_model_server_config, load_batching_parameters,
     parse_batching_parameters.
 Command line: `python -m serving.model_server --model_config_file ...`.
@@ -15,7 +16,9 @@ Command line: `python -m serving.model_server --model_config_file ...`.
 import importlib
 
 _EXPORTS = {
+    "read_token_file": "auth",
     "BatchingOptions": "config",
+    "RequestLoggingOptions": "config",
     "ConfigError": "config",
     "load_batching_parameters": "config",
     "load_model_server_config": "config",
@@ -24,7 +27,9 @@ _EXPORTS = {
     "ServingError": "errors",
     "InfraValidationError": "infra_validation",
     "infra_validate": "infra_validation",
+    "read_prediction_logs": "request_log",
     "ModelServer": "server",
+    "TlsOptions": "tls",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -54,7 +54,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_message_size_mb", type=int, default=64, help="gRPC/REST message limit in MiB (default 64)")
     p.add_argument("--grpc_max_threads", type=int, default=16, help="gRPC handler threads (default 16)")
     p.add_argument("--log_level", default="INFO", help="Python logging level (default INFO)")
+
+    logs = p.add_argument_group("request logging (models with a logging_config in the model config are logged regardless)")
+    logs.add_argument("--request_log_dir", metavar="DIR",
+                      help="log Predict calls of every model without a logging_config to DIR/<model>-*.tfrecord")
+    logs.add_argument("--request_log_sampling_rate", metavar="RATE", type=float, default=None,
+                      help="fraction of those calls to log, 0..1 (default 1 with --request_log_dir)")
+    logs.add_argument("--request_log_max_file_mb", metavar="MB", type=float, default=64,
+                      help="close a log file at this size (default 64)")
+    logs.add_argument("--request_log_max_file_records", metavar="N", type=int, default=100_000,
+                      help="close a log file at this many records (default 100000)")
+    logs.add_argument("--request_log_max_file_age_s", metavar="SECONDS", type=float, default=600,
+                      help="close a log file this many seconds after it was opened (default 600)")
+    logs.add_argument("--request_log_queue_size", metavar="N", type=int, default=10_000,
+                      help="records waiting for the writer; beyond, records are dropped and counted (default 10000)")
+
+    security = p.add_argument_group("security (off by default)")
+    security.add_argument("--ssl_cert_file", metavar="PEM", help="PEM server certificate chain: serve gRPC and REST over TLS only")
+    security.add_argument("--ssl_key_file", metavar="PEM", help="PEM private key of --ssl_cert_file (unencrypted)")
+    security.add_argument("--ssl_client_ca_file", metavar="PEM",
+                          help="PEM CA certificates: clients must present a certificate signed by one (mutual TLS)")
+    security.add_argument("--auth_token_file", metavar="FILE",
+                          help="file holding a shared token; calls must send 'authorization: Bearer <token>' "
+                               "(GET /healthz stays open)")
     return p
+
+
+def _request_logging(args):
+    """RequestLoggingOptions from the flags."""
+    from serving.model_server.config import ConfigError, RequestLoggingOptions
+
+    if args.request_log_sampling_rate is not None and not args.request_log_dir:
+        raise ConfigError("--request_log_sampling_rate needs --request_log_dir (per-model rates go in logging_config)")
+    if not args.request_log_max_file_mb > 0:
+        raise ConfigError(f"--request_log_max_file_mb must be > 0, got {args.request_log_max_file_mb}")
+    return RequestLoggingOptions(
+        default_dir=args.request_log_dir,
+        default_sampling_rate=1.0 if args.request_log_sampling_rate is None else args.request_log_sampling_rate,
+        max_file_bytes=max(1, round(args.request_log_max_file_mb * 1024 * 1024)),
+        max_file_records=args.request_log_max_file_records,
+        max_file_age_s=args.request_log_max_file_age_s,
+        queue_size=args.request_log_queue_size,
+    )
+
+
+def _tls(args):
+    """TlsOptions from the flags, or None."""
+    from serving.model_server.config import ConfigError
+    from serving.model_server.tls import TlsOptions
+
+    if not (args.ssl_cert_file or args.ssl_key_file or args.ssl_client_ca_file):
+        return None
+    if not (args.ssl_cert_file and args.ssl_key_file):
+        raise ConfigError("TLS needs both --ssl_cert_file and --ssl_key_file")
+    return TlsOptions(args.ssl_cert_file, args.ssl_key_file, args.ssl_client_ca_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so --help and flag errors answer without loading TensorFlow.
+    from serving.model_server.auth import read_token_file
     from serving.model_server.config import (
         BatchingOptions, ConfigError, load_batching_parameters, load_model_server_config, single_model_config)
     from serving.model_server.server import ModelServer
@@ -85,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             batching = BatchingOptions()
         if args.max_message_size_mb <= 0:
             raise ConfigError("--max_message_size_mb must be > 0")
+        request_logging = _request_logging(args)
+        tls = _tls(args)
+        token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+        if token and not tls and args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: --auth_token_file without TLS on {args.host}: tokens cross the network in plaintext; "
+                  "add --ssl_cert_file/--ssl_key_file", file=sys.stderr)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,14 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"unloaded model {model} version {version}", flush=True)
 
+    try:
+        server = ModelServer(
+            config, grpc_port=args.port, rest_port=args.rest_api_port, metrics_port=args.monitoring_port,
+            host=args.host, poll_interval_s=args.file_system_poll_wait_seconds, batching=batching,
+            max_message_size_bytes=args.max_message_size_mb * 1024 * 1024,
+            grpc_max_workers=args.grpc_max_threads, on_version_event=on_event,
+            request_logging=request_logging, tls=tls, auth_token=token,
+        )
+    except ConfigError as e:  # e.g. a request log directory that cannot be written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = ModelServer(
-        config, grpc_port=args.port, rest_port=args.rest_api_port, metrics_port=args.monitoring_port,
-        host=args.host, poll_interval_s=args.file_system_poll_wait_seconds, batching=batching,
-        max_message_size_bytes=args.max_message_size_mb * 1024 * 1024,
-        grpc_max_workers=args.grpc_max_threads, on_version_event=on_event,
-    )
     try:
         try:
             server.start()
@@ -114,13 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         models = ", ".join(f"{m.name} <- {m.base_path}" for m in config.model_config_list.config)
         print(f"serving models: {models}", flush=True)
         if server.grpc_port is not None:
-            print(f"gRPC listening on {server.grpc_address}", flush=True)
+            print(f"gRPC listening on {server.grpc_address}{' (TLS)' if tls else ''}", flush=True)
         if server.rest_port is not None:
             print(f"REST listening on {server.rest_url}", flush=True)
         if server.metrics_port is not None:
             print(f"metrics listening on http://{args.host}:{server.metrics_port}/metrics", flush=True)
         if batching:
             print(f"batching on: {batching}", flush=True)
+        if token:
+            print("bearer token required on gRPC and REST (GET /healthz open)", flush=True)
+        for name, (prefix, rate) in server.request_logger.targets().items():
+            print(f"request logging: model {name}, sampling rate {rate:g} -> {prefix}-*.tfrecord", flush=True)
         while not stop.wait(0.5):
             pass
         print("shutting down", flush=True)

@@ -11,6 +11,9 @@ config works with either server:
   package, so this module parses its four scalar fields itself; the plain
   `max_batch_size: 128` form is accepted too.
 
+A model's `logging_config` (request logging, see request_logger.py) is
+validated here too, so a bad one fails at startup and on config reloads.
+
 Difference from TF Serving: a relative `base_path` is resolved against the
 current working directory when the config is loaded (TF Serving passes it to
 the file system as is, which in practice also means the working directory, but
@@ -31,6 +34,8 @@ ModelConfig = model_server_config_pb2.ModelConfig
 
 # Platforms this server can load: SavedModels only, like TF Serving's default.
 _SUPPORTED_PLATFORMS = ("", "tensorflow")
+# logging_config.log_collector_config.type values this server can write.
+LOG_COLLECTOR_TYPES = ("file",)
 
 
 class ConfigError(ValueError):
@@ -108,7 +113,37 @@ def validate_model_server_config(config: ModelServerConfig, source: str) -> Mode
         if _is_remote(model.base_path):
             raise ConfigError(f"{where}: remote base_path {model.base_path!r} is not supported; sync it to a local directory")
         model.base_path = os.path.abspath(model.base_path)
+        if model.HasField("logging_config"):
+            _validate_logging_config(model.logging_config, where)
+    prefixes = [m.logging_config.log_collector_config.filename_prefix
+                for m in config.model_config_list.config if m.HasField("logging_config")]
+    shared = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if shared:
+        raise ConfigError(f"{source}: several models log to filename_prefix {shared[0]!r}; give each model its own")
     return config
+
+
+def _validate_logging_config(logging_config, where: str) -> None:
+    """Checks a ModelConfig.logging_config in place; makes filename_prefix absolute."""
+    collector = logging_config.log_collector_config
+    if collector.type not in LOG_COLLECTOR_TYPES:
+        raise ConfigError(f"{where}: logging_config.log_collector_config.type {collector.type!r} is not supported; "
+                          f"use one of {list(LOG_COLLECTOR_TYPES)}")
+    prefix = collector.filename_prefix
+    if not prefix:
+        raise ConfigError(f'{where}: logging_config.log_collector_config.filename_prefix is required, '
+                          f'e.g. filename_prefix: "/var/log/recsys/requests"')
+    if _is_remote(prefix):
+        raise ConfigError(f"{where}: remote filename_prefix {prefix!r} is not supported; log to a local directory")
+    if prefix.endswith(("/", os.sep)):
+        raise ConfigError(f"{where}: filename_prefix {prefix!r} names a directory; add a file name prefix, e.g. {prefix}requests")
+    sampling = logging_config.sampling_config
+    if not 0.0 <= sampling.sampling_rate <= 1.0:  # also rejects NaN
+        raise ConfigError(f"{where}: logging_config.sampling_config.sampling_rate must be in [0, 1], "
+                          f"got {sampling.sampling_rate}")
+    if sampling.attributes:
+        raise ConfigError(f"{where}: logging_config.sampling_config.attributes is not supported; remove it")
+    collector.filename_prefix = os.path.abspath(prefix)
 
 
 def single_model_config(name: str, base_path: str) -> ModelServerConfig:
@@ -148,6 +183,43 @@ class BatchingOptions:
             minimum = 0 if field.name == "batch_timeout_micros" else 1
             if not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"batching option {field.name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLoggingOptions:
+    """Server-wide request logging settings (per-model ones live in the model config).
+
+    Attributes:
+        default_dir: log every model without a logging_config to
+            `<default_dir>/<model>-<timestamp>-<seq>.tfrecord`; None: only
+            models with a logging_config are logged.
+        default_sampling_rate: sampling rate for those models, in [0, 1].
+        max_file_bytes: a log file is closed once it holds this many bytes...
+        max_file_records: ...or this many records...
+        max_file_age_s: ...or is this old (so quiet models' logs still appear).
+        queue_size: records waiting for the writer thread; past it records are
+            dropped (and counted), never waited for.
+    """
+
+    default_dir: str | None = None
+    default_sampling_rate: float = 1.0
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_file_records: int = 100_000
+    max_file_age_s: float = 600.0
+    queue_size: int = 10_000
+
+    def __post_init__(self):
+        if not 0.0 <= self.default_sampling_rate <= 1.0:
+            raise ConfigError(f"request log sampling rate must be in [0, 1], got {self.default_sampling_rate}")
+        for name in ("max_file_bytes", "max_file_records", "queue_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"request logging option {name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not self.max_file_age_s > 0:
+            raise ConfigError(f"request logging option max_file_age_s must be > 0, got {self.max_file_age_s!r}")
+        if self.default_dir is not None:
+            if not self.default_dir or _is_remote(self.default_dir):
+                raise ConfigError(f"request log directory must be a local directory, got {self.default_dir!r}")
+            object.__setattr__(self, "default_dir", os.path.abspath(self.default_dir))
 
 
 _BATCHING_FIELDS = {f.name for f in dataclasses.fields(BatchingOptions)}

@@ -15,10 +15,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.model_server.config import ConfigError
+from serving.model_server.config import ConfigError, load_model_server_config
 from serving.model_server.errors import ServingError, error_code_number, invalid_argument
 from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
 from serving.model_server.predictor import Predictor, model_spec_version
+from serving.model_server.request_logger import RequestLogger
 from serving.model_server.version_manager import VersionManager
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,14 @@ def status_response(manager: VersionManager, model_spec) -> get_model_status_pb2
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest."""
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
 
-    def __init__(self, manager: VersionManager, metrics: ServerMetrics):
+    A reload also applies the new config's logging_config to `request_logger`.
+    """
+
+    def __init__(self, manager: VersionManager, metrics: ServerMetrics, request_logger: RequestLogger | None = None):
         self._manager = manager
+        self._request_logger = request_logger
         self._observed = _Observed(metrics, manager)
 
     def GetModelStatus(self, request, context):
@@ -136,7 +141,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         response = None
         with self._observed("HandleReloadConfigRequest", context):
             try:
-                self._manager.reload_config(request.config)
+                config = load_model_server_config(request.config)
+                if self._request_logger is not None:
+                    self._request_logger.configure(config)
+                self._manager.reload_config(config)
             except ConfigError as e:
                 raise invalid_argument(str(e)) from e
             response = model_management_pb2.ReloadConfigResponse()

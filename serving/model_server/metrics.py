@@ -29,6 +29,10 @@ class ServerMetrics:
         loaded_versions: versions currently serving, per model.
         model_loads: load attempts by model and outcome (success/failure).
         batch_size: rows per executed batch, per model (server-side batching).
+        request_logs: Predict calls sampled for request logging, by model and
+            outcome: logged, dropped (queue full) or failed (write error).
+        auth_failures: requests refused for a missing or wrong bearer token, by
+            endpoint (grpc, rest).
     """
 
     def __init__(self):
@@ -44,6 +48,10 @@ class ServerMetrics:
         self.model_loads = Counter(f"{PREFIX}_model_loads", "Version load attempts.", ["model", "outcome"], registry=r)
         self.batch_size = Histogram(f"{PREFIX}_batch_size", "Rows per executed batch.", ["model"],
                                     buckets=_BATCH_BUCKETS, registry=r)
+        self.request_logs = Counter(f"{PREFIX}_request_log_records", "Sampled Predict calls by logging outcome.",
+                                    ["model", "outcome"], registry=r)
+        self.auth_failures = Counter(f"{PREFIX}_auth_failures", "Requests refused for a missing or wrong token.",
+                                     ["endpoint"], registry=r)
         self._http = None
 
     def observe_request(self, api: str, model: str, signature: str, status: str, seconds: float) -> None:

@@ -1,4 +1,8 @@
-"""The one Predict code path shared by gRPC, REST and warmup replay."""
+"""The one Predict code path shared by gRPC, REST and warmup replay.
+
+Successful gRPC and REST calls (not warmup replays) go to the request logger
+when one is given; it decides whether to sample them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from tensorflow_serving.apis import predict_pb2
 from serving import names
 from serving.model_server.batching import Batcher
 from serving.model_server.errors import ServingError
+from serving.model_server.request_logger import RequestLogger
 from serving.model_server.signatures import (
     Signature,
     decode_inputs,
@@ -38,6 +43,18 @@ def model_spec_version(spec) -> tuple[int | None, str | None]:
     return None, None
 
 
+def make_response(model: str, version: int, signature_name: str,
+                  outputs: dict[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    """A PredictResponse naming what served it, outputs in TF Serving's field encoding."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = model
+    response.model_spec.version.value = version
+    response.model_spec.signature_name = signature_name
+    for key, value in outputs.items():
+        response.outputs[key].CopyFrom(ndarray_to_tensor_proto(value))
+    return response
+
+
 class Predictor:
     """Runs Predict requests on leased versions, batching them when enabled.
 
@@ -46,18 +63,47 @@ class Predictor:
         batcher: a Batcher, or None to run every request on its own.
         max_batch_size: most rows per request (None: unlimited). With batching
             on this is the batch size, as TF Serving enforces.
+        request_logger: where successful calls are offered for request logging.
     """
 
-    def __init__(self, manager: VersionManager, batcher: Batcher | None = None, max_batch_size: int | None = None):
+    def __init__(self, manager: VersionManager, batcher: Batcher | None = None, max_batch_size: int | None = None,
+                 request_logger: RequestLogger | None = None):
         self.manager = manager
         self.batcher = batcher
         self.max_batch_size = max_batch_size
+        self.request_logger = request_logger
 
     def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         """Serves one gRPC PredictRequest."""
+        request_time = time.time()
         version, label = model_spec_version(request.model_spec)
         with self.manager.lease(request.model_spec.name, version, label) as loaded:
-            return self.predict_on_version(loaded, request, deadline)
+            response = self.predict_on_version(loaded, request, deadline)
+        if self.request_logger is not None:
+            spec = response.model_spec
+            self.request_logger.log_predict(spec.name, spec.version.value, spec.signature_name, request_time,
+                                            lambda: (request, response))
+        return response
+
+    def log_rest_predict(self, request_spec, version: int, signature_name: str, request_time: float,
+                         arrays: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """Offers a successful REST predict for logging, as the equivalent gRPC request and response.
+
+        Args:
+            request_spec: the ModelSpec the URL and body asked for.
+            version, signature_name: what served it.
+        """
+        if self.request_logger is None:
+            return
+
+        def build():  # on the writer thread
+            request = predict_pb2.PredictRequest()
+            request.model_spec.CopyFrom(request_spec)
+            for key, value in arrays.items():
+                request.inputs[key].CopyFrom(ndarray_to_tensor_proto(value))
+            return request, make_response(request_spec.name, version, signature_name, outputs)
+
+        self.request_logger.log_predict(request_spec.name, version, signature_name, request_time, build)
 
     def predict_on_version(self, loaded: LoadedVersion, request: predict_pb2.PredictRequest,
                            deadline: float | None = None) -> predict_pb2.PredictResponse:
@@ -65,13 +111,7 @@ class Predictor:
         signature = self.signature(loaded, request.model_spec.signature_name)
         arrays = decode_inputs(signature, request.inputs)
         outputs = self.run(loaded, signature, arrays, list(request.output_filter), deadline)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name or loaded.model_name
-        response.model_spec.version.value = loaded.version
-        response.model_spec.signature_name = signature.name
-        for key, value in outputs.items():
-            response.outputs[key].CopyFrom(ndarray_to_tensor_proto(value))
-        return response
+        return make_response(request.model_spec.name or loaded.model_name, loaded.version, signature.name, outputs)
 
     @staticmethod
     def signature(loaded: LoadedVersion, signature_name: str) -> Signature:

@@ -8,6 +8,10 @@ Routes (TF Serving's paths and JSON shapes):
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata -> signature_def metadata
   GET  /healthz -> 200 when every configured model serves a version, else 503
 
+With a token configured (auth.py) every request but GET /healthz needs
+`Authorization: Bearer <token>` (else 401); with TLS (tls.py) the server speaks
+HTTPS only, handshaking on each connection's own thread.
+
 Strings are JSON strings (UTF-8) or {"b64": "..."}; string outputs come back as
 JSON strings, or {"b64": ...} when not valid UTF-8 or when the output name ends
 in "_bytes" (TF Serving's rule). Errors are {"error": "..."} with TF Serving's
@@ -21,6 +25,8 @@ import http.server
 import json
 import logging
 import re
+import socket
+import ssl
 import time
 
 import grpc
@@ -29,6 +35,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from serving.model_server.auth import TokenAuth
 from serving.model_server.errors import ServingError, invalid_argument, not_found
 from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, status_response
 from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
@@ -43,6 +50,8 @@ _PATH = re.compile(
     r"(?::(?P<verb>[a-z]+)|(?P<metadata>/metadata))?/?"
 )
 _STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+HEALTH_PATH = "/healthz"  # open without a token, for probes
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def _decode_strings(value, path: str):
@@ -187,19 +196,46 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
     return spec
 
 
-class RestApi:
-    """Handles REST requests; `make_server` binds it to a ThreadingHTTPServer."""
+class _TlsHTTPServer(http.server.ThreadingHTTPServer):
+    """HTTPS: the TLS handshake runs on each connection's thread, so a slow client cannot stall accept()."""
 
-    def __init__(self, predictor: Predictor, metrics: ServerMetrics, max_body_bytes: int):
+    def __init__(self, address, handler, ssl_context: ssl.SSLContext):
+        super().__init__(address, handler)
+        self.ssl_context = ssl_context
+
+    def finish_request(self, request: socket.socket, client_address) -> None:
+        request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:  # plain HTTP, untrusted client certificate, timeout...
+            log.info("REST: TLS handshake with %s failed: %s", client_address[0], e)
+            return
+        tls.settimeout(None)
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            tls.close()
+
+
+class RestApi:
+    """Handles REST requests; `make_server` binds it to a ThreadingHTTPServer.
+
+    Args:
+        auth: when given, requests other than GET /healthz need its bearer token.
+    """
+
+    def __init__(self, predictor: Predictor, metrics: ServerMetrics, max_body_bytes: int,
+                 auth: TokenAuth | None = None):
         self.predictor = predictor
         self.manager = predictor.manager
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.auth = auth
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         """Returns (http status, JSON body) for one request."""
         path = path.split("?", 1)[0]
-        if path == "/healthz" and method == "GET":
+        if path == HEALTH_PATH and method == "GET":
             ok, reason = self.manager.health()
             versions = self.manager.available_versions()
             if ok:
@@ -254,16 +290,20 @@ class RestApi:
         return request
 
     def _predict(self, name, version, label, request: dict) -> dict:
+        request_time = time.time()
         signature_name = request.get("signature_name", "")
         if not isinstance(signature_name, str):
             raise invalid_argument('"signature_name" must be a string')
         spec = _model_spec(name, version, label)
+        spec.signature_name = signature_name
         version_value = spec.version.value if spec.HasField("version") else None
         with self.manager.lease(name, version_value, spec.version_label or None) as loaded:
             signature = self.predictor.signature(loaded, signature_name)
             arrays, row_format = parse_predict_body(request, signature)
             outputs = self.predictor.run(loaded, signature, arrays, [], None)
-        return format_predict_response(outputs, row_format)
+        result = format_predict_response(outputs, row_format)
+        self.predictor.log_rest_predict(spec, loaded.version, signature.name, request_time, arrays, outputs)
+        return result
 
     def _status(self, name, version, label) -> dict:
         response = status_response(self.manager, _model_spec(name, version, label))
@@ -293,8 +333,18 @@ class RestApi:
         result["model_spec"].setdefault("signature_name", "")
         return result
 
-    def make_server(self, host: str, port: int) -> http.server.ThreadingHTTPServer:
-        """Binds a ThreadingHTTPServer serving this API (not started)."""
+    def unauthenticated(self, method: str, path: str, authorization: str | None) -> str | None:
+        """Why a request must be refused for its token (None: let it through)."""
+        if self.auth is None or (method == "GET" and path.split("?", 1)[0] == HEALTH_PATH):
+            return None
+        error = self.auth.check(authorization)
+        if error is not None:
+            self.metrics.auth_failures.labels("rest").inc()
+        return error
+
+    def make_server(self, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
+        """Binds a ThreadingHTTPServer (HTTPS with `ssl_context`) serving this API (not started)."""
         api = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -304,11 +354,13 @@ class RestApi:
             def log_message(self, format, *args):  # noqa: A002 - keep stderr quiet; metrics count requests
                 log.debug("REST %s", format % args)
 
-            def _reply(self, status: int, payload: dict) -> None:
+            def _reply(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload, allow_nan=True).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -324,6 +376,12 @@ class RestApi:
                     self._reply(413, {"error": f"request body of {length} bytes exceeds the {api.max_body_bytes} byte limit"})
                     return
                 body = self.rfile.read(length) if length > 0 else b""
+                # Checked after reading the body: closing on an unread body resets the connection
+                # before the client can read the 401.
+                refusal = api.unauthenticated(method, self.path, self.headers.get("Authorization"))
+                if refusal is not None:
+                    self._reply(401, {"error": refusal}, {"WWW-Authenticate": 'Bearer realm="recsys-model-server"'})
+                    return
                 status, payload = api.handle(method, self.path, body)
                 self._reply(status, payload)
 
@@ -333,7 +391,10 @@ class RestApi:
             def do_POST(self):
                 self._serve("POST")
 
-        server = http.server.ThreadingHTTPServer((host, port), Handler)
+        if ssl_context is None:
+            server = http.server.ThreadingHTTPServer((host, port), Handler)
+        else:
+            server = _TlsHTTPServer((host, port), Handler, ssl_context)
         server.daemon_threads = True
         return server
 

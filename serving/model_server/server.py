@@ -1,9 +1,9 @@
 """ModelServer: the embedded, TF-Serving-compatible model server.
 
-Wires the version manager, the Predict path (optionally batched), the gRPC
-services, the REST API and the Prometheus endpoint together. Ports given as 0
-are picked by the OS and exposed as attributes after `start()`; None disables
-that endpoint.
+Wires the version manager, the Predict path (optionally batched), request
+logging, the gRPC services, the REST API and the Prometheus endpoint together,
+with optional TLS and bearer token on gRPC and REST. Ports given as 0 are picked
+by the OS and exposed as attributes after `start()`; None disables that endpoint.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from serving.model_server.auth import TokenAuth, TokenInterceptor
 from serving.model_server.batching import Batcher
-from serving.model_server.config import BatchingOptions, ModelServerConfig, load_model_server_config
+from serving.model_server.config import (
+    BatchingOptions, ModelServerConfig, RequestLoggingOptions, load_model_server_config)
 from serving.model_server.grpc_service import ModelService, PredictionService
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.predictor import Predictor
+from serving.model_server.request_logger import RequestLogger
 from serving.model_server.rest import RestApi
+from serving.model_server.tls import TlsOptions
 from serving.model_server.version_manager import EventFn, VersionManager
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,14 @@ class ModelServer:
         grpc_max_workers: gRPC handler threads.
         on_version_event: callback(event, model, version, detail) for
             "loaded"/"failed"/"unloaded" versions.
+        request_logging: server-wide request logging settings (default
+            directory, rotation, queue); models' logging_config apply regardless.
+        tls: TlsOptions to serve gRPC and REST over TLS only; None: plaintext.
+        auth_token: when given, gRPC and REST calls (except GET /healthz) need
+            `authorization: Bearer <auth_token>`; see auth.read_token_file.
+
+    Raises:
+        ConfigError: an invalid config, or a request log directory that cannot be written.
 
     Example:
         with ModelServer("serving/models.config") as server:
@@ -64,7 +76,8 @@ class ModelServer:
                  poll_interval_s: float = 2.0, batching: BatchingOptions | None = None,
                  max_message_size_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_request_batch_size: int | None = None, grpc_max_workers: int = 16,
-                 on_version_event: EventFn | None = None):
+                 on_version_event: EventFn | None = None, request_logging: RequestLoggingOptions | None = None,
+                 tls: TlsOptions | None = None, auth_token: str | None = None):
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be > 0")
         self.config = load_model_server_config(model_config)
@@ -72,7 +85,11 @@ class ModelServer:
         self.grpc_port, self.rest_port, self.metrics_port = grpc_port, rest_port, metrics_port
         self.max_message_size_bytes = max_message_size_bytes
         self.batching = batching
+        self.tls = tls
         self.metrics = ServerMetrics()
+        self._auth = TokenAuth(auth_token) if auth_token is not None else None
+        self.request_logger = RequestLogger(request_logging or RequestLoggingOptions(), self.metrics)
+        self.request_logger.configure(self.config)
         self._grpc_max_workers = grpc_max_workers
         self._batcher: Batcher | None = None
         self._predictor: Predictor | None = None
@@ -103,9 +120,9 @@ class ModelServer:
 
     @property
     def rest_url(self) -> str:
-        """Base URL of the REST API."""
+        """Base URL of the REST API (https:// with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.rest_port}"
 
     def start(self) -> "ModelServer":
         """Binds every endpoint and starts loading models (does not wait for them).
@@ -119,14 +136,17 @@ class ModelServer:
         try:
             if self.batching is not None:
                 self._batcher = Batcher(self.batching, self.metrics)
-            self._predictor = Predictor(self.manager, self._batcher, self._max_request_batch_size)
+            self.request_logger.start()
+            self._predictor = Predictor(self.manager, self._batcher, self._max_request_batch_size,
+                                        self.request_logger)
             if self.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(self.host, self.metrics_port)
             if self.grpc_port is not None:
                 self._start_grpc()
             if self.rest_port is not None:
-                api = RestApi(self._predictor, self.metrics, self.max_message_size_bytes)
-                self._http_server = api.make_server(self.host, self.rest_port)
+                api = RestApi(self._predictor, self.metrics, self.max_message_size_bytes, self._auth)
+                self._http_server = api.make_server(self.host, self.rest_port,
+                                                    self.tls.ssl_context() if self.tls else None)
                 self.rest_port = self._http_server.server_address[1]
                 self._http_thread = threading.Thread(target=self._http_server.serve_forever,
                                                      name="rest-api", daemon=True)
@@ -147,13 +167,18 @@ class ModelServer:
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self._grpc_max_workers, thread_name_prefix="grpc"),
             options=options,
+            interceptors=[TokenInterceptor(self._auth, self.metrics)] if self._auth else None,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._predictor, self.metrics), server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.metrics), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(self.manager, self.metrics, self.request_logger), server)
         address = _grpc_address(self.host, self.grpc_port)
         try:
-            port = server.add_insecure_port(address)
+            if self.tls is not None:
+                port = server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as e:
             raise OSError(f"cannot bind gRPC on {address}: {e}; choose another --port") from e
         if port == 0:
@@ -178,7 +203,7 @@ class ModelServer:
             time.sleep(0.05)
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Stops accepting requests, lets in-flight ones finish, unloads models."""
+        """Stops accepting requests, lets in-flight ones finish, closes the request logs, unloads models."""
         if self._grpc_server is not None:
             self._grpc_server.stop(grace_s).wait()
             self._grpc_server = None
@@ -188,6 +213,7 @@ class ModelServer:
             self._http_server = None
         if self._batcher is not None:
             self._batcher.stop()
+        self.request_logger.close()
         self.metrics.shutdown()
         self.manager.stop()
 
