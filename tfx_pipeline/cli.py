@@ -2,12 +2,15 @@
 
   recsys demo [--config C]                 pipeline -> serve -> print a recommendation
   recsys data fetch [--config C]           materialize the dataset's tables
+  recsys data make-spans --out D           cut the event log into dated spans
   recsys schema infer --config C           regenerate schemas/<dataset>/schema.pbtxt
   recsys pipeline run --config C [...]     run the TFX pipeline locally
   recsys pipeline compile --config C -o F  Kubeflow v2 pipeline spec JSON
   recsys serve [...]                       the TF-Serving-compatible model server
   recsys recommend --user U [...]          two-stage recommendations over gRPC
   recsys rollback --config C --model M     take the newest pushed version out of service
+  recsys feedback build-span --config C --logs G --events E --out D --span N
+                                           request logs + new events -> the next span
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
+def cmd_data_make_spans(args) -> int:
+    from tfx_pipeline.span_tools import make_spans
+
+    rows = make_spans(_load(args), args.out, args.spans, first_fraction=args.first_fraction, force=args.force)
+    for r in rows:
+        print(f"span-{r['span']}: {r['events']:,} events, {r['new_users']} new users, {r['new_items']} new items "
+              f"({r['from']} .. {r['to']})")
+    print(f"wrote {len(rows)} span(s) under {args.out}; point data.spans.base at it (see configs/*_daily.yaml)")
+    return 0
+
+
 def cmd_schema_infer(args) -> int:
     from tfx_pipeline.schema_tools import infer_schema
 
@@ -78,6 +92,15 @@ def cmd_rollback(args) -> int:
 
     cfg = _load(args)
     print(rollback(cfg.serving_root / args.model))
+    return 0
+
+
+def cmd_feedback_build_span(args) -> int:
+    from tfx_pipeline.feedback import build_span, format_summary
+
+    summary = build_span(_load(args), args.logs, args.events, args.out, args.span,
+                         attribution_hours=args.attribution_hours, model=args.model, force=args.force)
+    print(format_summary(summary))
     return 0
 
 
@@ -126,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     data = sub.add_parser("data").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download/generate the config's tables if missing")
     _add_config(fetch)
+    mk = data.add_parser("make-spans", help="cut the config's event log into dated spans span-1..N")
+    _add_config(mk)
+    mk.add_argument("--spans", type=int, default=3)
+    mk.add_argument("--out", required=True, help="directory to write span-<k>/ into")
+    mk.add_argument("--first-fraction", type=float, default=None,
+                    help="share of events in span 1 (default: equal parts)")
+    mk.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     schema = sub.add_parser("schema").add_subparsers(dest="schema_command", required=True)
     infer = schema.add_parser("infer", help="infer and curate the schema from the data")
@@ -149,13 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     _add_config(rb)
     rb.add_argument("--model", required=True)
 
+    fb = sub.add_parser("feedback").add_subparsers(dest="feedback_command", required=True)
+    bs = fb.add_parser("build-span", help="model-server request logs + new events -> span-<N>/ (events, exposures)")
+    _add_config(bs)
+    bs.add_argument("--logs", required=True, action="append",
+                    help="request log TFRecord files: a glob (quote it), file or directory (repeatable)")
+    bs.add_argument("--events", required=True, help="the new events, in the config's events table format")
+    bs.add_argument("--out", default=None, help="spans directory; writes <out>/span-<N>/ (default: data.spans.base)")
+    bs.add_argument("--span", required=True, help="span number N (integer >= 0)")
+    bs.add_argument("--attribution-hours", type=float, default=24.0,
+                    help="an exposure is engaged if the user acted on the item this soon after (default: %(default)s)")
+    bs.add_argument("--model", default="retrieval", help="logged model to read (default: %(default)s)")
+    bs.add_argument("--force", action="store_true", help="replace an existing span-<N>/")
+
     args = parser.parse_args(argv)
     handler = {
         "demo": cmd_demo,
         "data": cmd_data_fetch,
         "schema": cmd_schema_infer,
         "rollback": cmd_rollback,
+        "feedback": cmd_feedback_build_span,
     }.get(args.command)
+    if args.command == "data" and args.data_command == "make-spans":
+        handler = cmd_data_make_spans
     if args.command == "pipeline":
         handler = cmd_pipeline_run if args.pipeline_command == "run" else cmd_pipeline_compile
     try:
