@@ -18,6 +18,7 @@ from trainer.hparams import parse_trainer_config, to_json
 
 RETRIEVAL_TRAINER = "RetrievalTrainer"
 RANKING_TRAINER = "RankingTrainer"
+TUNER_IDS = {"retrieval": "RetrievalTuner", "ranking": "RankingTuner"}
 
 
 def _latest_blessed(trainer_id: str, gate_id: str):
@@ -39,6 +40,23 @@ def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_
     ).with_id(f"Push_{model_name}")
 
 
+def _tuners(trainer_cfg, sections: dict, common: dict) -> dict:
+    """kind -> TFX Tuner (trainer/tuning.py) when ``trainer.tuning.enabled``; none otherwise."""
+    if not trainer_cfg.tuning.enabled:
+        return {}
+    tuners = {}
+    for kind, tuner_id in TUNER_IDS.items():
+        # Only this model's section and the tuning settings: the other model's changes keep the cache.
+        custom_config = {**common["custom_config"], "trainer": {kind: sections[kind], "tuning": sections["tuning"]}}
+        tuners[kind] = tfx.components.Tuner(tuner_fn=f"trainer.tuning.{kind}_tuner_fn",
+                                            **{**common, "custom_config": custom_config}).with_id(tuner_id)
+    return tuners
+
+
+def _best_hyperparameters(tuners: dict, kind: str):
+    return tuners[kind].outputs["best_hyperparameters"] if kind in tuners else None
+
+
 def training_components(cfg: PipelineConfig, example_builder, schema_gen, transform) -> list:
     trainer_cfg = parse_trainer_config(cfg.trainer)  # fails early on unknown keys
     sections = json.loads(to_json(trainer_cfg))
@@ -47,7 +65,8 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     custom_config = {
         "side_features": cfg.side_features(),
         "history_length": cfg.examples.history_length,
-        "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"]},
+        "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
+                    "warm_start": sections["warm_start"]},
         "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see pipeline.py)
     }
     gate_json = json.dumps(sections["gate"])
@@ -60,13 +79,25 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config=custom_config,
     )
-    # Two-tower retrieval (trainer/retrieval_trainer.py): brute-force export + metrics.
-    retrieval = tfx.components.Trainer(run_fn="trainer.retrieval_trainer.run_fn", **common).with_id(RETRIEVAL_TRAINER)
-    # DCN-v2 multitask ranking (trainer/ranking_trainer.py).
-    ranking = tfx.components.Trainer(run_fn="trainer.ranking_trainer.run_fn", **common).with_id(RANKING_TRAINER)
-
+    # Optional KerasTuner search per model; the Trainer gets its best values (fn_args.hyperparameters).
+    tuners = _tuners(trainer_cfg, sections, common)
+    # The latest blessed model of each kind (ML Metadata): the trainers warm-start from it
+    # (new ids get fresh rows; trainer/warm_start.py) and the gates compare against it.
+    # With warm start off the trainers don't take it, so unchanged data stays CACHED (TFX's
+    # cache key covers every input, and a new blessing is a new input).
     retrieval_baseline = _latest_blessed(RETRIEVAL_TRAINER, "RetrievalGate")
     ranking_baseline = _latest_blessed(RANKING_TRAINER, "RankingGate")
+    warm = trainer_cfg.warm_start.enabled
+    # Two-tower retrieval (trainer/retrieval_trainer.py): brute-force export + metrics.
+    retrieval = tfx.components.Trainer(run_fn="trainer.retrieval_trainer.run_fn",
+                                       base_model=retrieval_baseline.outputs["model"] if warm else None,
+                                       hyperparameters=_best_hyperparameters(tuners, "retrieval"),
+                                       **common).with_id(RETRIEVAL_TRAINER)
+    # DCN-v2 multitask ranking (trainer/ranking_trainer.py).
+    ranking = tfx.components.Trainer(run_fn="trainer.ranking_trainer.run_fn",
+                                     base_model=ranking_baseline.outputs["model"] if warm else None,
+                                     hyperparameters=_best_hyperparameters(tuners, "ranking"),
+                                     **common).with_id(RANKING_TRAINER)
     # Bless only what clears the floors and does not regress against the latest blessed model.
     retrieval_gate = ModelGate(model=retrieval.outputs["model"], baseline_model=retrieval_baseline.outputs["model"],
                                kind="retrieval", gate_json=gate_json).with_id("RetrievalGate")
@@ -83,6 +114,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
                          trainer_json=index_json)
     components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index]
+    components += list(tuners.values())
 
     served = (
         (names.RETRIEVAL_MODEL, index.outputs["scann_model"], retrieval_gate),

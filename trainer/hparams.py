@@ -7,6 +7,7 @@ Parsed from the ``trainer:`` section of a dataset config::
       ranking: {epochs: 4}
       gate: {min_recall_at_100: 0.1}
       index: {recall_floor: 0.95}
+      tuning: {enabled: false, max_trials: 4}   # optional KerasTuner step (trainer/tuning.py)
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class RankingHParams:
     dropout: float = 0.1
     mixed_precision: bool = False
     seed: int = 42
+    # Train on logged exposures the user did not act on (the examples' ``exposures`` split,
+    # from `recsys feedback build-span`) as engagement negatives, rating loss weight 0.
+    use_exposures: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +85,37 @@ class IndexConfig:
     seed: int = 0
 
 
+TUNING_ALGORITHMS = ("random", "bayesian")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuningConfig:
+    """The optional TFX Tuner step before each Trainer (search spaces in trainer/tuning.py)."""
+
+    enabled: bool = False  # off: no Tuner components, the trainers use the values above as given
+    max_trials: int = 4  # hyper-parameter sets tried per model
+    epochs_per_trial: int = 2  # training epochs of each trial (early stopping still applies)
+    algorithm: str = "random"  # random | bayesian (KerasTuner oracles)
+    seed: int = 0  # the oracle's sampling seed
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartConfig:
+    # Start from the latest blessed model's weights when one exists (trainer/warm_start.py);
+    # false forces a cold start.
+    enabled: bool = True
+    # Epochs when warm-started; 0 = the model's own ``epochs`` (early stopping still applies).
+    epochs: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     retrieval: RetrievalHParams = RetrievalHParams()
     ranking: RankingHParams = RankingHParams()
     gate: GateConfig = GateConfig()
     index: IndexConfig = IndexConfig()
+    tuning: TuningConfig = TuningConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
 
 
 def _build(cls, raw: dict, where: str):
@@ -124,6 +153,11 @@ def parse_trainer_config(raw: dict | str | None) -> TrainerConfig:
     cfg = _build(TrainerConfig, raw or {}, "trainer")
     if cfg.retrieval.history_encoder not in ("mean", "gru", "attention"):
         raise ValueError("trainer.retrieval.history_encoder must be mean, gru or attention")
+    if cfg.tuning.algorithm not in TUNING_ALGORITHMS:
+        raise ValueError(f"trainer.tuning.algorithm must be one of {list(TUNING_ALGORITHMS)}, "
+                         f"got {cfg.tuning.algorithm!r}")
+    if cfg.tuning.max_trials < 1 or cfg.tuning.epochs_per_trial < 1:
+        raise ValueError("trainer.tuning.max_trials and trainer.tuning.epochs_per_trial must be >= 1")
     return cfg
 
 

@@ -180,6 +180,8 @@ def evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, co
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
+    from trainer.tuning import apply_best_hyperparameters
+
     cc = fn_args.custom_config
     train_and_export(
         examples_uri=raw_data.examples_root(fn_args.train_files),
@@ -188,7 +190,8 @@ def run_fn(fn_args) -> None:
         run_dir=fn_args.model_run_dir,
         side_features=cc["side_features"],
         history_length=cc["history_length"],
-        trainer_cfg=cc.get("trainer", {}),
+        # The Tuner's best values, when the pipeline has a Tuner (trainer/tuning.py).
+        trainer_cfg=apply_best_hyperparameters(cc.get("trainer", {}), fn_args.hyperparameters, "retrieval"),
         log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         base_model=fn_args.base_model,
     )
