@@ -36,8 +36,12 @@ USER_STATE_SPLIT = "users"
 # Spans datasets only: the examples of the run's (newest) span, again, whatever their
 # train/eval split, so the new span alone is validated and compared with the previous one.
 LATEST_SPAN_SPLIT = "latest_span"
+# Spans datasets with logged exposures (`recsys feedback build-span`): items shown and not
+# acted on, as ranking negatives (engaged 0, no rating: the ranking trainer weighs their
+# rating loss 0). Not interactions: no statistics, no schema check.
+EXPOSURES_SPLIT = F.EXPOSURES_SPLIT
 ALL_SPLITS = (*splits.SPLIT_NAMES, CANDIDATES_SPLIT, USER_STATE_SPLIT)
-SIDE_SPLITS = [CANDIDATES_SPLIT, USER_STATE_SPLIT]  # not interactions: no stats, no Transform
+SIDE_SPLITS = [CANDIDATES_SPLIT, USER_STATE_SPLIT, EXPOSURES_SPLIT]  # no stats, no Transform
 
 
 # -- rows -> serialized tf.Examples --------------------------------------------
@@ -92,6 +96,7 @@ def user_examples(
     user_row: dict | None,
     items: dict[str, dict] | None,
     side_kinds: dict[str, str],
+    exposures: list[tuple[int, str]] = (),
 ) -> Iterator[tuple[str, dict]]:
     """Yields (split, row) for one user's events; a row maps example keys to value lists.
 
@@ -102,6 +107,9 @@ def user_examples(
       user_row: canonical user feature key -> value, or None.
       items: item id -> canonical item feature key -> value, or None.
       side_kinds: canonical key -> kind for every side feature.
+      exposures: (request timestamp, item_id) of items shown to the user and not acted
+        on (from the request logs); yielded under EXPOSURES_SPLIT with the features
+        the request had (history strictly before it), rating 0 and engaged 0.
     """
     events = sorted(events, key=lambda e: (e[0], e[1]))
     times = np.array([e[0] for e in events], dtype=np.int64)
@@ -110,29 +118,36 @@ def user_examples(
     user_side = {k: _side_value(user_row[k], kind) for k, kind in side_kinds.items()
                  if k.startswith(F.USER_FEATURE_PREFIX)}
     item_kinds = {k: kind for k, kind in side_kinds.items() if k.startswith(F.ITEM_FEATURE_PREFIX)}
-    for i, (ts, _, item_id, rating, split, *latest) in enumerate(events):
+
+    def row_at(ts: int, item_id: str, rating: float, engaged: int) -> dict:
         # Strictly earlier events only: ties in time are not each other's history.
         n_before = int(np.searchsorted(times, ts, side="left"))
         prev_gap_h = (ts - int(times[n_before - 1])) / 3600.0 if n_before else 0.0
         hour, weekday = hour_and_weekday(int(ts))
         row = {
             F.USER_ID: uid,
-            F.ITEM_ID: [item_ids[i]],
+            F.ITEM_ID: [item_id.encode()],
             F.HISTORY_ITEM_IDS: item_ids[max(0, n_before - history_length):n_before],
             F.TIMESTAMP: [int(ts)],
             F.HOUR_OF_DAY: [hour],
             F.DAY_OF_WEEK: [weekday],
             F.HOURS_SINCE_PREV_EVENT: [prev_gap_h],
             F.RATING_LABEL: [rating],
-            F.ENGAGED_LABEL: [1 if rating >= engagement_threshold else 0],
+            F.ENGAGED_LABEL: [engaged],
             **user_side,
         }
         if item_kinds:
             item_row = items[item_id]
             row.update({k: _side_value(item_row[k], kind) for k, kind in item_kinds.items()})
+        return row
+
+    for ts, _, item_id, rating, split, *latest in events:
+        row = row_at(ts, item_id, rating, 1 if rating >= engagement_threshold else 0)
         yield split, row
         if latest and latest[0]:
             yield LATEST_SPAN_SPLIT, row
+    for ts, item_id in exposures:
+        yield EXPOSURES_SPLIT, row_at(int(ts), item_id, 0.0, 0)
 
 
 def user_state_row(user_id: str, events, history_length: int, user_row: dict | None,
@@ -174,6 +189,29 @@ def _write(rows, out_dir: str, split: str, types: dict[str, str], num_shards: in
     )
 
 
+def _usable_exposures(exposures: pd.DataFrame | None, events: pd.DataFrame,
+                      items: pd.DataFrame | None) -> dict[str, list[tuple[int, str]]]:
+    """user -> [(request ts, item)] of not-engaged exposures the examples can describe.
+
+    Engaged exposures are already interactions (their events); exposures of users with
+    no events in the run's window, or of items missing from the item table, have no
+    features to build from: they are counted and reported, not used.
+    """
+    if exposures is None or exposures.empty:
+        return {}
+    neg = exposures[exposures["engaged"] == 0]
+    ok = neg[F.USER_ID].isin(set(events[F.USER_ID]))
+    if items is not None:
+        ok &= neg[F.ITEM_ID].isin(items.index)
+    if (~ok).any():
+        print(f"[ExampleBuilder] {int((~ok).sum())} of {len(neg)} not-engaged exposures left out: user without "
+              "events in the window or item not in the item table", flush=True)
+    out: dict[str, list] = {}
+    for user, ts, item in zip(neg[F.USER_ID][ok], neg[F.TIMESTAMP][ok], neg[F.ITEM_ID][ok]):
+        out.setdefault(user, []).append((int(ts), item))
+    return out
+
+
 def build_examples(
     events: pd.DataFrame,
     users: pd.DataFrame | None,
@@ -181,10 +219,12 @@ def build_examples(
     cfg,
     out_uri: str,
     beam_pipeline_args: list[str] | None = None,
+    exposures: pd.DataFrame | None = None,
 ) -> dict[str, int]:
     """Runs the Beam job, writing ``out_uri/Split-<name>/``; returns example counts per split.
 
-    Events with a ``span`` column (a spans dataset) also fill LATEST_SPAN_SPLIT.
+    Events with a ``span`` column (a spans dataset) also fill LATEST_SPAN_SPLIT;
+    ``exposures`` (tables.load_exposures) with engaged 0 fill EXPOSURES_SPLIT.
     """
     from tfx_pipeline.tables import SPAN_COLUMN, catalogue
 
@@ -193,9 +233,11 @@ def build_examples(
     split = splits.assign_splits(
         events, ex_cfg.split.strategy, ex_cfg.split.eval_fraction, ex_cfg.split.min_user_events
     )
+    shown = _usable_exposures(exposures, events, items)
     has_spans = SPAN_COLUMN in events.columns
     latest = (events[SPAN_COLUMN] == events[SPAN_COLUMN].max()) if has_spans else pd.Series(False, index=events.index)
-    interaction_splits = (*splits.SPLIT_NAMES, LATEST_SPAN_SPLIT) if has_spans else splits.SPLIT_NAMES
+    interaction_splits = ((*splits.SPLIT_NAMES, LATEST_SPAN_SPLIT) if has_spans else splits.SPLIT_NAMES) + (
+        (EXPOSURES_SPLIT,) if shown else ())
     rows = list(zip(
         events[F.USER_ID].to_numpy(),
         events[F.TIMESTAMP].to_numpy(dtype=np.int64).tolist(),
@@ -213,6 +255,8 @@ def build_examples(
     counts[USER_STATE_SPLIT] = int(events[F.USER_ID].nunique())
     if has_spans:
         counts[LATEST_SPAN_SPLIT] = int(latest.sum())
+    if shown:
+        counts[EXPOSURES_SPLIT] = sum(len(v) for v in shown.values())
 
     example_types = column_types(side_kinds, [
         F.USER_ID, F.ITEM_ID, F.HISTORY_ITEM_IDS, F.TIMESTAMP, F.HOUR_OF_DAY, F.DAY_OF_WEEK,
@@ -226,12 +270,12 @@ def build_examples(
         by_user = (
             p
             | "Events" >> beam.Create(rows, reshuffle=False)
-            | "KeyByUser" >> beam.Map(lambda r: (r[0], (r[1], r[2], r[3], r[4], r[5])))
+            | "KeyByUser" >> beam.Map(lambda r: (r[0], tuple(r[1:])))
             | "GroupByUser" >> beam.GroupByKey()
         )
         tagged = by_user | "BuildExamples" >> beam.FlatMap(
             lambda kv: user_examples(kv[0], list(kv[1]), ex_cfg.history_length, ex_cfg.engagement_threshold,
-                                     user_rows.get(kv[0]), item_rows, side_kinds)
+                                     user_rows.get(kv[0]), item_rows, side_kinds, shown.get(kv[0], ()))
         )
         parts = tagged | "BySplit" >> beam.Partition(
             lambda kv, n: interaction_splits.index(kv[0]), len(interaction_splits)

@@ -34,6 +34,13 @@ def print_summary(cfg: PipelineConfig) -> dict:
             out[label] = metrics
             print(f"\n[eval] {label} on the eval split ({cfg.examples.split.strategy} split):")
             print("\n".join("  " + r for r in table(metrics)))
+            ws = metrics.get("warm_start") or {}
+            if ws.get("taken"):
+                rows = ", ".join(f"{v['vocabulary']} {v['rows_carried']} carried / {v['new_rows']} new"
+                                 for v in ws["remapped"].values())
+                print(f"  warm start from {ws['from']}: {rows}")
+            elif ws:
+                print(f"  cold start: {ws.get('reason')}")
     for gate in ("RetrievalGate", "RankingGate"):
         blessing = latest(root, gate, "blessing")
         if blessing:

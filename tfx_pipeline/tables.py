@@ -167,6 +167,38 @@ def table_paths(cfg: PipelineConfig) -> dict[str, Path]:
     return out
 
 
+EXPOSURES_FILE = "exposures.csv"  # written by `recsys feedback build-span` (tfx_pipeline/feedback.py)
+
+
+def load_exposures(cfg: PipelineConfig) -> pd.DataFrame | None:
+    """Logged exposures of every selected span that has ``exposures.csv``; None if none has.
+
+    Canonical columns: user_id, item_id, timestamp (the request time), engaged (0/1).
+    """
+    if cfg.data.spans is None:
+        return None
+    from tfx_pipeline import spans
+
+    frames = []
+    for s in spans.select_spans(cfg.data.spans, cfg.data.events.path):
+        path = s.directory / EXPOSURES_FILE
+        if not path.exists():
+            continue
+        df = _read(path, "csv")
+        needed = {"user_id": "user_id", "item_id": "item_id", "request_timestamp": "request_timestamp",
+                  "engaged": "engaged"}
+        _require_columns(df, path, needed)
+        engaged = _numeric(df, "engaged", path)
+        bad = ~engaged.isin([0, 1]).to_numpy()
+        if bad.any():
+            raise DataError(f"{path}: column 'engaged' must be 0 or 1 in {_rows(bad)}")
+        frames.append(pd.DataFrame({
+            F.USER_ID: _nonempty_str(df, "user_id", path), F.ITEM_ID: _nonempty_str(df, "item_id", path),
+            F.TIMESTAMP: _numeric(df, "request_timestamp", path).astype("int64"),
+            "engaged": engaged.astype("int64")}))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def input_files(cfg: PipelineConfig) -> list[Path]:
     """Every file a run reads (each selected span's events, the side tables)."""
     paths = table_paths(cfg)
@@ -175,7 +207,9 @@ def input_files(cfg: PipelineConfig) -> list[Path]:
     from tfx_pipeline import spans
 
     selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
-    return [s.directory / cfg.data.events.path for s in selected] + [p for k, p in paths.items() if k != "events"]
+    exposures = [s.directory / EXPOSURES_FILE for s in selected if (s.directory / EXPOSURES_FILE).exists()]
+    return ([s.directory / cfg.data.events.path for s in selected] + exposures
+            + [p for k, p in paths.items() if k != "events"])
 
 
 def _span_events(cfg: PipelineConfig) -> tuple[pd.DataFrame, list]:

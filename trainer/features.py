@@ -65,6 +65,10 @@ HISTORY_IDX = HISTORY_ITEM_IDS + IDX_SUFFIX
 RECENCY_Z = HOURS_SINCE_PREV_EVENT + Z_SUFFIX
 
 OOV_BUCKETS = 1
+# The examples split of logged exposures without engagement (tfx_pipeline/example_builder.py).
+EXPOSURES_SPLIT = "exposures"
+# Ranking training rows only: weight of the rating loss (0 for logged exposures, which have no rating).
+RATING_WEIGHT = "rating_weight"
 NUM_NUMERIC_BUCKETS = 10
 
 

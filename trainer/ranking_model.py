@@ -95,7 +95,12 @@ class RankingModel(tfrs.Model):
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         out = self(inputs, training=training)
-        rating_loss = self.rating_task(labels=tf.cast(inputs[F.RATING_LABEL], tf.float32), predictions=out[RATING])
+        # Logged exposures carry no rating: their rows weigh 0 in the rating loss (and RMSE).
+        # Columns [B, 1], so the per-example MSE is [B] and the weights apply row by row.
+        weight = inputs.get(F.RATING_WEIGHT)
+        rating_loss = self.rating_task(labels=tf.cast(inputs[F.RATING_LABEL], tf.float32)[:, None],
+                                       predictions=out[RATING][:, None],
+                                       sample_weight=None if weight is None else weight[:, None])
         engagement_loss = self.engagement_task(labels=tf.cast(inputs[F.ENGAGED_LABEL], tf.float32),
                                                predictions=out[ENGAGEMENT_LOGIT])
         return self.hp.rating_loss_weight * rating_loss + self.hp.engagement_loss_weight * engagement_loss

@@ -20,6 +20,7 @@ with warmup requests) and, to the ModelRun artifact:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -150,6 +151,22 @@ def _train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, fl
     return total / n, engaged / n, counts, n
 
 
+def _with_exposures(ctx, examples_uri: str, enabled: bool) -> tuple[tf.data.Dataset, int]:
+    """Train rows plus the not-engaged logged exposures (EXPOSURES_SPLIT), when there are any.
+
+    Exposure rows are engagement negatives with a rating-loss weight of 0; train rows
+    weigh 1. Without exposures the rows are returned unchanged.
+    """
+    files = glob.glob(os.path.join(examples_uri, f"Split-{F.EXPOSURES_SPLIT}", "*"))
+    if not enabled or not files:
+        return ctx.train_rows, 0
+    exposures = raw_data.transformed_rows(sorted(files), ctx.raw_spec, ctx.tft_layer, ctx.layout)
+    n = int(exposures.reduce(0, lambda c, _: c + 1).numpy())
+    weight = lambda w: (lambda row: {**row, F.RATING_WEIGHT: tf.constant(w, tf.float32)})
+    log(f"ranking: + {n} logged exposures without engagement as negatives (rating weight 0)")
+    return ctx.train_rows.map(weight(1.0)).concatenate(exposures.map(weight(0.0))), n
+
+
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
                      history_length: int, trainer_cfg: dict, log_dir: str | None = None,
                      base_model: str | None = None) -> dict:
@@ -164,7 +181,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     user_features, item_features, replicas = ctx.user_features, ctx.item_features, ctx.replicas
     batch_size = hp.batch_size * replicas
     rating_mean, engaged_rate, item_counts, num_train = _train_stats(ctx.train_rows, layout.num_items)
-    train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed)
+    train_rows, num_exposures = _with_exposures(ctx, examples_uri, hp.use_exposures)
+    train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed)
     eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed)
 
     started = time.time()
@@ -190,6 +208,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         "baseline_definition": {"rmse": "global mean train rating", "auc": "item train count (popularity)"},
         "num_eval_examples": int(len(pred["y_rating"])),
         "num_train_examples": num_train,
+        "num_exposure_negatives": num_exposures,
         "train_rating_mean": rating_mean,
         "train_engaged_rate": engaged_rate,
         "eval_engaged_rate": float(np.mean(pred["y_engaged"])) if len(pred["y_engaged"]) else float("nan"),
@@ -233,6 +252,8 @@ def fmt_metrics(m: dict) -> str:
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
+    from trainer.tuning import apply_best_hyperparameters
+
     cc = fn_args.custom_config
     train_and_export(
         examples_uri=raw_data.examples_root(fn_args.train_files),
@@ -241,7 +262,8 @@ def run_fn(fn_args) -> None:
         run_dir=fn_args.model_run_dir,
         side_features=cc["side_features"],
         history_length=cc["history_length"],
-        trainer_cfg=cc.get("trainer", {}),
+        # The Tuner's best values, when the pipeline has a Tuner (trainer/tuning.py).
+        trainer_cfg=apply_best_hyperparameters(cc.get("trainer", {}), fn_args.hyperparameters, "ranking"),
         log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
         base_model=fn_args.base_model,
     )

@@ -30,14 +30,14 @@ def ExampleBuilder(
     """
     from tfx_pipeline import example_builder
     from tfx_pipeline.config import config_from_json
-    from tfx_pipeline.tables import load_tables
+    from tfx_pipeline.tables import load_exposures, load_tables
 
     del data_fingerprint
     cfg = config_from_json(config_json)
     events, users, items = load_tables(cfg)
     counts = example_builder.build_examples(
         events, users, items, cfg, examples.uri,
-        beam_pipeline_args=json.loads(beam_pipeline_args_json),
+        beam_pipeline_args=json.loads(beam_pipeline_args_json), exposures=load_exposures(cfg),
     )
     examples.split_names = artifact_utils.encode_split_names(list(counts))
     if cfg.data.spans is not None:
