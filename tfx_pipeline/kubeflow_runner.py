@@ -20,7 +20,11 @@ DEFAULT_IMAGE = "ghcr.io/example/recsys-pipeline:0.1.0"
 
 def compile_pipeline(cfg: PipelineConfig, output: str | Path, image: str = DEFAULT_IMAGE,
                      stage: str = ALL_STAGES, beam_pipeline_args: Optional[list[str]] = None) -> Path:
-    pipeline = create_pipeline(cfg, stage=stage, beam_pipeline_args=beam_pipeline_args, metadata_path=None)
+    # Inputs are resolved when the run starts (the latest span on shared storage), not
+    # now; with spans every (recurring) run is for new data, so task caching is off,
+    # otherwise a daily run would be answered from the cache with yesterday's examples.
+    pipeline = create_pipeline(cfg, stage=stage, beam_pipeline_args=beam_pipeline_args, metadata_path=None,
+                               fingerprint_inputs=False, enable_cache=cfg.data.spans is None)
     pipeline.metadata_connection_config = None  # the orchestrator owns MLMD on a cluster
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

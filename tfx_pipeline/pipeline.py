@@ -64,7 +64,14 @@ def create_pipeline(
     beam_pipeline_args: Optional[list[str]] = None,
     enable_cache: bool = True,
     metadata_path: Optional[str] = None,
+    fingerprint_inputs: bool = True,
 ) -> tfx.dsl.Pipeline:
+    """The pipeline for ``cfg``.
+
+    ``fingerprint_inputs``: digest the input files now, so TFX's cache follows data
+    changes (local runs). False for a compiled spec that runs later elsewhere (the
+    files, and the latest span, are only known at run time).
+    """
     beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
     # Data components get the config without the trainer/serving sections, so tuning a
     # model does not invalidate their cached outputs.
@@ -74,7 +81,7 @@ def create_pipeline(
     # Events + side tables -> train/eval examples, candidate items, user state.
     example_builder = ExampleBuilder(
         config_json=config_json,
-        data_fingerprint=f"{data_fingerprint(cfg)}-{code_fingerprint()}",
+        data_fingerprint=f"{data_fingerprint(cfg) if fingerprint_inputs else 'at-run-time'}-{code_fingerprint()}",
         beam_pipeline_args_json=json.dumps(beam_args),
     )
     # Per-split statistics of the built examples.

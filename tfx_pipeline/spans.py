@@ -17,11 +17,11 @@ catalogue snapshots: the newest selected span that has the file wins.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import re
 from pathlib import Path
 
+import tensorflow as tf
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.proto import example_gen_pb2, range_config_pb2
 
@@ -67,8 +67,10 @@ def available_spans(base: Path, pattern: str) -> list[int]:
     """Span numbers of every path under ``base`` matching ``pattern`` (TFX specs), ascending."""
     regex = _pattern_regex(pattern)
     spans = set()
-    for path in glob.glob(os.path.join(str(base), _glob_pattern(pattern))):
-        m = regex.match(os.path.relpath(path, base).replace(os.sep, "/"))
+    base = str(base).rstrip("/")
+    # tf.io.gfile: local paths and gs:// / s3:// alike (as TFX's own span resolution).
+    for path in tf.io.gfile.glob(f"{base}/{_glob_pattern(pattern)}"):
+        m = regex.match(path[len(base) + 1:])
         if not m:
             continue
         g = m.groupdict()

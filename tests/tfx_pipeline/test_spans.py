@@ -106,3 +106,18 @@ def test_make_spans_cuts_by_time_with_growing_catalogue(tmp_path):
     assert sorted(pd.read_csv(tmp_path / "spans" / "span-2" / "items.csv")["i"]) == ["w", "x", "y", "z"]
     with pytest.raises(DataError, match="--force"):
         make_spans(cfg, tmp_path / "spans", 2)
+
+
+def test_kubeflow_compile_of_a_spans_config_resolves_spans_at_run_time(tmp_path):
+    """No span exists where the spec is compiled; a recurring run must not be answered from the cache."""
+    import json
+
+    from tfx_pipeline.kubeflow_runner import compile_pipeline
+
+    cfg = load_config("configs/movielens_100k_daily.yaml", {"data": {"spans": {"base": str(tmp_path / "none")}},
+                                                            "pipeline_root": str(tmp_path / "root")})
+    out = compile_pipeline(cfg, tmp_path / "pipeline.json", image="example/recsys:test")
+    text = out.read_text()
+    assert "at-run-time" in text
+    tasks = json.loads(text)["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
