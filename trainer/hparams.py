@@ -106,6 +106,8 @@ class WarmStartConfig:
     enabled: bool = True
     # Epochs when warm-started; 0 = the model's own ``epochs`` (early stopping still applies).
     epochs: int = 0
+    # Learning rate when warm-started, as a multiple of the model's own (fine-tuning).
+    learning_rate_scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
