@@ -189,11 +189,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     with ctx.strategy.scope():
         model = RankingModel(layout, hp, history_length, rating_mean=rating_mean, engagement_rate=engaged_rate)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-        warm = maybe_warm_start(model, lambda: model(next(iter(train_ds))), base_model, transform_dir,
-                                cfg.warm_start.enabled, "ranking")
-    epochs = cfg.warm_start.epochs if warm["taken"] and cfg.warm_start.epochs > 0 else hp.epochs
-    if warm["taken"] and cfg.warm_start.learning_rate_scale != 1.0:
-        model.optimizer.learning_rate.assign(hp.learning_rate * cfg.warm_start.learning_rate_scale)
+        warm, epochs = maybe_warm_start(model, lambda: model(next(iter(train_ds))), base_model, transform_dir,
+                                        cfg.warm_start, hp, "ranking")
     # Keeps (restores) the weights of the epoch with the lowest weighted eval loss.
     callbacks, early_stopping, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
     log(f"ranking: training {epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "

@@ -83,11 +83,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
         query_tower, candidate_tower = build_towers(layout, hp, history_length)
         model = RetrievalModel(query_tower, candidate_tower, hp)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-        warm = maybe_warm_start(model, lambda: model.compute_loss(next(iter(train_ds))), base_model, transform_dir,
-                                cfg.warm_start.enabled, "retrieval")
-    epochs = cfg.warm_start.epochs if warm["taken"] and cfg.warm_start.epochs > 0 else hp.epochs
-    if warm["taken"] and cfg.warm_start.learning_rate_scale != 1.0:
-        model.optimizer.learning_rate.assign(hp.learning_rate * cfg.warm_start.learning_rate_scale)
+        warm, epochs = maybe_warm_start(model, lambda: model.compute_loss(next(iter(train_ds))), base_model, transform_dir,
+                                        cfg.warm_start, hp, "retrieval")
     callbacks, _, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
     log(f"retrieval: training {epochs} epoch(s), batch {batch_size}, encoder {hp.history_encoder}, "
         f"{replicas} replica(s), {layout.num_items - 2} items, {layout.num_users - 2} users")

@@ -159,25 +159,30 @@ def warm_start(model: tf.keras.Model, state_dir: str, transform_dir: str) -> dic
 
 
 def maybe_warm_start(model: tf.keras.Model, build_batch, base_model: str | None, transform_dir: str,
-                     enabled: bool, label: str) -> dict:
+                     warm_cfg, hp, label: str) -> tuple[dict, int]:
     """Builds ``model`` on one batch, then warm-starts it when enabled and a base model has state.
 
-    Returns the report stored in metrics.json (``taken`` False with the reason otherwise).
+    ``warm_cfg``: trainer.warm_start (hparams.WarmStartConfig); ``hp``: the model's own
+    hyper-parameters (``epochs``, ``learning_rate``). When warm, applies the warm
+    learning rate to the compiled optimizer. Returns the report stored in metrics.json
+    (``taken`` False with the reason otherwise) and the epochs to train.
     """
     build_batch()
-    if not enabled:
+    if not warm_cfg.enabled:
         log(f"{label}: cold start (trainer.warm_start.enabled is false)")
-        return {"taken": False, "reason": "disabled in config"}
-    state = state_dir_of(base_model)
+        return {"taken": False, "reason": "disabled in config"}, hp.epochs
     if base_model is None:
         log(f"{label}: cold start (no blessed model yet)")
-        return {"taken": False, "reason": "no blessed base model"}
+        return {"taken": False, "reason": "no blessed base model"}, hp.epochs
+    state = state_dir_of(base_model)
     if state is None:
         log(f"{label}: cold start (base model {base_model} has no warm-start state)")
-        return {"taken": False, "reason": f"no {STATE_DIR}/ in base model"}
+        return {"taken": False, "reason": f"no {STATE_DIR}/ in base model"}, hp.epochs
     report = warm_start(model, state, transform_dir)
     rows = ", ".join(f"{v['vocabulary']}: {v['rows_carried']} carried / {v['new_rows']} new"
                      for v in report["remapped"].values())
     log(f"{label}: warm start from {report['from']}: {report['copied']} variables copied, {rows}"
         + (f"; {len(report['skipped'])} left fresh" if report["skipped"] else ""))
-    return report
+    if warm_cfg.learning_rate_scale != 1.0:
+        model.optimizer.learning_rate.assign(hp.learning_rate * warm_cfg.learning_rate_scale)
+    return report, warm_cfg.epochs if warm_cfg.epochs > 0 else hp.epochs
