@@ -152,14 +152,26 @@ def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.
 SPAN_COLUMN = "span"  # events of a spans dataset: the span each row came from
 
 
-def table_paths(cfg: PipelineConfig) -> dict[str, Path]:
+def selected_spans(cfg: PipelineConfig) -> list | None:
+    """The spans a run reads (tfx_pipeline/spans.py), oldest first; None without ``data.spans``.
+
+    Resolve once per run and pass the list on, so every table comes from the same spans.
+    """
+    if cfg.data.spans is None:
+        return None
+    from tfx_pipeline import spans
+
+    return spans.select_spans(cfg.data.spans, cfg.data.events.path)
+
+
+def table_paths(cfg: PipelineConfig, selected: list | None = None) -> dict[str, Path]:
     """events/users/items -> the file a run reads (for spans: the latest span's side tables)."""
     if cfg.data.spans is None:
         return {name: resolve_path(t.path) for name, t in
                 (("events", cfg.data.events), ("users", cfg.data.users), ("items", cfg.data.items)) if t}
     from tfx_pipeline import spans
 
-    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+    selected = selected or selected_spans(cfg)
     out = {"events": selected[-1].directory / cfg.data.events.path}
     for name, t in (("users", cfg.data.users), ("items", cfg.data.items)):
         if t is not None:
@@ -170,17 +182,15 @@ def table_paths(cfg: PipelineConfig) -> dict[str, Path]:
 EXPOSURES_FILE = "exposures.csv"  # written by `recsys feedback build-span` (tfx_pipeline/feedback.py)
 
 
-def load_exposures(cfg: PipelineConfig) -> pd.DataFrame | None:
+def load_exposures(cfg: PipelineConfig, selected: list | None = None) -> pd.DataFrame | None:
     """Logged exposures of every selected span that has ``exposures.csv``; None if none has.
 
     Canonical columns: user_id, item_id, timestamp (the request time), engaged (0/1).
     """
     if cfg.data.spans is None:
         return None
-    from tfx_pipeline import spans
-
     frames = []
-    for s in spans.select_spans(cfg.data.spans, cfg.data.events.path):
+    for s in selected or selected_spans(cfg):
         path = s.directory / EXPOSURES_FILE
         if not path.exists():
             continue
@@ -200,38 +210,37 @@ def load_exposures(cfg: PipelineConfig) -> pd.DataFrame | None:
 
 
 def input_files(cfg: PipelineConfig) -> list[Path]:
-    """Every file a run reads (each selected span's events, the side tables)."""
-    paths = table_paths(cfg)
-    if cfg.data.spans is None:
+    """Every file a run reads (each selected span's events and exposures, the side tables)."""
+    selected = selected_spans(cfg)
+    paths = table_paths(cfg, selected)
+    if selected is None:
         return list(paths.values())
-    from tfx_pipeline import spans
-
-    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
     exposures = [s.directory / EXPOSURES_FILE for s in selected if (s.directory / EXPOSURES_FILE).exists()]
     return ([s.directory / cfg.data.events.path for s in selected] + exposures
             + [p for k, p in paths.items() if k != "events"])
 
 
-def _span_events(cfg: PipelineConfig) -> tuple[pd.DataFrame, list]:
-    from tfx_pipeline import spans
-
-    selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
+def _span_events(cfg: PipelineConfig, selected: list) -> pd.DataFrame:
     frames = []
     for s in selected:
         frame = load_events(cfg, s.directory / cfg.data.events.path)
         frame[SPAN_COLUMN] = s.span
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True), selected
+    return pd.concat(frames, ignore_index=True)
 
 
-def load_tables(cfg: PipelineConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+def load_tables(cfg: PipelineConfig, selected: list | None = None,
+                ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
     """Events, users (or None), items (or None), validated against each other.
 
-    With ``data.spans``, events are those of every selected span, with their span
-    number in ``SPAN_COLUMN``; side tables are the newest selected span's snapshot.
+    With ``data.spans``, events are those of every selected span (``selected``, else
+    resolved now), with their span number in ``SPAN_COLUMN``; side tables are the
+    newest selected span's snapshot.
     """
-    paths = table_paths(cfg)
-    events = _span_events(cfg)[0] if cfg.data.spans is not None else load_events(cfg)
+    if cfg.data.spans is not None:
+        selected = selected or selected_spans(cfg)
+    paths = table_paths(cfg, selected)
+    events = _span_events(cfg, selected) if selected is not None else load_events(cfg)
     users = load_side_table(cfg.data.users, F.user_feature, paths.get("users")) if cfg.data.users else None
     items = load_side_table(cfg.data.items, F.item_feature, paths.get("items")) if cfg.data.items else None
     events_path = paths["events"]

@@ -30,21 +30,19 @@ def ExampleBuilder(
     """
     from tfx_pipeline import example_builder
     from tfx_pipeline.config import config_from_json
-    from tfx_pipeline.tables import load_exposures, load_tables
+    from tfx_pipeline.tables import load_exposures, load_tables, selected_spans
 
     del data_fingerprint
     cfg = config_from_json(config_json)
-    events, users, items = load_tables(cfg)
+    selected = selected_spans(cfg)  # once: every table of this run comes from the same spans
+    events, users, items = load_tables(cfg, selected)
     counts = example_builder.build_examples(
         events, users, items, cfg, examples.uri,
-        beam_pipeline_args=json.loads(beam_pipeline_args_json), exposures=load_exposures(cfg),
+        beam_pipeline_args=json.loads(beam_pipeline_args_json), exposures=load_exposures(cfg, selected),
     )
     examples.split_names = artifact_utils.encode_split_names(list(counts))
-    if cfg.data.spans is not None:
+    if selected is not None:
         # Like ExampleGen: the artifact carries the span (and version) it was built for.
-        from tfx_pipeline import spans
-
-        selected = spans.select_spans(cfg.data.spans, cfg.data.events.path)
         examples.span = selected[-1].span
         if selected[-1].version is not None:
             examples.version = selected[-1].version
