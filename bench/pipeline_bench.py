@@ -162,24 +162,10 @@ class MemorySampler:
 
 def component_timings(metadata_path: Path, since_s: float) -> list[dict]:
     """Per execution: node id, state, start / end (epoch s), duration, from ML Metadata."""
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
+    from tfx_pipeline.local_runner import executions
 
-    conn = metadata_store_pb2.ConnectionConfig()
-    conn.sqlite.filename_uri = str(metadata_path)
-    store = metadata_store.MetadataStore(conn)
-    states = metadata_store_pb2.Execution.State
-    node_type = store.get_context_type("node").id
-    rows = []
-    for ex in sorted(store.get_executions(), key=lambda e: e.create_time_since_epoch):
-        if ex.create_time_since_epoch < since_s * 1000 - 1000:
-            continue
-        node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(ex.id)
-                     if c.type_id == node_type), "?")
-        start, end = ex.create_time_since_epoch / 1000, ex.last_update_time_since_epoch / 1000
-        rows.append({"component": node, "state": states.Name(ex.last_known_state), "start": start, "end": end,
-                     "seconds": round(end - start, 3)})
-    return rows
+    keys = ("component", "state", "start", "end", "seconds")
+    return [{k: r[k] for k in keys} for r in executions(metadata_path, since_s)]
 
 
 def run_measured(config_path: str, stage: str, sample_s: float, log=print) -> dict:

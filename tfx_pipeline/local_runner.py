@@ -35,12 +35,17 @@ def run_local(cfg: PipelineConfig, stage: str = ALL_STAGES, beam_pipeline_args: 
 
 
 def executions_since(cfg: PipelineConfig, since_s: float) -> list[dict]:
-    """Component executions recorded in ML Metadata since ``since_s`` (epoch seconds)."""
+    """Component executions recorded in this config's ML Metadata since ``since_s`` (epoch seconds)."""
+    return executions(cfg.metadata_path, since_s)
+
+
+def executions(metadata_path, since_s: float) -> list[dict]:
+    """Per execution since ``since_s``: node id, state, output URIs, start / end (epoch s), duration."""
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
     conn = metadata_store_pb2.ConnectionConfig()
-    conn.sqlite.filename_uri = str(cfg.metadata_path)
+    conn.sqlite.filename_uri = str(metadata_path)
     store = metadata_store.MetadataStore(conn)
     states = metadata_store_pb2.Execution.State
     node_type_id = store.get_context_type("node").id
@@ -49,15 +54,15 @@ def executions_since(cfg: PipelineConfig, since_s: float) -> list[dict]:
         if ex.create_time_since_epoch < since_s * 1000 - 1000:
             continue
         # The node context ("<pipeline>.<node id>") names the component instance.
-        node = "?"
-        for ctx in store.get_contexts_by_execution(ex.id):
-            if ctx.type_id == node_type_id:
-                node = ctx.name.split(".", 1)[-1]
+        node = next((c.name.split(".", 1)[-1] for c in store.get_contexts_by_execution(ex.id)
+                     if c.type_id == node_type_id), "?")
         outputs = {}
         events = store.get_events_by_execution_ids([ex.id])
         out_ids = [e.artifact_id for e in events if e.type == e.OUTPUT]
         for a in store.get_artifacts_by_id(out_ids):
             key = next((e.path.steps[0].key for e in events if e.artifact_id == a.id and e.path.steps), "out")
             outputs[key] = a.uri
-        rows.append({"component": node, "state": states.Name(ex.last_known_state), "outputs": outputs})
+        start, end = ex.create_time_since_epoch / 1000, ex.last_update_time_since_epoch / 1000
+        rows.append({"component": node, "state": states.Name(ex.last_known_state), "outputs": outputs,
+                     "start": start, "end": end, "seconds": round(end - start, 3)})
     return rows
