@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
-    from trainer.retrieval_trainer import train_and_export
+    from trainer.retrieval.train import train_and_export
 
     base = load_config(args.config)
     cfg = load_config(args.config, {"name": f"{base.name}_{args.split}", "examples": {"split": {"strategy": args.split}}})

@@ -8,7 +8,7 @@ A model is a *model function* registered under a name::
 A model function may carry a ``setup(cfg)`` attribute, called before it is
 timed (e.g. to import TensorFlow, ~10 s, outside the reported train time).
 It receives the train split (canonical events: user_id, item_id, timestamp,
-rating), the ``trainer.retrieval_metrics.EvalTask`` of the split and a
+rating), the ``trainer.retrieval.metrics.EvalTask`` of the split and a
 ``BaselineConfig``; it trains and returns a score function ``rows -> [n, num_items]``
 (see ``retrieval_metrics.evaluate_scores``), which the benchmark evaluates with the
 shared metric code. ``bench/quality.py`` evaluates every registered model, so a new
@@ -36,7 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from trainer import features as F
-from trainer.retrieval_metrics import EvalTask, ScoreFn
+from trainer.retrieval.metrics import EvalTask, ScoreFn
 
 
 @dataclasses.dataclass(frozen=True)

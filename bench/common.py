@@ -157,7 +157,7 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
     """Trains 1-epoch retrieval and ranking models on the tiny generated dataset.
 
     Layout: ``<root>/serving/{retrieval_brute_force,ranking,retrieval}/1/`` (the ScaNN
-    ``retrieval`` export via trainer.index.build_scann_export) and the retrieval run
+    ``retrieval`` export via trainer.retrieval.index.build_scann_export) and the retrieval run
     dir ``<root>/run/retrieval`` with eval_queries.npy. Takes ~40-70 s on 2 cores.
     Returns {"serving_dir", "run_dir", "user_ids", "item_ids"}.
     """
@@ -170,7 +170,7 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
 
     from serving import names
     from trainer import ranking_trainer, retrieval_trainer
-    from trainer.index import build_scann_export
+    from trainer.retrieval.index import build_scann_export
 
     root = Path(root)
     tiny = build_tiny_pipeline(str(root / "data"))

@@ -61,9 +61,9 @@ def main(argv=None) -> int:
     import yaml
 
     from tfx_pipeline.config import deep_merge, load_config, resolve_path
-    from tfx_pipeline.datasets import ensure_dataset
+    from tfx_pipeline.data.datasets import ensure_dataset
     from tfx_pipeline.local_runner import run_local
-    from tfx_pipeline.span_tools import make_spans
+    from tfx_pipeline.data.span_tools import make_spans
 
     source = load_config(args.config)
     ensure_dataset(source)

@@ -18,7 +18,7 @@ The report says which was used.
 
 For every size: exact brute force (numpy matmul + argpartition, candidates in chunks
 of ``--chunk`` rows so 1M x 64 stays within memory) and one ScaNN index built with
-``trainer.index.scann_params(n, fetch_k)`` (the pipeline's parameters; fetch_k =
+``trainer.retrieval.index.scann_params(n, fetch_k)`` (the pipeline's parameters; fetch_k =
 max_k + exclusion_pad = 200 by default), searched at the default setting and at
 variants that override leaves_to_search / pre-reorder candidates at query time
 (ScaNN's search-time overrides: the same as building with those values). Reported:
@@ -84,7 +84,7 @@ def find_eval_queries(model_dir: Path) -> Optional[Path]:
 def warmup_user_ids(model_dir: Path) -> list[str]:
     """Known user ids from the export's warmup requests (recommend / query_embedding)."""
     from serving import names
-    from serving.model_server.warmup import read_warmup_requests
+    from serving.model_server.warmup_file import read_warmup_requests
 
     users = []
     for req in read_warmup_requests(str(model_dir)):
@@ -167,7 +167,7 @@ def variants(params: dict, n: int) -> dict[str, dict]:
 
 
 def build_searcher(cands: np.ndarray, params: dict, fetch_k: int):
-    """The same builder chain as tfrs.layers.factorized_top_k.ScaNN (what trainer.index.scann_layer uses)."""
+    """The same builder chain as tfrs.layers.factorized_top_k.ScaNN (what trainer.retrieval.index.scann_layer uses)."""
     import scann  # noqa: F401
     from scann.scann_ops.py import scann_ops
     import tensorflow as tf
@@ -183,7 +183,7 @@ def build_searcher(cands: np.ndarray, params: dict, fetch_k: int):
 def bench_size(size: int, real: np.ndarray, queries: np.ndarray, args, log=print) -> list[dict]:
     import tensorflow as tf
 
-    from trainer.index import scann_params
+    from trainer.retrieval.index import scann_params
 
     cands = tile_candidates(real, size, args.noise, args.seed)
     single_q = queries[: args.single_queries]

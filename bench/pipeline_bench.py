@@ -81,7 +81,7 @@ def scale_config(config_path: str, scale: int, root: Path, epochs: Optional[int]
     from tfx_pipeline.config import load_config, resolve_path
 
     base = load_config(config_path)
-    from tfx_pipeline.datasets import ensure_dataset
+    from tfx_pipeline.data.datasets import ensure_dataset
 
     ensure_dataset(base)
     raw = yaml.safe_load(resolve_path(config_path).read_text()) or {}

@@ -13,7 +13,7 @@ Loads the canonical tables through the config, builds the split(s):
 
 trains every model in ``bench.baselines.MODELS`` (plus the ones registered by
 ``--plugin`` modules) on the train split and evaluates it on the full catalogue
-with ``trainer.retrieval_metrics.evaluate_scores``. Writes, per split,
+with ``trainer.retrieval.metrics.evaluate_scores``. Writes, per split,
 ``<out>/quality_<dataset>_<split>[_smoke].json`` and ``.md`` and prints the table.
 
 ``--smoke`` subsamples a few users and trains one epoch: seconds, for tests.
@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from bench import baselines as B
-from tfx_pipeline import splits as S
+from tfx_pipeline.data import splits as S
 from tfx_pipeline.config import PipelineConfig, load_config, resolve_path
-from tfx_pipeline.tables import catalogue, load_tables
+from tfx_pipeline.data.tables import catalogue, load_tables
 from trainer import features as F
 from trainer import retrieval_metrics as rm
 
@@ -177,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         importlib.import_module(module)
     models = B.get_models([m for m in args.models.split(",") if m])
     cfg = load_config(args.config)
-    from tfx_pipeline.datasets import ensure_dataset
+    from tfx_pipeline.data.datasets import ensure_dataset
 
     ensure_dataset(cfg)
     events, _, items = load_tables(cfg)

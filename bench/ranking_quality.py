@@ -82,7 +82,7 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
-    from trainer.ranking_trainer import train_and_export
+    from trainer.ranking.train import train_and_export
 
     run_cfg = load_config(cfg.source_path, {"name": f"{cfg.name}_{split}", "examples": {"split": {"strategy": split}}})
     run_local(run_cfg, stage="data")
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from tfx_pipeline import splits
+    from tfx_pipeline.data import splits
     from tfx_pipeline.config import load_config
-    from tfx_pipeline.datasets import ensure_dataset
-    from tfx_pipeline.tables import load_events
+    from tfx_pipeline.data.datasets import ensure_dataset
+    from tfx_pipeline.data.tables import load_events
 
     cfg = load_config(args.config)
     ensure_dataset(cfg)

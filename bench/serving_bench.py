@@ -86,7 +86,7 @@ def load_user_ids(args, retrieval_dir: Path, n: int, seed: int) -> list[str]:
     users: list[str] = []
     if args.config:
         from tfx_pipeline.config import load_config
-        from tfx_pipeline.tables import load_events
+        from tfx_pipeline.data.tables import load_events
 
         cfg = load_config(args.config)
         if Path(cfg.data.events.path if os.path.isabs(cfg.data.events.path)

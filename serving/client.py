@@ -52,7 +52,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from serving import names
 from serving.client_tensors import SignatureMeta, make_ndarray, make_tensor_proto, parse_signature_defs
-from trainer import features as F
+from serving import features as F
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the benchmarks, the tests) import these, so a renamed tensor cannot drift betwee
 the two sides. Plain Python, no TensorFlow import.
 """
 
-from trainer import features as F
+from serving import features as F
 
 # Model names: one directory each under the serving base path, TF Serving's layout
 # <base_path>/<model>/<version>/saved_model.pb.

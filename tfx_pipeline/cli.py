@@ -44,14 +44,14 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_fetch(args) -> int:
-    from tfx_pipeline.datasets import ensure_dataset
+    from tfx_pipeline.data.datasets import ensure_dataset
 
     ensure_dataset(_load(args))
     return 0
 
 
 def cmd_data_make_spans(args) -> int:
-    from tfx_pipeline.span_tools import make_spans
+    from tfx_pipeline.data.span_tools import make_spans
 
     rows = make_spans(_load(args), args.out, args.spans, first_fraction=args.first_fraction, force=args.force)
     for r in rows:
@@ -62,7 +62,7 @@ def cmd_data_make_spans(args) -> int:
 
 
 def cmd_schema_infer(args) -> int:
-    from tfx_pipeline.schema_tools import infer_schema
+    from tfx_pipeline.data.schema_tools import infer_schema
 
     print(f"wrote {infer_schema(_load(args), args.out)}; review the diff before committing it")
     return 0
@@ -96,7 +96,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_feedback_build_span(args) -> int:
-    from tfx_pipeline.feedback import build_span, format_summary
+    from tfx_pipeline.data.feedback import build_span, format_summary
 
     summary = build_span(_load(args), args.logs, args.events, args.out, args.span,
                          attribution_hours=args.attribution_hours, model=args.model, force=args.force)

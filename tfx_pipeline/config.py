@@ -1,6 +1,7 @@
 """Typed pipeline configuration, parsed once from YAML; unknown keys are errors.
 
-One frozen dataclass per scope. ``load_config(path)`` returns a ``PipelineConfig``;
+One frozen dataclass per scope, the trainer's sections included, all built by the one
+strict builder (trainer/typed_config.py), so a typo anywhere fails when a run starts. ``load_config(path)`` returns a ``PipelineConfig``;
 relative paths in it are resolved against the repository root (the directory that
 holds ``configs/``), so commands work from any working directory.
 """
@@ -11,19 +12,18 @@ import dataclasses
 import hashlib
 import json
 import os
-import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
-from trainer import features as F
+from serving import features as F
+from trainer.hparams import TrainerConfig
+from trainer.typed_config import ConfigError, build
+
+__all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "config_from_json", "resolve_path"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """A configuration file is malformed; the message says where and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +107,9 @@ class PipelineConfig:
     validation: ValidationConfig = ValidationConfig()
     pipeline_root: str = ""  # default: runs/<name>
     serving_base_path: str = ""  # default: runs/<name>/serving
-    # Free-form sections owned by the trainer (retrieval, ranking, gate, index);
-    # trainer/hparams.py parses them into its own typed configs, strictly.
-    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The trainer sections (retrieval, ranking, gate, index, tuning, warm_start), typed
+    # and checked here with the rest (trainer/hparams.py).
+    trainer: TrainerConfig = TrainerConfig()
     source_path: str = ""  # set by load_config
 
     # -- derived -------------------------------------------------------------
@@ -152,51 +152,6 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p)
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Builds dataclass ``cls`` from a mapping, recursively; unknown keys are errors."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "source_path"}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, field in fields.items():
-        if name not in raw:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}: missing required key {name!r}")
-            continue
-        kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _coerce([a for a in args if a is not type(None)][0], value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], v, where) for v in value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is not hint:
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
 def _validate(cfg: PipelineConfig, where: str) -> None:
     required = {"user", "item", "timestamp"}
     allowed = required | {"rating", "weight", "event_type"}
@@ -227,16 +182,16 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
                                   f"directory (e.g. events.csv), not {table.path!r}")
         if spans.window < 0:
             raise ConfigError(f"{where}: data.spans.window must be >= 0 (0 = every span)")
-    from tfx_pipeline import splits
+    from tfx_pipeline.data.splits import STRATEGIES
 
-    if cfg.examples.split.strategy not in splits.STRATEGIES:
-        raise ConfigError(f"{where}: examples.split.strategy must be one of {splits.STRATEGIES}")
+    if cfg.examples.split.strategy not in STRATEGIES:
+        raise ConfigError(f"{where}: examples.split.strategy must be one of {STRATEGIES}")
     if cfg.examples.history_length < 1:
         raise ConfigError(f"{where}: examples.history_length must be >= 1")
 
 
 def parse_config(raw: dict, where: str = "<config>") -> PipelineConfig:
-    cfg = _build(PipelineConfig, raw, where)
+    cfg = build(PipelineConfig, raw, where, skip=("source_path",))
     _validate(cfg, where)
     return dataclasses.replace(cfg, source_path=where)
 

@@ -24,7 +24,7 @@ def serving_config(cfg: PipelineConfig):
 
 
 def first_user(cfg: PipelineConfig) -> str:
-    from tfx_pipeline.tables import load_tables
+    from tfx_pipeline.data.tables import load_tables
 
     return str(load_tables(cfg)[0]["user_id"].iloc[0])
 

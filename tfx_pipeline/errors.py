@@ -5,10 +5,10 @@ from __future__ import annotations
 
 def _known_types() -> tuple[type, ...]:
     from tfx_pipeline.config import ConfigError
-    from tfx_pipeline.spans import SpanError
-    from tfx_pipeline.tables import DataError
-    from tfx_pipeline.validation import DataValidationError
-    from trainer.index import IndexRecallError
+    from tfx_pipeline.data.spans import SpanError
+    from tfx_pipeline.data.tables import DataError
+    from tfx_pipeline.data.validation import DataValidationError
+    from trainer.retrieval.index import IndexRecallError
 
     return (ConfigError, SpanError, DataError, DataValidationError, IndexRecallError, FileNotFoundError)
 

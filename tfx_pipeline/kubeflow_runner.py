@@ -13,7 +13,7 @@ from typing import Optional
 from tfx import v1 as tfx
 
 from tfx_pipeline.config import PipelineConfig
-from tfx_pipeline.pipeline import ALL_STAGES, create_pipeline
+from tfx_pipeline.wiring.pipeline import ALL_STAGES, create_pipeline
 
 DEFAULT_IMAGE = "ghcr.io/example/recsys-pipeline:0.1.0"
 

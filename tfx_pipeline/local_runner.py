@@ -10,8 +10,8 @@ from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from tfx_pipeline.config import PipelineConfig
-from tfx_pipeline.datasets import ensure_dataset
-from tfx_pipeline.pipeline import ALL_STAGES, create_pipeline
+from tfx_pipeline.data.datasets import ensure_dataset
+from tfx_pipeline.wiring.pipeline import ALL_STAGES, create_pipeline
 
 
 def run_local(cfg: PipelineConfig, stage: str = ALL_STAGES, beam_pipeline_args: Optional[list[str]] = None,

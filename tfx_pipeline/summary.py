@@ -6,7 +6,9 @@ import json
 import os
 from pathlib import Path
 
+from tfx_pipeline import component_ids as ids
 from tfx_pipeline.config import PipelineConfig
+from trainer.artifacts import METRICS_FILE
 
 
 def latest(root: Path, component: str, output: str) -> str | None:
@@ -22,12 +24,12 @@ def print_summary(cfg: PipelineConfig) -> dict:
 
     root = cfg.root
     out: dict = {}
-    retrieval_run = latest(root, "RetrievalTrainer", "model_run")
-    ranking_run = latest(root, "RankingTrainer", "model_run")
-    scann = latest(root, "IndexBuilder", "scann_model")
+    retrieval_run = latest(root, ids.RETRIEVAL_TRAINER, "model_run")
+    ranking_run = latest(root, ids.RANKING_TRAINER, "model_run")
+    scann = latest(root, ids.INDEX_BUILDER, "scann_model")
     index_report = os.path.join(scann, "index_report.json") if scann else None
     for label, run, table in (("retrieval", retrieval_run, retrieval_table), ("ranking", ranking_run, ranking_table)):
-        path = os.path.join(run, "metrics.json") if run else None
+        path = os.path.join(run, METRICS_FILE) if run else None
         if path and os.path.exists(path):
             with open(path) as fh:
                 metrics = json.load(fh)
@@ -41,12 +43,12 @@ def print_summary(cfg: PipelineConfig) -> dict:
                 print(f"  warm start from {ws['from']}: {rows}")
             elif ws:
                 print(f"  cold start: {ws.get('reason')}")
-    for gate in ("RetrievalGate", "RankingGate"):
+    for gate in (ids.RETRIEVAL_GATE, ids.RANKING_GATE):
         blessing = latest(root, gate, "blessing")
         if blessing:
             verdict = "BLESSED" if os.path.exists(os.path.join(blessing, "BLESSED")) else "NOT BLESSED"
             print(f"[gate] {gate}: {verdict} ({blessing})")
-    evaluation = latest(root, "RankingGate", "evaluation")
+    evaluation = latest(root, ids.RANKING_GATE, "evaluation")
     if evaluation:
         print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")
     if index_report and os.path.exists(index_report):

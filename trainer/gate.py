@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 
+from trainer.artifacts import METRICS_FILE
 from trainer.hparams import GateConfig
 
-METRICS_FILE = "metrics.json"
 
 
 def read_model_metrics(model_uri: str) -> dict:

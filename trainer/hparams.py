@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+
+from trainer.typed_config import ConfigError, build, one_of, to_dict
+
+
+HISTORY_ENCODERS = ("mean", "gru", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,9 @@ class RetrievalHParams:
     seed: int = 42
     max_k: int = 100  # largest k the exported recommend signature serves
     exclusion_pad: int = 100  # extra candidates fetched from ScaNN to drop history items
+
+    def __post_init__(self):
+        one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +105,11 @@ class TuningConfig:
     algorithm: str = "random"  # random | bayesian (KerasTuner oracles)
     seed: int = 0  # the oracle's sampling seed
 
+    def __post_init__(self):
+        one_of("algorithm", self.algorithm, TUNING_ALGORITHMS)
+        if self.max_trials < 1 or self.epochs_per_trial < 1:
+            raise ConfigError("max_trials and epochs_per_trial must be >= 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartConfig:
@@ -120,48 +132,29 @@ class TrainerConfig:
     warm_start: WarmStartConfig = WarmStartConfig()
 
 
-def _build(cls, raw: dict, where: str):
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        default = getattr(cls(), name) if name in fields else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}.{name}: expected true/false, got {value!r}")
-            kwargs[name] = value
-        elif isinstance(default, float):
-            kwargs[name] = float(value)
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{where}.{name}: expected an integer, got {value!r}")
-            kwargs[name] = value
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def parse_trainer_config(raw: dict | str | None) -> TrainerConfig:
+def trainer_config(raw: dict | str | None) -> TrainerConfig:
+    """The typed trainer section from its mapping (or its JSON, as run_fns receive it)."""
     if isinstance(raw, str):
         raw = json.loads(raw)
-    cfg = _build(TrainerConfig, raw or {}, "trainer")
-    if cfg.retrieval.history_encoder not in ("mean", "gru", "attention"):
-        raise ValueError("trainer.retrieval.history_encoder must be mean, gru or attention")
-    if cfg.tuning.algorithm not in TUNING_ALGORITHMS:
-        raise ValueError(f"trainer.tuning.algorithm must be one of {list(TUNING_ALGORITHMS)}, "
-                         f"got {cfg.tuning.algorithm!r}")
-    if cfg.tuning.max_trials < 1 or cfg.tuning.epochs_per_trial < 1:
-        raise ValueError("trainer.tuning.max_trials and trainer.tuning.epochs_per_trial must be >= 1")
-    return cfg
+    return build(TrainerConfig, raw or {}, "trainer")
 
 
-def to_json(cfg) -> str:
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+def sections(cfg: TrainerConfig) -> dict:
+    """``cfg`` as plain mappings, one per section (what components receive as JSON)."""
+    return to_dict(cfg)
+
+
+def with_tuned_values(cfg: TrainerConfig, kind: str, values: dict) -> TrainerConfig:
+    """``cfg`` with the Tuner's best values set in section ``kind`` (retrieval | ranking).
+
+    Names that are not fields of that section, or values it rejects, are ``ConfigError``s.
+    """
+    if not values:
+        return cfg
+    current = getattr(cfg, kind)
+    fields = {f.name for f in dataclasses.fields(current)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"tuned hyper-parameter(s) {unknown} are not trainer.{kind} keys; allowed: {sorted(fields)}")
+    section = {**to_dict(current), **values}
+    return dataclasses.replace(cfg, **{kind: build(type(current), section, f"trainer.{kind}")})

@@ -9,11 +9,12 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import features as F
+from trainer.artifacts import split_dir
 from trainer.model_inputs import FeatureLayout, to_model_inputs
 
 
 def split_files(examples_uri: str, split: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    files = sorted(glob.glob(os.path.join(split_dir(examples_uri, split), "*")))
     if not files:
         raise FileNotFoundError(f"no files for split {split!r} under {examples_uri}")
     return files

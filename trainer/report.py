@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+from trainer.artifacts import METRICS_FILE
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -64,7 +66,7 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
     os.makedirs(out_dir, exist_ok=True)
     lines = ["# Training diagnosis report", ""]
     for title, run in (("retrieval", retrieval_run), ("ranking", ranking_run)):
-        metrics = _load(os.path.join(run, "metrics.json")) if run else None
+        metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
         history = _load(os.path.join(run, "history.json")) if run else None
         lines += [f"## {title}", f"run: `{run}`", ""]
         if metrics:

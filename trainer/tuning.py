@@ -213,7 +213,7 @@ class RetrievalTrials:
         import tensorflow as tf
 
         from trainer import export, features as F, raw_data, retrieval_trainer
-        from trainer.retrieval_model import add_sampling_probability
+        from trainer.retrieval.model import add_sampling_probability
         from trainer.training_setup import prepare
 
         self.examples_uri, self.history_length, self.epochs = examples_uri, history_length, epochs
@@ -243,8 +243,8 @@ class RetrievalTrials:
         import tensorflow as tf
 
         from trainer import export, retrieval_trainer
-        from trainer.retrieval_model import RetrievalModel
-        from trainer.towers import build_towers
+        from trainer.retrieval.model import RetrievalModel
+        from trainer.encoders import build_towers
 
         hp = parse_trainer_config(apply_best_hyperparameters(self.trainer_cfg, values, RETRIEVAL)).retrieval
         ctx = self.ctx
@@ -290,7 +290,7 @@ class RankingTrials:
     def __call__(self, values: dict) -> dict:
         import tensorflow as tf
 
-        from trainer.ranking_model import RankingModel
+        from trainer.ranking.model import RankingModel
 
         hp = parse_trainer_config(apply_best_hyperparameters(self.trainer_cfg, values, RANKING)).ranking
         ctx = self.ctx

@@ -31,9 +31,10 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from trainer import features as F
+from trainer.artifacts import SERVING_DIR, WARM_START_DIR
 from trainer.training_logs import log
 
-STATE_DIR = "warmstart"
+STATE_DIR = WARM_START_DIR
 VARIABLES_FILE = "variables.npz"
 INDEX_FILE = "variables.json"
 VOCAB_DIR = "vocab"

@@ -19,7 +19,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.server import ModelServer
 from serving.model_server.version_manager import State
-from serving.model_server.warmup import read_warmup_requests, warmup_file
+from serving.model_server.warmup_file import read_warmup_requests, warmup_file
 
 VALIDATION_VERSION = 1
 

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from serving.model_server.config import ModelConfig, ModelServerConfig, load_model_server_config
 from serving.model_server.errors import ServingError, invalid_argument, not_found
 from serving.model_server.signatures import Signature
-from serving.model_server.warmup import read_warmup_requests
+from serving.model_server.warmup_file import read_warmup_requests
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 from bench import baselines as B
 from bench import quality as Q
 from tfx_pipeline.config import load_config, resolve_path
-from tfx_pipeline.tables import catalogue, load_tables
+from tfx_pipeline.data.tables import catalogue, load_tables
 
 ALL_MODELS = ("random", "popularity", "als", "two_tower_tutorial")
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from serving import names
-from serving.model_server.warmup import write_warmup_requests
+from serving.model_server.warmup_file import write_warmup_requests
 
 SCORE_SIGNATURE = "score"
 

@@ -38,8 +38,8 @@ def _cfg(tmp_path, gate=None):
 
 def _make_spans(tmp_path):
     """span-1 (70% of the demo log) in place; span-2 (the rest + new users on new items) kept aside."""
-    from tfx_pipeline.datasets import ensure_dataset
-    from tfx_pipeline.span_tools import make_spans
+    from tfx_pipeline.data.datasets import ensure_dataset
+    from tfx_pipeline.data.span_tools import make_spans
 
     source = load_config("configs/implicit_demo.yaml")
     ensure_dataset(source)

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tfx_pipeline.config import parse_config
-from tfx_pipeline.example_builder import EXPOSURES_SPLIT, build_examples, user_examples
-from tfx_pipeline.tables import DataError, load_exposures
+from tfx_pipeline.data.example_builder import EXPOSURES_SPLIT, build_examples, user_examples
+from tfx_pipeline.data.tables import DataError, load_exposures
 from trainer import features as F
 
 

@@ -11,8 +11,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving import names
 from tfx_pipeline.cli import main
 from tfx_pipeline.config import parse_config
-from tfx_pipeline.feedback import EXPOSURE_COLUMNS, FeedbackError, build_span, format_summary
-from tfx_pipeline.tables import SPAN_COLUMN, DataError, load_tables
+from tfx_pipeline.data.feedback import EXPOSURE_COLUMNS, FeedbackError, build_span, format_summary
+from tfx_pipeline.data.tables import SPAN_COLUMN, DataError, load_tables
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 T1 = T0 + 7200

@@ -40,7 +40,7 @@ def test_data_half_runs_records_mlmd_and_caches(tmp_path):
 
 def test_schema_anomaly_stops_before_transform(tmp_path):
     from tfx_pipeline.errors import find_user_error
-    from tfx_pipeline.validation import DataValidationError
+    from tfx_pipeline.data.validation import DataValidationError
 
     # A purchase weight of 9 is outside the curated schema's rating domain [1, 3].
     cfg = _cfg(tmp_path, data={"events": {"event_weights": {"click": 1.0, "purchase": 9.0}}})

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfx_pipeline import spans
+from tfx_pipeline.data import spans
 from tfx_pipeline.config import ConfigError, load_config, parse_config
-from tfx_pipeline.tables import SPAN_COLUMN, DataError, input_files, load_tables
+from tfx_pipeline.data.tables import SPAN_COLUMN, DataError, input_files, load_tables
 
 
 def _touch(base, rel, text="user,item,ts\nu1,i1,5\n"):
@@ -73,7 +73,7 @@ def test_config_checks(tmp_path):
 
 
 def test_latest_span_split_holds_the_new_span_only(tmp_path):
-    from tfx_pipeline.example_builder import LATEST_SPAN_SPLIT, build_examples
+    from tfx_pipeline.data.example_builder import LATEST_SPAN_SPLIT, build_examples
 
     cfg = parse_config({"name": "t", "schema_dir": ".", "examples": {"history_length": 3},
                         "data": {"events": {"path": "x", "columns": {"user": "u", "item": "i", "timestamp": "t"}}}})
@@ -89,7 +89,7 @@ def test_latest_span_split_holds_the_new_span_only(tmp_path):
 
 
 def test_make_spans_cuts_by_time_with_growing_catalogue(tmp_path):
-    from tfx_pipeline.span_tools import make_spans
+    from tfx_pipeline.data.span_tools import make_spans
 
     (tmp_path / "src").mkdir()
     pd.DataFrame({"u": ["a", "b", "a", "c", "d", "c"], "i": ["x", "y", "y", "z", "w", "x"],

@@ -3,7 +3,7 @@
 import pytest
 
 from tfx_pipeline.config import ConfigError, load_config, parse_config
-from tfx_pipeline.tables import DataError, load_tables
+from tfx_pipeline.data.tables import DataError, load_tables
 
 
 def _cfg(tmp_path, events_csv: str, items_csv: str | None = None, **events_extra):

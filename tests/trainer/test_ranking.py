@@ -20,7 +20,7 @@ TRAINER_CFG = {"ranking": {"epochs": 2, "batch_size": 64, "embedding_dim": 8, "d
 
 @pytest.fixture(scope="module")
 def ranking(tiny_pipeline, tmp_path_factory):
-    from trainer.ranking_trainer import train_and_export
+    from trainer.ranking.train import train_and_export
 
     root = tmp_path_factory.mktemp("ranking")
     serving_dir = str(root / "model" / "Format-Serving")

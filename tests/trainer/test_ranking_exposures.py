@@ -6,9 +6,9 @@ import pandas as pd
 
 def test_ranking_trains_on_exposure_negatives(tmp_path):
     from tiny_pipeline import config, run_transform, tables
-    from tfx_pipeline.example_builder import build_examples
+    from tfx_pipeline.data.example_builder import build_examples
     from trainer import features as F
-    from trainer.ranking_trainer import train_and_export
+    from trainer.ranking.train import train_and_export
 
     events, users, items = tables(seed=2)
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from trainer import features as F
 
 @pytest.fixture(scope="module")
 def trained(tiny_pipeline, tmp_path_factory):
-    from trainer.retrieval_trainer import train_and_export
+    from trainer.retrieval.train import train_and_export
 
     out = tmp_path_factory.mktemp("retrieval")
     examples, transform, side, hist = tiny_pipeline
@@ -78,7 +78,7 @@ def test_brute_force_round_trip_serves_known_unknown_and_excludes(trained):
 def test_scann_export_agrees_with_brute_force(trained):
     import scann  # noqa: F401
 
-    from trainer.index import build_scann_export
+    from trainer.retrieval.index import build_scann_export
 
     out, _, side = trained
     user_features = {k: v for k, v in side.items() if k.startswith(F.USER_FEATURE_PREFIX)}
@@ -98,7 +98,7 @@ def test_scann_export_agrees_with_brute_force(trained):
 
 
 def test_index_floor_fails_the_step(trained, tmp_path):
-    from trainer.index import IndexRecallError, build_scann_export
+    from trainer.retrieval.index import IndexRecallError, build_scann_export
 
     out, _, _ = trained
     bf_dir = str(out / "model" / "Format-Serving")

@@ -4,9 +4,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from trainer.export import finalize_topk, last_n_items
-from trainer.index import exact_topk, scann_params
-from trainer.towers import HistoryEncoder, MaskedMean
+from trainer.query import finalize_topk, last_n_items
+from trainer.retrieval.index import exact_topk, scann_params
+from trainer.encoders import HistoryEncoder, MaskedMean
 
 
 def test_masked_mean_ignores_padding():

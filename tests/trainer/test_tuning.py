@@ -171,7 +171,7 @@ def test_tiny_search_gives_best_hyperparameters(tiny_pipeline, tmp_path, kind):
 
 def _pipeline(tmp_path, **trainer_over):
     from tfx_pipeline.config import load_config
-    from tfx_pipeline.pipeline import create_pipeline
+    from tfx_pipeline.wiring.pipeline import create_pipeline
 
     cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
                                                      "serving_base_path": str(tmp_path / "serving"),

@@ -45,8 +45,8 @@ def test_state_dir_of_accepts_the_serving_dir_tfx_passes(tmp_path):
 def two_spans(tmp_path_factory):
     """Span 1: the tiny dataset; span 2: the same ids plus new users and items, retrained warm."""
     from tiny_pipeline import build_tiny_pipeline, config, run_transform, tables
-    from tfx_pipeline.example_builder import build_examples
-    from trainer.retrieval_trainer import train_and_export
+    from tfx_pipeline.data.example_builder import build_examples
+    from trainer.retrieval.train import train_and_export
 
     root = tmp_path_factory.mktemp("warm")
     first = build_tiny_pipeline(str(root / "span1"))
@@ -76,8 +76,8 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
     from trainer import raw_data
     from trainer.hparams import parse_trainer_config
     from trainer.model_inputs import layout_from_transform
-    from trainer.retrieval_model import RetrievalModel
-    from trainer.towers import build_towers
+    from trainer.retrieval.model import RetrievalModel
+    from trainer.encoders import build_towers
     from trainer.warm_start import warm_start
 
     root, first, _, ex2, tr2, cfg = two_spans
@@ -86,7 +86,7 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
     layout = layout_from_transform(tft_out, cfg.side_features())
     rows = raw_data.transformed_rows(raw_data.split_files(ex2, "train"), tft_out.raw_feature_spec(),
                                      tft_out.transform_features_layer(), layout)
-    from trainer.retrieval_model import add_sampling_probability
+    from trainer.retrieval.model import add_sampling_probability
 
     batch = next(iter(raw_data.batched(rows, 64, False, 0, add_sampling_probability(tf.ones([layout.num_items])))))
     query, cand = build_towers(layout, hp, cfg.examples.history_length)
@@ -109,7 +109,7 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
 
 
 def test_warm_trainer_run_records_it_and_cold_switch_forces_scratch(two_spans):
-    from trainer.retrieval_trainer import train_and_export
+    from trainer.retrieval.train import train_and_export
 
     root, first, _, ex2, tr2, cfg = two_spans
     base = str(root / "m1" / "Format-Serving")
@@ -127,7 +127,7 @@ def test_warm_trainer_run_records_it_and_cold_switch_forces_scratch(two_spans):
 
 
 def test_ranking_warm_start(two_spans, tmp_path):
-    from trainer.ranking_trainer import train_and_export
+    from trainer.ranking.train import train_and_export
 
     root, first, _, ex2, tr2, cfg = two_spans
     hp = {"ranking": {"epochs": 1, "batch_size": 128}}

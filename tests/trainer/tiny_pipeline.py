@@ -2,7 +2,7 @@
 
 ``build_tiny_pipeline(root)`` generates events / users / items frames with every side
 feature kind (numeric, categorical, text, multi-valued), writes examples with
-``tfx_pipeline.example_builder.build_examples`` and runs ``trainer.preprocessing.preprocessing_fn``
+``tfx_pipeline.data.example_builder.build_examples`` and runs ``trainer.preprocessing.preprocessing_fn``
 with tf.Transform in-process (Beam DirectRunner). Ratings depend on the user's
 gender and the item's genre, so there is something to learn. Takes ~15-25 s.
 
@@ -136,7 +136,7 @@ def run_transform(examples_uri: str, transform_dir: str, side_features: dict, te
 
 def build_tiny_pipeline(root: str, seed: int = 0) -> TinyPipeline:
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
-    from tfx_pipeline.example_builder import build_examples
+    from tfx_pipeline.data.example_builder import build_examples
 
     cfg = config()
     events, users, items = tables(seed=seed)

@@ -17,7 +17,7 @@ def DataGate(
 ) -> None:
     """Raises ``DataValidationError`` (failing the run before Transform) on any finding."""
     from tfx_pipeline.config import config_from_json
-    from tfx_pipeline.validation import check_data
+    from tfx_pipeline.data.validation import check_data
 
     cfg = config_from_json(config_json)
     # StatisticsGen copies the examples' span onto the statistics artifact.

@@ -28,9 +28,9 @@ def ExampleBuilder(
     execution property only so that TFX's cache key changes when either does; the
     executor does not read it.
     """
-    from tfx_pipeline import example_builder
+    from tfx_pipeline.data import example_builder
     from tfx_pipeline.config import config_from_json
-    from tfx_pipeline.tables import load_exposures, load_tables, selected_spans
+    from tfx_pipeline.data.tables import load_exposures, load_tables, selected_spans
 
     del data_fingerprint
     cfg = config_from_json(config_json)

@@ -18,18 +18,18 @@ def IndexBuilder(
 
     import numpy as np
 
-    from trainer.hparams import parse_trainer_config
-    from trainer.index import build_scann_export
-    from trainer.retrieval_trainer import EVAL_QUERIES_FILE, METRICS_FILE
+    from trainer.hparams import trainer_config
+    from trainer.retrieval.index import build_scann_export
+    from trainer.artifacts import EVAL_QUERIES_FILE, METRICS_FILE, serving_dir
 
-    cfg = parse_trainer_config(trainer_json)
-    bf_dir = os.path.join(model.uri, "Format-Serving")
+    cfg = trainer_config(trainer_json)
+    bf_dir = serving_dir(model.uri)
     queries = np.load(os.path.join(model_run.uri, EVAL_QUERIES_FILE))
     import tensorflow as tf
 
     num_candidates = int(tf.saved_model.load(bf_dir).candidate_embeddings.shape[0])
     fetch_k = min(num_candidates, cfg.retrieval.max_k + cfg.retrieval.exclusion_pad)
-    build_scann_export(bf_dir, os.path.join(scann_model.uri, "Format-Serving"), queries, cfg.retrieval.max_k,
+    build_scann_export(bf_dir, serving_dir(scann_model.uri), queries, cfg.retrieval.max_k,
                        fetch_k, cfg.index.recall_floor, cfg.index.num_eval_queries, cfg.index.seed,
                        report_dir=scann_model.uri)
     shutil.copyfile(os.path.join(model.uri, METRICS_FILE), os.path.join(scann_model.uri, METRICS_FILE))

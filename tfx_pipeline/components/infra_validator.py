@@ -26,9 +26,10 @@ def InfraValidator(
         print(f"[InfraValidator] {model_name}: model not blessed, not validated", flush=True)
         return
     from serving.model_server import infra_validate
+    from trainer.artifacts import serving_dir
 
     try:
-        report = infra_validate(os.path.join(model.uri, "Format-Serving"), model_name)
+        report = infra_validate(serving_dir(model.uri), model_name)
     except Exception as e:  # the reason is recorded and printed; Pusher then skips the model
         infra_blessing.set_int_custom_property("blessed", 0)
         with open(os.path.join(infra_blessing.uri, "INFRA_NOT_BLESSED"), "w") as fh:

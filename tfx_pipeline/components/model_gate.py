@@ -22,9 +22,10 @@ def ModelGate(
     import json
 
     from trainer.gate import decide, read_model_metrics
-    from trainer.hparams import GateConfig, _build
+    from trainer.hparams import GateConfig
+    from trainer.typed_config import build
 
-    gate = _build(GateConfig, json.loads(gate_json), "trainer.gate")
+    gate = build(GateConfig, json.loads(gate_json), "trainer.gate")
     current = read_model_metrics(model.uri)
     baseline = read_model_metrics(baseline_model.uri) if baseline_model is not None else None
     decision = decide(kind, current, baseline, gate)

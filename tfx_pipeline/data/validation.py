@@ -25,9 +25,9 @@ import shutil
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
-from tfx_pipeline.splits import EVAL, TRAIN
+from trainer.artifacts import EVAL, LATEST_SPAN_SPLIT, TRAIN, split_dir
 
-LATEST_SPAN = "latest_span"  # tfx_pipeline.example_builder.LATEST_SPAN_SPLIT (no Beam import here)
+LATEST_SPAN = LATEST_SPAN_SPLIT
 
 STATS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"
@@ -39,7 +39,7 @@ class DataValidationError(RuntimeError):
 
 
 def _split_file(uri: str, split: str, name: str) -> str:
-    return os.path.join(uri, f"Split-{split}", name)
+    return os.path.join(split_dir(uri, split), name)
 
 
 def load_schema(schema_uri: str) -> schema_pb2.Schema:

@@ -1,61 +1,29 @@
-"""Wiring only: which components run, in what order, on which artifacts.
+"""The pipeline: the data half wired here, the training half in wiring/training.py.
 
-No feature, model or data logic lives here (see the modules each component names).
+Which components run, in what order, on which artifacts; no feature, model or data
+logic (see the modules each component names). Cache keys: tfx_pipeline/cache_keys.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Optional
 
 from tfx import v1 as tfx
 
+from tfx_pipeline import component_ids as ids
+from tfx_pipeline.cache_keys import code_fingerprint, data_fingerprint
 from tfx_pipeline.components.data_gate import DataGate
 from tfx_pipeline.components.example_builder import ExampleBuilder
 from tfx_pipeline.config import PipelineConfig, resolve_path
-from tfx_pipeline.example_builder import SIDE_SPLITS
+from tfx_pipeline.wiring.training import training_components
+from trainer.artifacts import SIDE_SPLITS, TRAIN
+from trainer.hparams import TrainerConfig
 
 DATA_STAGE = "data"
 ALL_STAGES = "all"
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
-
-
-def data_fingerprint(cfg: PipelineConfig) -> str:
-    """Digest of the input tables' bytes, so TFX's cache misses when the data changes.
-
-    With spans, every span the run reads counts, so a new span (or a new version of
-    one) is a new cache key.
-    """
-    from tfx_pipeline.tables import input_files
-
-    h = hashlib.sha256()
-    for path in input_files(cfg):
-        h.update(str(path).encode())
-        if path.exists():
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:24]
-
-
-def code_fingerprint() -> str:
-    """Digest of the project's pipeline and trainer sources.
-
-    Passed as an execution property to the components that run our code by module
-    path (ExampleBuilder, Transform, Trainers): TFX's cache key covers execution
-    properties, not the code behind a module path, so without it an upgraded
-    trainer would be answered from the cache with a model built by the old code.
-    """
-    from tfx_pipeline.config import REPO_ROOT
-
-    h = hashlib.sha256()
-    for package in ("tfx_pipeline", "trainer", "serving"):
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            h.update(str(path.relative_to(REPO_ROOT)).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def create_pipeline(
@@ -75,7 +43,7 @@ def create_pipeline(
     beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
     # Data components get the config without the trainer/serving sections, so tuning a
     # model does not invalidate their cached outputs.
-    config_json = dataclasses.replace(cfg, trainer={}, serving_base_path="").to_json()
+    config_json = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="").to_json()
     components = []
 
     # Events + side tables -> train/eval examples, candidate items, user state.
@@ -83,17 +51,17 @@ def create_pipeline(
         config_json=config_json,
         data_fingerprint=f"{data_fingerprint(cfg) if fingerprint_inputs else 'at-run-time'}-{code_fingerprint()}",
         beam_pipeline_args_json=json.dumps(beam_args),
-    )
+    ).with_id(ids.EXAMPLE_BUILDER)
     # Per-split statistics of the built examples.
     statistics_gen = tfx.components.StatisticsGen(
-        examples=example_builder.outputs["examples"], exclude_splits=SIDE_SPLITS)
+        examples=example_builder.outputs["examples"], exclude_splits=list(SIDE_SPLITS)).with_id(ids.STATISTICS_GEN)
     # The curated, version-controlled schema (schemas/<dataset>/schema.pbtxt).
     schema_gen = tfx.components.ImportSchemaGen(
-        schema_file=str(resolve_path(cfg.schema_dir) / "schema.pbtxt"))
+        schema_file=str(resolve_path(cfg.schema_dir) / "schema.pbtxt")).with_id(ids.SCHEMA_GEN)
     # Anomalies of each split against the schema.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
-        exclude_splits=SIDE_SPLITS)
+        exclude_splits=list(SIDE_SPLITS)).with_id(ids.EXAMPLE_VALIDATOR)
     # Stops the run on anomalies, train/eval skew, or drift from the last good run.
     data_gate = DataGate(
         statistics=statistics_gen.outputs["statistics"],
@@ -101,7 +69,7 @@ def create_pipeline(
         anomalies=example_validator.outputs["anomalies"],
         config_json=config_json,
         baseline_dir=str(cfg.root / "drift_baseline"),
-    )
+    ).with_id(ids.DATA_GATE)
     # Feature logic (trainer/preprocessing.py), analyzed on train. Not materialized:
     # the trainers apply the graph to raw examples (and export it inside the models).
     transform = tfx.components.Transform(
@@ -109,15 +77,13 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         preprocessing_fn="trainer.preprocessing.preprocessing_fn",
         custom_config={"side_features": cfg.side_features(), "code_fingerprint": code_fingerprint()},
-        splits_config=tfx.proto.SplitsConfig(analyze=["train"]),
+        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN]),
         materialize=False,
-    )
+    ).with_id(ids.TRANSFORM)
     transform.add_upstream_node(data_gate)
     components += [example_builder, statistics_gen, schema_gen, example_validator, data_gate, transform]
 
     if stage != DATA_STAGE:
-        from tfx_pipeline.training_stage import training_components
-
         components += training_components(cfg, example_builder, schema_gen, transform)
 
     metadata = (

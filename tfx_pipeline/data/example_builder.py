@@ -27,27 +27,17 @@ import pandas as pd
 import pyarrow as pa
 from tfx_bsl.coders import example_coder
 
-from tfx_pipeline import splits
+from tfx_pipeline.data import splits
 from trainer import features as F
+from trainer.artifacts import (CANDIDATES_SPLIT, EXPOSURES_SPLIT, LATEST_SPAN_SPLIT, SPLIT_DIR,  # noqa: F401
+                               USER_STATE_SPLIT)
 
-SPLIT_DIR = "Split-{}"
-CANDIDATES_SPLIT = "items"
-USER_STATE_SPLIT = "users"
-# Spans datasets only: the examples of the run's (newest) span, again, whatever their
-# train/eval split, so the new span alone is validated and compared with the previous one.
-LATEST_SPAN_SPLIT = "latest_span"
-# Spans datasets with logged exposures (`recsys feedback build-span`): items shown and not
-# acted on, as ranking negatives (engaged 0, no rating: the ranking trainer weighs their
-# rating loss 0). Not interactions: no statistics, no schema check.
-EXPOSURES_SPLIT = F.EXPOSURES_SPLIT
-ALL_SPLITS = (*splits.SPLIT_NAMES, CANDIDATES_SPLIT, USER_STATE_SPLIT)
-SIDE_SPLITS = [CANDIDATES_SPLIT, USER_STATE_SPLIT, EXPOSURES_SPLIT]  # no stats, no Transform
 
 
 # -- rows -> serialized tf.Examples --------------------------------------------
 # Rows are plain dicts of lists; they are encoded in batches by tfx_bsl's C++
-# RecordBatch -> tf.Example encoder, because building tf.train.Example protos in
-# Python (protobuf 3.20 has no C++ backend on Python 3.11) costs ~1 ms a row.
+# RecordBatch -> tf.Example encoder (Arrow columns in, serialized protos out), which
+# avoids building one tf.train.Example message per row in Python.
 
 _ARROW_TYPES = {"bytes": pa.list_(pa.binary()), "int": pa.list_(pa.int64()), "float": pa.list_(pa.float32())}
 
@@ -226,7 +216,7 @@ def build_examples(
     Events with a ``span`` column (a spans dataset) also fill LATEST_SPAN_SPLIT;
     ``exposures`` (tables.load_exposures) with engaged 0 fill EXPOSURES_SPLIT.
     """
-    from tfx_pipeline.tables import SPAN_COLUMN, catalogue
+    from tfx_pipeline.data.tables import SPAN_COLUMN, catalogue
 
     ex_cfg = cfg.examples
     side_kinds = cfg.side_features()

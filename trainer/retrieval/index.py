@@ -94,7 +94,7 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
     import tensorflow as tf
 
     from serving import names
-    from trainer.export import ScannRetrievalModule
+    from trainer.retrieval.export import ScannRetrievalModule
 
     base = tf.saved_model.load(brute_force_dir)
     embeddings = base.candidate_embeddings.numpy()
@@ -128,7 +128,7 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
         raise IndexRecallError(
             f"ScaNN recall@10 {report['recall@10']:.3f} against exact search is below the floor {recall_floor} "
             f"(params {params}); raise num_leaves_to_search / num_reordering_candidates or lower "
-            "trainer.index.recall_floor")
+            "trainer.retrieval.index.recall_floor")
     ScannRetrievalModule(base, layer, max_k, fetch_k).save(out_dir)
     extra = os.path.join(brute_force_dir, names.WARMUP_DIR)
     if os.path.isdir(extra):

@@ -8,17 +8,16 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 from serving import names
+from tfx_pipeline import component_ids as ids
+from tfx_pipeline.cache_keys import code_fingerprint
 from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
 from tfx_pipeline.config import PipelineConfig
-from tfx_pipeline.pipeline import code_fingerprint
 from trainer.gate import ranking_eval_config
-from trainer.hparams import parse_trainer_config, to_json
+from trainer.artifacts import EVAL, TRAIN
+from trainer.hparams import sections as config_sections
 
-RETRIEVAL_TRAINER = "RetrievalTrainer"
-RANKING_TRAINER = "RankingTrainer"
-TUNER_IDS = {"retrieval": "RetrievalTuner", "ranking": "RankingTuner"}
 
 
 def _latest_blessed(trainer_id: str, gate_id: str):
@@ -27,7 +26,7 @@ def _latest_blessed(trainer_id: str, gate_id: str):
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model, producer_component_id=trainer_id),
         model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=gate_id),
-    ).with_id(f"LatestBlessed{trainer_id}")
+    ).with_id(ids.latest_blessed(trainer_id))
 
 
 def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_name: str):
@@ -37,7 +36,7 @@ def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_
         infra_blessing=infra_blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(cfg.serving_root / model_name))),
-    ).with_id(f"Push_{model_name}")
+    ).with_id(ids.pusher(model_name))
 
 
 def _tuners(trainer_cfg, sections: dict, common: dict) -> dict:
@@ -45,7 +44,7 @@ def _tuners(trainer_cfg, sections: dict, common: dict) -> dict:
     if not trainer_cfg.tuning.enabled:
         return {}
     tuners = {}
-    for kind, tuner_id in TUNER_IDS.items():
+    for kind, tuner_id in ids.TUNERS.items():
         # Only this model's section and the tuning settings: the other model's changes keep the cache.
         custom_config = {**common["custom_config"], "trainer": {kind: sections[kind], "tuning": sections["tuning"]}}
         tuners[kind] = tfx.components.Tuner(tuner_fn=f"trainer.tuning.{kind}_tuner_fn",
@@ -58,8 +57,8 @@ def _best_hyperparameters(tuners: dict, kind: str):
 
 
 def training_components(cfg: PipelineConfig, example_builder, schema_gen, transform) -> list:
-    trainer_cfg = parse_trainer_config(cfg.trainer)  # fails early on unknown keys
-    sections = json.loads(to_json(trainer_cfg))
+    trainer_cfg = cfg.trainer  # typed and checked when the config was loaded
+    sections = config_sections(trainer_cfg)
     # Each component gets only the sections it uses, so changing the gate re-runs the
     # gate and not the trainers (TFX's cache key includes every execution property).
     custom_config = {
@@ -67,7 +66,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         "history_length": cfg.examples.history_length,
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
                     "warm_start": sections["warm_start"]},
-        "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see pipeline.py)
+        "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see cache_keys.py)
     }
     gate_json = json.dumps(sections["gate"])
     index_json = json.dumps({"retrieval": sections["retrieval"], "index": sections["index"]})
@@ -75,8 +74,8 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         examples=example_builder.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN]),
+        eval_args=tfx.proto.EvalArgs(splits=[EVAL]),
         custom_config=custom_config,
     )
     # Optional KerasTuner search per model; the Trainer gets its best values (fn_args.hyperparameters).
@@ -85,22 +84,22 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     # (new ids get fresh rows; trainer/warm_start.py) and the gates compare against it.
     # With warm start off the trainers don't take it, so unchanged data stays CACHED (TFX's
     # cache key covers every input, and a new blessing is a new input).
-    retrieval_baseline = _latest_blessed(RETRIEVAL_TRAINER, "RetrievalGate")
-    ranking_baseline = _latest_blessed(RANKING_TRAINER, "RankingGate")
+    retrieval_baseline = _latest_blessed(ids.RETRIEVAL_TRAINER, ids.RETRIEVAL_GATE)
+    ranking_baseline = _latest_blessed(ids.RANKING_TRAINER, ids.RANKING_GATE)
     warm = trainer_cfg.warm_start.enabled
-    # Two-tower retrieval (trainer/retrieval_trainer.py): brute-force export + metrics.
-    retrieval = tfx.components.Trainer(run_fn="trainer.retrieval_trainer.run_fn",
+    # Two-tower retrieval (trainer/retrieval/train.py): brute-force export + metrics.
+    retrieval = tfx.components.Trainer(run_fn="trainer.retrieval.train.run_fn",
                                        base_model=retrieval_baseline.outputs["model"] if warm else None,
                                        hyperparameters=_best_hyperparameters(tuners, "retrieval"),
-                                       **common).with_id(RETRIEVAL_TRAINER)
-    # DCN-v2 multitask ranking (trainer/ranking_trainer.py).
-    ranking = tfx.components.Trainer(run_fn="trainer.ranking_trainer.run_fn",
+                                       **common).with_id(ids.RETRIEVAL_TRAINER)
+    # DCN-v2 multitask ranking (trainer/ranking/train.py).
+    ranking = tfx.components.Trainer(run_fn="trainer.ranking.train.run_fn",
                                      base_model=ranking_baseline.outputs["model"] if warm else None,
                                      hyperparameters=_best_hyperparameters(tuners, "ranking"),
-                                     **common).with_id(RANKING_TRAINER)
+                                     **common).with_id(ids.RANKING_TRAINER)
     # Bless only what clears the floors and does not regress against the latest blessed model.
     retrieval_gate = ModelGate(model=retrieval.outputs["model"], baseline_model=retrieval_baseline.outputs["model"],
-                               kind="retrieval", gate_json=gate_json).with_id("RetrievalGate")
+                               kind="retrieval", gate_json=gate_json).with_id(ids.RETRIEVAL_GATE)
     # Ranking through TFMA: RMSE (rating head) and AUC (engagement head) on the eval split,
     # value thresholds and change thresholds against the latest blessed ranking model.
     ranking_gate = tfx.components.Evaluator(
@@ -108,11 +107,11 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         model=ranking.outputs["model"],
         baseline_model=ranking_baseline.outputs["model"],
         eval_config=ranking_eval_config(trainer_cfg.gate),
-        example_splits=["eval"],
-    ).with_id("RankingGate")
+        example_splits=[EVAL],
+    ).with_id(ids.RANKING_GATE)
     # ScaNN over every candidate; fails the run below the recall floor.
     index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
-                         trainer_json=index_json)
+                         trainer_json=index_json).with_id(ids.INDEX_BUILDER)
     components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index]
     components += list(tuners.values())
 
@@ -124,7 +123,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     for model_name, model_channel, gate in served:
         # Load in the model server on a free port and replay the warmup requests.
         infra = InfraValidator(model=model_channel, blessing=gate.outputs["blessing"],
-                               model_name=model_name).with_id(f"InfraValidate_{model_name}")
+                               model_name=model_name).with_id(ids.infra_validator(model_name))
         # Versioned directory <serving base>/<model>/<version>/ when blessed and infra-blessed.
         pusher = _pusher(model_channel, gate.outputs["blessing"], infra.outputs["infra_blessing"], cfg, model_name)
         components += [infra, pusher]

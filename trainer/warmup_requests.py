@@ -39,7 +39,7 @@ def query_inputs(users: dict, user_features: dict, rows: list[int], unknown: boo
 
 
 def write_retrieval_warmup(export_dir: str, users: dict, user_features: dict, item_ids, model: str = names.RETRIEVAL_MODEL) -> None:
-    from serving.model_server.warmup import write_warmup_requests
+    from serving.model_server.warmup_file import write_warmup_requests
 
     rows = list(range(min(2, len(users[F.USER_ID]))))
     reqs = []
@@ -56,7 +56,7 @@ def write_retrieval_warmup(export_dir: str, users: dict, user_features: dict, it
 
 
 def write_ranking_warmup(export_dir: str, users: dict, user_features: dict, item_ids, model: str = names.RANKING_MODEL) -> None:
-    from serving.model_server.warmup import write_warmup_requests
+    from serving.model_server.warmup_file import write_warmup_requests
 
     rows = list(range(min(2, len(users[F.USER_ID]))))
     cands = np.array([[str(i).encode() for i in list(item_ids)[:4]] + [b"__warmup_unknown__"]] * len(rows), dtype=object)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tfx_pipeline.config import PipelineConfig, resolve_path
-from tfx_pipeline.tables import DataError, _read, load_events
+from tfx_pipeline.data.tables import DataError, _read, load_events
 from trainer import features as F
 
 

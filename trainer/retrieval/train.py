@@ -24,8 +24,8 @@ import tensorflow as tf
 from serving import names
 from trainer import export, features as F, raw_data, retrieval_metrics
 from trainer.hparams import parse_trainer_config
-from trainer.retrieval_model import RetrievalModel, add_sampling_probability
-from trainer.towers import build_towers
+from trainer.retrieval.model import RetrievalModel, add_sampling_probability
+from trainer.encoders import build_towers
 from trainer.training_logs import log
 from trainer.training_setup import fit_callbacks, prepare
 from trainer.warm_start import maybe_warm_start, save_state
@@ -122,7 +122,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     save_state(model, transform_dir, os.path.dirname(serving_dir.rstrip("/")))
     metrics, (eval_queries, eval_users) = evaluate(examples_uri, spec, resolver, cand_emb, item_ids, user_features, candidates["counts"])
     export.save(module, serving_dir, user_features)
-    from trainer.warmup import write_retrieval_warmup
+    from trainer.warmup_requests import write_retrieval_warmup
     write_retrieval_warmup(serving_dir, users, user_features, item_ids)
 
     os.makedirs(run_dir, exist_ok=True)

@@ -21,7 +21,8 @@ from pathlib import Path
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from trainer import features as F
+from serving import features as F
+from trainer.artifacts import TRAIN, split_dir
 
 TRAINING, SERVING = "TRAINING", "SERVING"
 SERVING_ABSENT = (F.RATING_LABEL, F.ENGAGED_LABEL, F.TIMESTAMP)
@@ -77,15 +78,15 @@ def _observed_range(stats, name: str) -> tuple[float, float]:
 
 def infer_schema(cfg, out_path: Path | None = None) -> Path:
     """Builds examples from cfg's data, infers and curates a schema, writes it."""
-    from tfx_pipeline.example_builder import build_examples
+    from tfx_pipeline.data.example_builder import build_examples
     from tfx_pipeline.config import resolve_path
-    from tfx_pipeline.tables import load_tables
+    from tfx_pipeline.data.tables import load_tables
 
     events, users, items = load_tables(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         build_examples(events, users, items, cfg, tmp)
         stats = tfdv.generate_statistics_from_tfrecord(
-            os.path.join(tmp, "Split-train", "*.gz"),
+            os.path.join(split_dir(tmp, TRAIN), "*.gz"),
             stats_options=tfdv.StatsOptions(),
             pipeline_options=None,
         )

@@ -17,9 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TRAIN = "train"
-EVAL = "eval"
-SPLIT_NAMES = (TRAIN, EVAL)
+from trainer.artifacts import EVAL, INTERACTION_SPLITS as SPLIT_NAMES, TRAIN  # noqa: F401  (the split names)
+
 STRATEGIES = ("global_time", "per_user")
 
 

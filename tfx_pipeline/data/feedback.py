@@ -36,7 +36,7 @@ from serving import names
 from serving.client_tensors import make_ndarray
 from serving.model_server import request_log
 from tfx_pipeline.config import PipelineConfig, load_config, resolve_path
-from tfx_pipeline.tables import DataError, load_events
+from tfx_pipeline.data.tables import DataError, load_events
 from trainer import features as F
 
 EXPOSURE_COLUMNS = ("request_id", "user_id", "item_id", "position", "request_timestamp", "model_name",

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import features as F
-from trainer.towers import Tower
+from trainer.retrieval.towers import Tower
 
 SAMPLING_PROBABILITY = "sampling_probability"
 

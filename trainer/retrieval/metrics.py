@@ -125,7 +125,7 @@ def build_eval_task(
         eval_events: same columns; the eval split, whose distinct (user, item) pairs
             are the ground truth.
         item_ids: the candidate catalogue, [num_items] unique ids (e.g.
-            ``tfx_pipeline.tables.catalogue(events, items)``). Eval events on items
+            ``tfx_pipeline.data.tables.catalogue(events, items)``). Eval events on items
             outside it are dropped and counted in ``num_dropped_eval_events``.
         user_col: user id column name.
         item_col: item id column name.

@@ -31,7 +31,7 @@ import tensorflow as tf
 from trainer import export, features as F, raw_data, ranking_export
 from trainer.hparams import parse_trainer_config
 from trainer.model_inputs import FeatureLayout
-from trainer.ranking_model import ENGAGEMENT_LOGIT, RATING, RankingModel
+from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel
 from trainer.training_logs import log
 from trainer.training_setup import fit_callbacks, prepare
 from trainer.warm_start import maybe_warm_start, save_state
@@ -226,7 +226,7 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     module = ranking_export.RankingModule(resolver, model, items[F.ITEM_ID], item_rows, user_features, raw_spec=spec)
     ranking_export.save(module, serving_dir)
     save_state(model, transform_dir, os.path.dirname(serving_dir.rstrip("/")))
-    from trainer.warmup import write_ranking_warmup
+    from trainer.warmup_requests import write_ranking_warmup
     write_ranking_warmup(serving_dir, users, user_features, [v.decode() for v in items[F.ITEM_ID]])
 
     os.makedirs(run_dir, exist_ok=True)

@@ -159,7 +159,7 @@ def selected_spans(cfg: PipelineConfig) -> list | None:
     """
     if cfg.data.spans is None:
         return None
-    from tfx_pipeline import spans
+    from tfx_pipeline.data import spans
 
     return spans.select_spans(cfg.data.spans, cfg.data.events.path)
 
@@ -169,7 +169,7 @@ def table_paths(cfg: PipelineConfig, selected: list | None = None) -> dict[str, 
     if cfg.data.spans is None:
         return {name: resolve_path(t.path) for name, t in
                 (("events", cfg.data.events), ("users", cfg.data.users), ("items", cfg.data.items)) if t}
-    from tfx_pipeline import spans
+    from tfx_pipeline.data import spans
 
     selected = selected or selected_spans(cfg)
     out = {"events": selected[-1].directory / cfg.data.events.path}

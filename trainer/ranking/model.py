@@ -27,7 +27,7 @@ import tensorflow_recommenders as tfrs
 
 from trainer import features as F
 from trainer.model_inputs import FeatureLayout
-from trainer.towers import ItemEncoder, QueryEncoder, _embedding
+from trainer.encoders import ItemEncoder, QueryEncoder, embedding
 
 RATING = "rating"
 ENGAGEMENT_LOGIT = "engagement_logit"
@@ -59,7 +59,7 @@ class RankingModel(tfrs.Model):
         super().__init__()
         self.hp = hp
         ehp = encoder_hparams(hp)
-        self.item_embedding = _embedding(layout.num_items, ehp.id_embedding_dim, "emb_item_id")
+        self.item_embedding = embedding(layout.num_items, ehp.id_embedding_dim, "emb_item_id")
         self.query_encoder = QueryEncoder(layout, self.item_embedding, ehp, history_length, name="query_encoder")
         self.item_encoder = ItemEncoder(layout, self.item_embedding, ehp.feature_embedding_dim, name="item_encoder")
         self.cross_layers = [tfrs.layers.dcn.Cross(projection_dim=cross_projection_dim, kernel_initializer="glorot_uniform",

@@ -1,4 +1,4 @@
-"""Feature encoders and the two retrieval towers.
+"""Feature encoders shared by the retrieval towers and the ranking model.
 
 All index inputs are shifted so that 0 is padding (trainer/model_inputs.py).
 The item-id embedding table is shared by the history encoder and the candidate
@@ -64,11 +64,11 @@ class HistoryEncoder(tf.keras.layers.Layer):
         return self.pool(x, ids)
 
 
-def _embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
+def embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
     return tf.keras.layers.Embedding(rows, dim, name=name, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
 
 
-def _mlp(units, out_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
+def mlp(units, out_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
     layers = []
     for u in units:
         layers += [tf.keras.layers.Dense(u, activation="relu"), tf.keras.layers.Dropout(dropout)]
@@ -85,7 +85,7 @@ class ItemEncoder(tf.keras.layers.Layer):
         self.layout, self.item_embedding, self.use_id, self.use_content = layout, item_embedding, use_id, use_content
         self.pool = MaskedMean()
         names = (*layout.item_cats, *layout.item_lists, *[k + F.BUCKET_SUFFIX for k in layout.item_nums])
-        self.embeddings = {n: _embedding(layout.sizes[n], feature_dim, f"emb_{n}") for n in names} if use_content else {}
+        self.embeddings = {n: embedding(layout.sizes[n], feature_dim, f"emb_{n}") for n in names} if use_content else {}
 
     def call(self, x):
         parts = []
@@ -109,11 +109,11 @@ class QueryEncoder(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.layout, self.hp = layout, hp
         d = hp.feature_embedding_dim
-        self.user_embedding = _embedding(layout.num_users, hp.id_embedding_dim, "emb_user_id")
+        self.user_embedding = embedding(layout.num_users, hp.id_embedding_dim, "emb_user_id")
         names = (*layout.user_cats, *[k + F.BUCKET_SUFFIX for k in layout.user_nums])
-        self.embeddings = {n: _embedding(layout.sizes[n], d, f"emb_{n}") for n in names}
-        self.hour = _embedding(F.HOURS_IN_DAY + 1, d, "emb_hour")
-        self.day = _embedding(F.DAYS_IN_WEEK + 1, d, "emb_day")
+        self.embeddings = {n: embedding(layout.sizes[n], d, f"emb_{n}") for n in names}
+        self.hour = embedding(F.HOURS_IN_DAY + 1, d, "emb_hour")
+        self.day = embedding(F.DAYS_IN_WEEK + 1, d, "emb_day")
         self.history = HistoryEncoder(hp.history_encoder, item_embedding, hp.id_embedding_dim, history_len,
                                       heads=hp.attention_heads, dropout=hp.dropout)
 
@@ -133,24 +133,3 @@ class QueryEncoder(tf.keras.layers.Layer):
             parts += [self.hour(x[F.HOUR_OF_DAY]), self.day(x[F.DAY_OF_WEEK]),
                       tf.expand_dims(tf.cast(x[F.RECENCY_Z], tf.float32), -1)]
         return tf.concat(parts, axis=-1)
-
-
-class Tower(tf.keras.Model):
-    """Encoder -> MLP -> L2-normalized embedding [B, D]."""
-
-    def __init__(self, encoder: tf.keras.layers.Layer, hp, name: str):
-        super().__init__(name=name)
-        self.encoder = encoder
-        self.mlp = _mlp(hp.hidden_units, hp.embedding_dim, hp.dropout, f"{name}_mlp")
-
-    def call(self, x, training=False):
-        kwargs = {"training": training} if isinstance(self.encoder, QueryEncoder) else {}
-        return tf.math.l2_normalize(self.mlp(self.encoder(x, **kwargs), training=training), axis=-1)
-
-
-def build_towers(layout: FeatureLayout, hp, history_len: int) -> tuple[Tower, Tower]:
-    item_embedding = _embedding(layout.num_items, hp.id_embedding_dim, "emb_item_id")
-    query = Tower(QueryEncoder(layout, item_embedding, hp, history_len), hp, "query_tower")
-    candidate = Tower(ItemEncoder(layout, item_embedding, hp.feature_embedding_dim, hp.use_item_id,
-                                  hp.use_content_features), hp, "candidate_tower")
-    return query, candidate

@@ -1,0 +1,1 @@
+"""Pipeline wiring: which TFX components run, in what order, with which inputs."""

@@ -1,0 +1,1 @@
+"""DCN-v2 multitask ranking: model, training run_fn, export."""
