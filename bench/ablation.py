@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
+    from trainer.hparams import sections, trainer_config
     from trainer.retrieval.train import train_and_export
 
     base = load_config(args.config)
@@ -72,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
     for name in args.variants.split(","):
-        overrides = {**cfg.trainer.get("retrieval", {}), **VARIANTS[name], **extra}
+        overrides = {**sections(cfg.trainer)["retrieval"], **VARIANTS[name], **extra}
         if args.epochs:
             overrides["epochs"] = args.epochs
-        trainer_cfg = {**cfg.trainer, "retrieval": overrides}
+        trainer_cfg = {**sections(cfg.trainer), "retrieval": overrides}
         with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
             m = train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                                 cfg.side_features(), cfg.examples.history_length, trainer_cfg)
+                                 cfg.side_features(), cfg.examples.history_length, trainer_config(trainer_cfg))
             rows.append({"variant": name, "overrides": VARIANTS[name], **m["model"],
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
             popularity = m["popularity"]

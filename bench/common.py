@@ -169,7 +169,9 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
     from tiny_pipeline import build_tiny_pipeline
 
     from serving import names
-    from trainer import ranking_trainer, retrieval_trainer
+    from trainer.hparams import trainer_config
+    from trainer.ranking import train as ranking_trainer
+    from trainer.retrieval import train as retrieval_trainer
     from trainer.retrieval.index import build_scann_export
 
     root = Path(root)
@@ -179,10 +181,10 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
     bf = serving / names.RETRIEVAL_BRUTE_FORCE_MODEL / "1"
     run = root / "run" / "retrieval"
     retrieval_trainer.train_and_export(tiny.examples_uri, tiny.transform_dir, str(bf), str(run), tiny.side_features,
-                                       tiny.history_length, {"retrieval": small})
+                                       tiny.history_length, trainer_config({"retrieval": small}))
     ranking_trainer.train_and_export(tiny.examples_uri, tiny.transform_dir, str(serving / names.RANKING_MODEL / "1"),
                                      str(root / "run" / "ranking"), tiny.side_features, tiny.history_length,
-                                     {"ranking": small})
+                                     trainer_config({"ranking": small}))
     queries = np.load(run / "eval_queries.npy")
     import tensorflow as tf
 

@@ -26,7 +26,8 @@ def tfrs_two_tower_ours(train_events, task, bcfg):
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
-    from trainer.retrieval.train import EVAL_QUERIES_FILE, EVAL_QUERY_USERS_FILE, train_and_export
+    from trainer.artifacts import EVAL_QUERIES_FILE, EVAL_QUERY_USERS_FILE
+    from trainer.retrieval.train import train_and_export
 
     base = bcfg.pipeline
     split = bcfg.extra["split"]

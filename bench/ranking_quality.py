@@ -7,7 +7,7 @@ RMSE of the predicted rating and AUC of the engagement label (rating >= the conf
 threshold). The tutorial model (TFRS "basic ranking" tutorial) embeds user id and
 item id (32 dims), concatenates them, applies Dense 256-64-1 and trains with MSE and
 Adagrad(0.1); its predicted rating is also its engagement score. Ours is trained by
-trainer/ranking_trainer.py on the pipeline's data half for the same split. Writes
+trainer/ranking/train.py on the pipeline's data half for the same split. Writes
 bench/results/ranking_quality_<dataset>_<split>.{json,md}.
 """
 
@@ -82,11 +82,12 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
+    from trainer.hparams import sections, trainer_config
     from trainer.ranking.train import train_and_export
 
     run_cfg = load_config(cfg.source_path, {"name": f"{cfg.name}_{split}", "examples": {"split": {"strategy": split}}})
     run_local(run_cfg, stage="data")
-    trainer_cfg = dict(run_cfg.trainer)
+    trainer_cfg = sections(run_cfg.trainer)
     if epochs:
         trainer_cfg["ranking"] = {**trainer_cfg.get("ranking", {}), "epochs": epochs}
     started = time.time()
@@ -94,7 +95,7 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
         m = train_and_export(latest(run_cfg.root, "ExampleBuilder", "examples"),
                              latest(run_cfg.root, "Transform", "transform_graph"),
                              os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                             run_cfg.side_features(), run_cfg.examples.history_length, trainer_cfg)
+                             run_cfg.side_features(), run_cfg.examples.history_length, trainer_config(trainer_cfg))
     return m, time.time() - started
 
 

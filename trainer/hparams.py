@@ -158,3 +158,26 @@ def with_tuned_values(cfg: TrainerConfig, kind: str, values: dict) -> TrainerCon
         raise ConfigError(f"tuned hyper-parameter(s) {unknown} are not trainer.{kind} keys; allowed: {sorted(fields)}")
     section = {**to_dict(current), **values}
     return dataclasses.replace(cfg, **{kind: build(type(current), section, f"trainer.{kind}")})
+
+
+def hyperparameter_values(hyperparameters) -> dict[str, Any]:
+    """The tuned values from what TFX hands run_fn as ``fn_args.hyperparameters``.
+
+    That is ``keras_tuner.HyperParameters.get_config()`` of the best trial, read back
+    from the Tuner's ``best_hyperparameters.txt`` JSON: ``{"space": [{"class_name":
+    "Float", "config": {...}}, ...], "values": {"learning_rate": 0.0012, ...}}``.
+    Also accepted: a ``keras_tuner.HyperParameters`` or a plain ``{name: value}``
+    mapping; ``None`` (no Tuner upstream) gives no values.
+    """
+    if hyperparameters is None:
+        return {}
+    if hasattr(hyperparameters, "get_config") and hasattr(hyperparameters, "values"):  # keras_tuner.HyperParameters
+        values = hyperparameters.values
+    elif isinstance(hyperparameters, dict):
+        values = hyperparameters["values"] if "values" in hyperparameters else hyperparameters
+    else:
+        raise ConfigError(f"hyperparameters: expected a HyperParameters config dict, got {type(hyperparameters)}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"hyperparameters: 'values' must be a mapping, got {values!r}")
+    # KerasTuner's own bookkeeping entries (Hyperband's tuner/epochs, ...) are not hyper-parameters.
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}

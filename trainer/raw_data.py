@@ -34,8 +34,13 @@ def raw_batches(files, spec: dict, batch_size: int = 4096) -> tf.data.Dataset:
 
 def read_numpy(files, spec: dict) -> dict[str, np.ndarray]:
     """A split as numpy: scalars [N]; variable-length features [N, L] padded with b"" / 0."""
-    parts: dict[str, list] = {k: [] for k in spec}
-    for batch in raw_batches(files, spec):
+    return to_numpy(raw_batches(files, spec), spec)
+
+
+def to_numpy(batches, keys) -> dict[str, np.ndarray]:
+    """Batches of raw features (dense or sparse) -> numpy, as ``read_numpy``."""
+    parts: dict[str, list] = {k: [] for k in keys}
+    for batch in batches:
         for key, value in batch.items():
             if isinstance(value, tf.SparseTensor):
                 default = b"" if value.dtype == tf.string else 0
@@ -51,6 +56,20 @@ def read_numpy(files, spec: dict) -> dict[str, np.ndarray]:
             chunks = [np.pad(c, [(0, 0), (0, width - c.shape[1])], constant_values=pad) for c in chunks]
         out[key] = np.concatenate(chunks) if chunks else np.array([])
     return out
+
+
+def read_split(files, spec: dict, tft_layer, layout: FeatureLayout, raw_keys=()) -> tuple[tf.data.Dataset, dict]:
+    """One pass over a split's files: (transformed rows, cached in memory; the ``raw_keys`` columns as numpy).
+
+    The rows are the model inputs of ``transformed_rows``, in file order; the raw columns
+    come from the same parsed batches, so the files are read once.
+    """
+    keys = tuple(raw_keys)
+    pairs = (raw_batches(files, spec)
+             .map(lambda raw: (to_model_inputs(tft_layer(raw), layout), {k: raw[k] for k in keys}))
+             .cache())
+    raw = to_numpy(pairs.map(lambda rows, cols: cols), keys)  # this pass fills the cache
+    return pairs.map(lambda rows, cols: rows).unbatch(), raw
 
 
 def transformed_rows(files, spec: dict, tft_layer, layout: FeatureLayout) -> tf.data.Dataset:

@@ -3,7 +3,7 @@
 Off by default; ``trainer.tuning.enabled: true`` adds a ``RetrievalTuner`` and a
 ``RankingTuner`` to the pipeline (tfx_pipeline/training_stage.py), and each Trainer
 receives its Tuner's best hyper-parameters (``fn_args.hyperparameters``, applied to
-the trainer config with ``apply_best_hyperparameters``). Tuning settings
+the trainer config by trainer/skeleton.py ``run_fn`` with ``hparams.with_tuned_values``). Tuning settings
 (trainer/hparams.py ``TuningConfig``)::
 
     trainer:
@@ -28,7 +28,7 @@ Objectives (computed on the eval split, after the epoch with the lowest eval los
 whose weights early stopping restores, as in the trainers):
 
 - retrieval: **Recall@100** (maximized), the user-level protocol of the trainer's
-  evaluation and of the retrieval gate (``retrieval_trainer.evaluate``). Not the eval
+  evaluation and of the retrieval gate (``RetrievalRecipe.evaluate`` in trainer/retrieval/train.py). Not the eval
   loss: the in-batch softmax loss changes scale with ``temperature``, so losses of
   trials with different temperatures are not comparable.
 - ranking: the **eval loss** (minimized), ``rating_loss_weight * MSE +
@@ -37,30 +37,24 @@ whose weights early stopping restores, as in the trainers):
   recorded with every trial too.
 
 Each trial builds, trains and evaluates the model with the trainers' own code
-(trainer/training_setup.py ``prepare``, the towers / models, ``raw_data.batched``,
-the evaluation functions); the data is read and transformed once per search.
+(trainer/skeleton.py ``fit_and_evaluate`` with the model's recipe); the data is read
+and transformed once per search.
 Models are not kept: the Trainer trains from scratch with the best values.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import tempfile
 from typing import Any, Callable
 
-import numpy as np
-
-# Light on purpose (run_fn imports apply_best_hyperparameters): KerasTuner (which
-# imports Keras 3) and the trainer modules are imported where used, which also keeps
-# the trainers free to import this module.
-from trainer.hparams import RankingHParams, RetrievalHParams, TuningConfig, parse_trainer_config
+# KerasTuner (which imports Keras 3) and the model recipes are imported where used: the
+# pipeline wiring imports this module to name the tuner_fns without loading TensorFlow.
+from trainer.hparams import RankingHParams, RetrievalHParams, TrainerConfig, TuningConfig, trainer_config, with_tuned_values
 from trainer.training_logs import log
 
 RETRIEVAL = "retrieval"
 RANKING = "ranking"
-HPARAMS = {RETRIEVAL: RetrievalHParams, RANKING: RankingHParams}
 
 
 def retrieval_search_space():
@@ -91,60 +85,6 @@ SEARCH_SPACES: dict[str, Callable[[], Any]] = {RETRIEVAL: retrieval_search_space
 # (metric name, direction) of each model's tuning objective (see the module docstring).
 OBJECTIVES = {RETRIEVAL: ("val_recall_at_100", "max"), RANKING: ("val_loss", "min")}
 
-
-# --- best hyper-parameters -> trainer config ---------------------------------------------
-
-def hyperparameter_values(hyperparameters) -> dict[str, Any]:
-    """The tuned values from what TFX hands run_fn as ``fn_args.hyperparameters``.
-
-    That is ``keras_tuner.HyperParameters.get_config()`` of the best trial, read back
-    from the Tuner's ``best_hyperparameters.txt`` JSON: ``{"space": [{"class_name":
-    "Float", "config": {...}}, ...], "values": {"learning_rate": 0.0012, ...}}``.
-    Also accepted: a ``keras_tuner.HyperParameters`` or a plain ``{name: value}``
-    mapping; ``None`` (no Tuner upstream) gives no values.
-    """
-    if hyperparameters is None:
-        return {}
-    if hasattr(hyperparameters, "get_config") and hasattr(hyperparameters, "values"):  # keras_tuner.HyperParameters
-        values = hyperparameters.values
-    elif isinstance(hyperparameters, dict):
-        values = hyperparameters["values"] if "values" in hyperparameters else hyperparameters
-    else:
-        raise ValueError(f"hyperparameters: expected a HyperParameters config dict, got {type(hyperparameters)}")
-    if not isinstance(values, dict):
-        raise ValueError(f"hyperparameters: 'values' must be a mapping, got {values!r}")
-    # KerasTuner's own bookkeeping entries (Hyperband's tuner/epochs, ...) are not hyper-parameters.
-    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
-
-
-def apply_best_hyperparameters(trainer_cfg: dict | None, hyperparameters: dict | None, kind: str) -> dict:
-    """A new trainer config dict with the tuned values set in ``trainer_cfg[kind]``.
-
-    ``trainer_cfg``: the ``trainer`` section (as in the Trainers' custom_config);
-    ``hyperparameters``: ``fn_args.hyperparameters`` (see ``hyperparameter_values``),
-    ``None`` when tuning is off (the config comes back unchanged, as a copy);
-    ``kind``: ``"retrieval"`` or ``"ranking"``. Tuned values override configured ones.
-    Names that are not fields of that model's hparams, or values the trainer would
-    reject, are errors. The input is not modified.
-    """
-    if kind not in HPARAMS:
-        raise ValueError(f"kind must be one of {sorted(HPARAMS)}, got {kind!r}")
-    out = copy.deepcopy(dict(trainer_cfg or {}))
-    values = hyperparameter_values(hyperparameters)
-    if not values:
-        return out
-    fields = {f.name for f in dataclasses.fields(HPARAMS[kind])}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ValueError(f"tuned hyper-parameter(s) {unknown} are not trainer.{kind} keys; allowed: {sorted(fields)}")
-    section = dict(out.get(kind) or {})
-    section.update(values)
-    out[kind] = section
-    parse_trainer_config(out)  # types and allowed values, checked as the trainer will
-    return out
-
-
-# --- the tuner ---------------------------------------------------------------------------
 
 @functools.cache
 def _trial_tuner_class():
@@ -194,131 +134,56 @@ def make_oracle(tuning: TuningConfig, kind: str):
     return kt.oracles.RandomSearchOracle(**common)
 
 
-def _early_stopping(patience: int):
-    import tensorflow as tf
+class Trials:
+    """Data read and transformed once per search; each call trains + evaluates one configuration.
 
-    # As trainer/training_setup.fit_callbacks (the best eval-loss epoch's weights are kept).
-    return tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    The trial is the trainers' own code: ``skeleton.fit_and_evaluate`` with the model's
+    recipe (build, fit with early stopping, evaluation), without export or warm start.
+    """
 
+    def __init__(self, kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
+                 config: TrainerConfig, epochs: int):
+        from trainer import skeleton
 
-def _best_epoch(history: dict) -> int:
-    return int(np.argmin(history["val_loss"]))
-
-
-class RetrievalTrials:
-    """Data read and transformed once; each call trains + evaluates one retrieval configuration."""
-
-    def __init__(self, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                 trainer_cfg: dict, epochs: int):
-        import tensorflow as tf
-
-        from trainer import export, features as F, raw_data, retrieval_trainer
-        from trainer.retrieval.model import add_sampling_probability
-        from trainer.training_setup import prepare
-
-        self.examples_uri, self.history_length, self.epochs = examples_uri, history_length, epochs
-        self.trainer_cfg = trainer_cfg
-        hp = parse_trainer_config(trainer_cfg).retrieval
-        self.ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
-        ctx, spec, layout = self.ctx, self.ctx.raw_spec, self.ctx.layout
-        # Datasets as in retrieval_trainer.train_and_export (batch size and seed are not tuned).
-        counts = np.zeros(layout.num_items, dtype=np.int64)
-        for ids in ctx.train_rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
-            np.add.at(counts, ids.numpy(), 1)
-        sampling = add_sampling_probability(tf.constant(counts + 1))
-        batch_size = hp.batch_size * ctx.replicas
-        self.train_ds = raw_data.batched(ctx.train_rows, batch_size, True, hp.seed, sampling)
-        self.eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed, sampling)
-        # Candidates (every catalogue item) as model inputs, and the stored user state.
-        items = raw_data.read_numpy(raw_data.split_files(examples_uri, "items"),
-                                    raw_data.subset_spec(spec, raw_data.item_keys(spec)))
-        item_lists = [k for k, v in ctx.item_features.items() if v == F.MULTI_VALUED]
-        self.item_inputs = export.raw_to_model_inputs({k: tf.constant(v) for k, v in items.items()}, ctx.tft_layer,
-                                                      layout, list_keys=item_lists)
-        self.item_ids = retrieval_trainer._as_str(items[F.ITEM_ID])
-        self.users = raw_data.read_numpy(raw_data.split_files(examples_uri, "users"),
-                                         raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
+        self.kind, self.config, self.epochs = kind, config, epochs
+        self.recipe = _recipe(kind)
+        hp = getattr(config, kind)
+        self.data = skeleton.load_data(examples_uri, transform_dir, side_features, history_length,
+                                       self.recipe.raw_keys(side_features), hp.seed, hp.mixed_precision)
 
     def __call__(self, values: dict) -> dict:
-        import tensorflow as tf
+        from trainer import skeleton
 
-        from trainer import export, retrieval_trainer
-        from trainer.retrieval.model import RetrievalModel
-        from trainer.encoders import build_towers
-
-        hp = parse_trainer_config(apply_best_hyperparameters(self.trainer_cfg, values, RETRIEVAL)).retrieval
-        ctx = self.ctx
-        tf.keras.utils.set_random_seed(hp.seed)  # every trial starts from the same seed
-        with ctx.strategy.scope():  # as retrieval_trainer.train_and_export
-            query_tower, candidate_tower = build_towers(ctx.layout, hp, self.history_length)
-            model = RetrievalModel(query_tower, candidate_tower, hp)
-            model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-        fit = model.fit(self.train_ds, validation_data=self.eval_ds, epochs=self.epochs,
-                        callbacks=[_early_stopping(hp.early_stopping_patience)], verbose=2)
-        cand_emb = candidate_tower(self.item_inputs, training=False).numpy()
-        resolver = export.QueryResolver(ctx.tft_layer, query_tower, ctx.layout, ctx.user_features, self.users,
-                                        self.history_length)
-        # The popularity baseline is not needed here: zero counts.
-        metrics, _ = retrieval_trainer.evaluate(self.examples_uri, ctx.raw_spec, resolver, cand_emb, self.item_ids,
-                                                ctx.user_features, np.zeros(len(self.item_ids)))
-        m = metrics["model"]
-        out = {"val_recall_at_100": m["recall@100"], "val_recall_at_10": m["recall@10"], "val_ndcg_at_10": m["ndcg@10"],
-               "val_loss": float(fit.history["val_loss"][_best_epoch(fit.history)])}
-        log(f"tuning retrieval: {values} -> {out}")
+        hp = getattr(with_tuned_values(self.config, self.kind, values), self.kind)
+        result = skeleton.fit_and_evaluate(self.recipe, self.data, hp, epochs=self.epochs)
+        best = result.metrics["best_epoch"] - 1
+        out = {"val_loss": float(result.history["val_loss"][best])}
+        if self.kind == RETRIEVAL:
+            m = result.metrics["model"]
+            out.update({"val_recall_at_100": m["recall@100"], "val_recall_at_10": m["recall@10"],
+                        "val_ndcg_at_10": m["ndcg@10"]})
+        else:
+            for name in ("val_rmse", "val_auc"):  # the heads' metrics (ranking/model.py), same epoch
+                if name in result.history:
+                    out[name] = float(result.history[name][best])
+        log(f"tuning {self.kind}: {values} -> {out}")
         return out
 
 
-class RankingTrials:
-    """Data read and transformed once; each call trains + evaluates one ranking configuration."""
-
-    def __init__(self, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                 trainer_cfg: dict, epochs: int):
-        from trainer import ranking_trainer, raw_data
-        from trainer.training_setup import prepare
-
-        self.history_length, self.epochs, self.trainer_cfg = history_length, epochs, trainer_cfg
-        hp = parse_trainer_config(trainer_cfg).ranking
-        self.ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
-        ctx = self.ctx
-        # Datasets and head initialisation as in ranking_trainer.train_and_export.
-        self.rating_mean, self.engaged_rate, _, _ = ranking_trainer._train_stats(ctx.train_rows, ctx.layout.num_items)
-        batch_size = hp.batch_size * ctx.replicas
-        train_rows, _ = ranking_trainer._with_exposures(ctx, examples_uri, hp.use_exposures)  # as train_and_export
-        self.train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed)
-        self.eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed)
-
-    def __call__(self, values: dict) -> dict:
-        import tensorflow as tf
-
-        from trainer.ranking.model import RankingModel
-
-        hp = parse_trainer_config(apply_best_hyperparameters(self.trainer_cfg, values, RANKING)).ranking
-        ctx = self.ctx
-        tf.keras.utils.set_random_seed(hp.seed)
-        with ctx.strategy.scope():  # as ranking_trainer.train_and_export
-            model = RankingModel(ctx.layout, hp, self.history_length, rating_mean=self.rating_mean,
-                                 engagement_rate=self.engaged_rate)
-            model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-        fit = model.fit(self.train_ds, validation_data=self.eval_ds, epochs=self.epochs,
-                        callbacks=[_early_stopping(hp.early_stopping_patience)], verbose=2)
-        best = _best_epoch(fit.history)
-        out = {"val_loss": float(fit.history["val_loss"][best])}
-        for name in ("val_rmse", "val_auc"):  # the heads' metrics (ranking_model.py), same epoch
-            if name in fit.history:
-                out[name] = float(fit.history[name][best])
-        log(f"tuning ranking: {values} -> {out}")
-        return out
-
-
-TRIALS = {RETRIEVAL: RetrievalTrials, RANKING: RankingTrials}
+def _recipe(kind: str):
+    if kind == RETRIEVAL:
+        from trainer.retrieval.train import RECIPE
+    else:
+        from trainer.ranking.train import RECIPE
+    return RECIPE
 
 
 def build_tuner(kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                trainer_cfg: dict, directory: str):
-    """The tuner for one model; ``trainer_cfg`` is the trainer section (with ``tuning``)."""
-    tuning = parse_trainer_config(trainer_cfg).tuning
-    trials = TRIALS[kind](examples_uri, transform_dir, side_features, history_length, trainer_cfg,
-                          tuning.epochs_per_trial)
+                config: TrainerConfig, directory: str):
+    """The tuner for one model; ``config`` is the typed trainer config (with ``tuning``)."""
+    tuning = config.tuning
+    trials = Trials(kind, examples_uri, transform_dir, side_features, history_length, config,
+                    tuning.epochs_per_trial)
     log(f"tuning {kind}: {tuning.algorithm} search, {tuning.max_trials} trial(s) of {tuning.epochs_per_trial} "
         f"epoch(s), objective {OBJECTIVES[kind][0]} ({OBJECTIVES[kind][1]})")
     return make_tuner(make_oracle(tuning, kind), trials, directory=directory, project_name=f"{kind}_tuning",
@@ -337,7 +202,7 @@ def _tuner_fn(fn_args, kind: str):
         transform_dir=fn_args.transform_graph_path or fn_args.transform_output,
         side_features=cc["side_features"],
         history_length=cc["history_length"],
-        trainer_cfg=cc.get("trainer", {}),
+        config=trainer_config(cc.get("trainer", {})),
         directory=fn_args.working_dir or tempfile.mkdtemp(prefix=f"{kind}_tuning_"),
     )
     # The trials hold their data; nothing is passed through search().

@@ -1,7 +1,7 @@
 """Both gate outcomes, on hand-made metrics."""
 
 from trainer.gate import decide
-from trainer.hparams import GateConfig, parse_trainer_config
+from trainer.hparams import GateConfig, trainer_config
 
 import pytest
 
@@ -41,8 +41,8 @@ def test_ranking_eval_config_carries_the_gate_thresholds():
 
 
 def test_trainer_config_is_strict():
-    assert parse_trainer_config({"retrieval": {"epochs": 2}}).retrieval.epochs == 2
+    assert trainer_config({"retrieval": {"epochs": 2}}).retrieval.epochs == 2
     with pytest.raises(ValueError, match="unknown key"):
-        parse_trainer_config({"retrieval": {"epoch": 2}})
+        trainer_config({"retrieval": {"epoch": 2}})
     with pytest.raises(ValueError, match="expected an integer"):
-        parse_trainer_config({"ranking": {"epochs": "two"}})
+        trainer_config({"ranking": {"epochs": "two"}})

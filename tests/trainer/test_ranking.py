@@ -20,13 +20,14 @@ TRAINER_CFG = {"ranking": {"epochs": 2, "batch_size": 64, "embedding_dim": 8, "d
 
 @pytest.fixture(scope="module")
 def ranking(tiny_pipeline, tmp_path_factory):
+    from trainer.hparams import trainer_config
     from trainer.ranking.train import train_and_export
 
     root = tmp_path_factory.mktemp("ranking")
     serving_dir = str(root / "model" / "Format-Serving")
     run_dir = str(root / "model_run")
     metrics = train_and_export(tiny_pipeline.examples_uri, tiny_pipeline.transform_dir, serving_dir, run_dir,
-                               tiny_pipeline.side_features, tiny_pipeline.history_length, TRAINER_CFG,
+                               tiny_pipeline.side_features, tiny_pipeline.history_length, trainer_config(TRAINER_CFG),
                                log_dir=os.path.join(run_dir, "tensorboard"))
     loaded = tf.saved_model.load(serving_dir)
     return {"metrics": metrics, "serving_dir": serving_dir, "run_dir": run_dir, "model": loaded,

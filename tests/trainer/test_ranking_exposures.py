@@ -8,6 +8,7 @@ def test_ranking_trains_on_exposure_negatives(tmp_path):
     from tiny_pipeline import config, run_transform, tables
     from tfx_pipeline.data.example_builder import build_examples
     from trainer import features as F
+    from trainer.hparams import trainer_config
     from trainer.ranking.train import train_and_export
 
     events, users, items = tables(seed=2)
@@ -23,10 +24,10 @@ def test_ranking_trains_on_exposure_negatives(tmp_path):
     run_transform(ex, tr, cfg.side_features(), str(tmp_path / "tmp"))
     hp = {"ranking": {"epochs": 1, "batch_size": 128}}
     with_exposures = train_and_export(ex, tr, str(tmp_path / "m" / "Format-Serving"), str(tmp_path / "r"),
-                                      cfg.side_features(), cfg.examples.history_length, hp)
+                                      cfg.side_features(), cfg.examples.history_length, trainer_config(hp))
     assert with_exposures["num_exposure_negatives"] == 200
     assert with_exposures["num_train_examples"] == counts["train"]  # the baselines' rows: interactions only
     off = train_and_export(ex, tr, str(tmp_path / "m2" / "Format-Serving"), str(tmp_path / "r2"),
                            cfg.side_features(), cfg.examples.history_length,
-                           {"ranking": {**hp["ranking"], "use_exposures": False}})
+                           trainer_config({"ranking": {**hp["ranking"], "use_exposures": False}}))
     assert off["num_exposure_negatives"] == 0

@@ -10,7 +10,8 @@ import pytest
 
 import trainer  # noqa: F401  (Keras 2 before TensorFlow)
 from trainer import tuning
-from trainer.hparams import RankingHParams, RetrievalHParams, TuningConfig, parse_trainer_config
+from trainer.hparams import (RankingHParams, RetrievalHParams, TuningConfig, hyperparameter_values, trainer_config,
+                             with_tuned_values)
 
 # Small models on the tiny dataset: two one-epoch trials per model.
 TINY_TRAINER = {
@@ -24,25 +25,25 @@ TINY_TRAINER = {
 # --- config ------------------------------------------------------------------------------
 
 def test_tuning_config_defaults_off():
-    cfg = parse_trainer_config({})
+    cfg = trainer_config({})
     assert cfg.tuning == TuningConfig()
     assert cfg.tuning.enabled is False and cfg.tuning.algorithm == "random"
     assert cfg.tuning.max_trials >= 1 and cfg.tuning.epochs_per_trial >= 1
 
 
 def test_tuning_config_parses_and_rejects_bad_values():
-    cfg = parse_trainer_config({"tuning": {"enabled": True, "max_trials": 8, "algorithm": "bayesian"}}).tuning
+    cfg = trainer_config({"tuning": {"enabled": True, "max_trials": 8, "algorithm": "bayesian"}}).tuning
     assert (cfg.enabled, cfg.max_trials, cfg.algorithm, cfg.epochs_per_trial) == (True, 8, "bayesian", 2)
     with pytest.raises(ValueError, match="unknown key"):
-        parse_trainer_config({"tuning": {"max_trial": 3}})
+        trainer_config({"tuning": {"max_trial": 3}})
     with pytest.raises(ValueError, match="true/false"):
-        parse_trainer_config({"tuning": {"enabled": "yes"}})
+        trainer_config({"tuning": {"enabled": "yes"}})
     with pytest.raises(ValueError, match="integer"):
-        parse_trainer_config({"tuning": {"max_trials": 2.5}})
+        trainer_config({"tuning": {"max_trials": 2.5}})
     with pytest.raises(ValueError, match="algorithm"):
-        parse_trainer_config({"tuning": {"algorithm": "grid"}})
+        trainer_config({"tuning": {"algorithm": "grid"}})
     with pytest.raises(ValueError, match=">= 1"):
-        parse_trainer_config({"tuning": {"epochs_per_trial": 0}})
+        trainer_config({"tuning": {"epochs_per_trial": 0}})
 
 
 # --- search spaces -----------------------------------------------------------------------
@@ -59,7 +60,7 @@ def test_search_spaces(kind, cls, names):
     for name, value in space.values.items():
         assert value == getattr(defaults, name), name
     # Defaults and sampled values all parse as a trainer config.
-    tuning.apply_best_hyperparameters({}, space.get_config(), kind)
+    with_tuned_values(trainer_config({}), kind, hyperparameter_values(space.get_config()))
     import keras_tuner as kt
 
     oracle = tuning.make_oracle(TuningConfig(max_trials=5, seed=1), kind)
@@ -71,12 +72,12 @@ def test_search_spaces(kind, cls, names):
         sampled = kt.HyperParameters()
         for p in space.space:
             sampled.values[p.name] = p.random_sample(seed + 17)
-        tuning.apply_best_hyperparameters({}, sampled.values, kind)
+        with_tuned_values(trainer_config({}), kind, hyperparameter_values(sampled.values))
 
 
 # --- best values -> trainer config -------------------------------------------------------
 
-def test_apply_best_hyperparameters():
+def test_tuned_values_into_the_trainer_config():
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
@@ -85,25 +86,24 @@ def test_apply_best_hyperparameters():
     hp.values.update({"learning_rate": 0.0042, "embedding_dim": 16})
     # The form run_fn gets: HyperParameters.get_config() through the Tuner's JSON file.
     hparams = json.loads(json.dumps(hp.get_config()))
-    cfg = {"retrieval": {"epochs": 3, "embedding_dim": 128}, "ranking": {"epochs": 1}}
-    out = tuning.apply_best_hyperparameters(cfg, hparams, "retrieval")
-    assert out["retrieval"] == {"epochs": 3, "embedding_dim": 16, "learning_rate": 0.0042}
-    assert out["ranking"] == {"epochs": 1}
-    assert cfg["retrieval"] == {"epochs": 3, "embedding_dim": 128}  # not modified
-    parsed = parse_trainer_config(out).retrieval
-    assert (parsed.embedding_dim, parsed.learning_rate, parsed.epochs) == (16, 0.0042, 3)
+    assert hyperparameter_values(hparams) == {"learning_rate": 0.0042, "embedding_dim": 16}
+    cfg = trainer_config({"retrieval": {"epochs": 3, "embedding_dim": 128}, "ranking": {"epochs": 1}})
+    out = with_tuned_values(cfg, "retrieval", hyperparameter_values(hparams))
+    assert (out.retrieval.embedding_dim, out.retrieval.learning_rate, out.retrieval.epochs) == (16, 0.0042, 3)
+    assert out.ranking == cfg.ranking
+    assert cfg.retrieval.embedding_dim == 128  # not modified
 
-    # Missing section, HyperParameters object, plain values, no tuner.
-    assert tuning.apply_best_hyperparameters({}, hp, "ranking")["ranking"] == {"learning_rate": 0.0042,
-                                                                                 "embedding_dim": 16}
-    assert tuning.apply_best_hyperparameters(None, {"dropout": 0.2}, "ranking") == {"ranking": {"dropout": 0.2}}
-    assert tuning.apply_best_hyperparameters(cfg, None, "ranking") == cfg
+    # HyperParameters object, plain values, no tuner; KerasTuner's own entries dropped.
+    assert hyperparameter_values(hp) == {"learning_rate": 0.0042, "embedding_dim": 16}
+    assert hyperparameter_values({"dropout": 0.2, "tuner/epochs": 3}) == {"dropout": 0.2}
+    assert hyperparameter_values(None) == {}
+    assert with_tuned_values(cfg, "ranking", {}) is cfg
     with pytest.raises(ValueError, match="not trainer.ranking keys"):
-        tuning.apply_best_hyperparameters(cfg, {"values": {"temperature": 0.1}}, "ranking")
+        with_tuned_values(cfg, "ranking", hyperparameter_values({"values": {"temperature": 0.1}}))
     with pytest.raises(ValueError, match="history_encoder"):
-        tuning.apply_best_hyperparameters(cfg, {"history_encoder": "lstm"}, "retrieval")
-    with pytest.raises(ValueError, match="kind"):
-        tuning.apply_best_hyperparameters(cfg, hparams, "index")
+        with_tuned_values(cfg, "retrieval", {"history_encoder": "lstm"})
+    with pytest.raises(ValueError, match="expected an integer"):
+        with_tuned_values(cfg, "ranking", {"num_cross_layers": "two"})
 
 
 # --- a real tiny search through TFX's Tuner executor -------------------------------------
@@ -159,9 +159,8 @@ def test_tiny_search_gives_best_hyperparameters(tiny_pipeline, tmp_path, kind):
     assert scores == sorted(scores, reverse=direction == "max")
     assert {k: results[0][k] for k in hyperparameters["values"]} == hyperparameters["values"]
 
-    trainer_cfg = {kind: {"epochs": 5}}
-    out = tuning.apply_best_hyperparameters(trainer_cfg, hyperparameters, kind)
-    hp = getattr(parse_trainer_config(out), kind)
+    out = with_tuned_values(trainer_config({kind: {"epochs": 5}}), kind, hyperparameter_values(hyperparameters))
+    hp = getattr(out, kind)
     for key, value in hyperparameters["values"].items():
         assert getattr(hp, key) == value
     assert hp.epochs == 5

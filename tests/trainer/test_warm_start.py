@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import features as F
+from trainer.hparams import trainer_config
 from trainer.warm_start import (INDEX_FILE, STATE_DIR, VARIABLES_FILE, VOCAB_DIR, _remap_rows, state_dir_of,
                                 vocabulary_of)
 
@@ -52,7 +53,7 @@ def two_spans(tmp_path_factory):
     first = build_tiny_pipeline(str(root / "span1"))
     hp = {"retrieval": {"epochs": 1, "batch_size": 64}}
     m1 = train_and_export(first.examples_uri, first.transform_dir, str(root / "m1" / "Format-Serving"),
-                          str(root / "r1"), first.side_features, first.history_length, hp)
+                          str(root / "r1"), first.side_features, first.history_length, trainer_config(hp))
     events, users, items = tables(num_users=50, num_items=36, num_events=1200, seed=1)
     cfg = config()
     ex2, tr2 = str(root / "span2" / "examples"), str(root / "span2" / "transform_graph")
@@ -74,14 +75,13 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
     from tensorflow_transform import TFTransformOutput
 
     from trainer import raw_data
-    from trainer.hparams import parse_trainer_config
     from trainer.model_inputs import layout_from_transform
     from trainer.retrieval.model import RetrievalModel
-    from trainer.encoders import build_towers
+    from trainer.retrieval.towers import build_towers
     from trainer.warm_start import warm_start
 
     root, first, _, ex2, tr2, cfg = two_spans
-    hp = parse_trainer_config({"retrieval": {"batch_size": 64}}).retrieval
+    hp = trainer_config({"retrieval": {"batch_size": 64}}).retrieval
     tft_out = TFTransformOutput(tr2)
     layout = layout_from_transform(tft_out, cfg.side_features())
     rows = raw_data.transformed_rows(raw_data.split_files(ex2, "train"), tft_out.raw_feature_spec(),
@@ -115,12 +115,12 @@ def test_warm_trainer_run_records_it_and_cold_switch_forces_scratch(two_spans):
     base = str(root / "m1" / "Format-Serving")
     warm = train_and_export(ex2, tr2, str(root / "m2" / "Format-Serving"), str(root / "r2"), cfg.side_features(),
                             cfg.examples.history_length,
-                            {"retrieval": {"epochs": 3, "batch_size": 64}, "warm_start": {"epochs": 1}},
+                            trainer_config({"retrieval": {"epochs": 3, "batch_size": 64}, "warm_start": {"epochs": 1}}),
                             base_model=base)
     assert warm["warm_start"]["taken"] and warm["epochs_run"] == 1
     cold = train_and_export(ex2, tr2, str(root / "m3" / "Format-Serving"), str(root / "r3"), cfg.side_features(),
                             cfg.examples.history_length,
-                            {"retrieval": {"epochs": 1, "batch_size": 64}, "warm_start": {"enabled": False}},
+                            trainer_config({"retrieval": {"epochs": 1, "batch_size": 64}, "warm_start": {"enabled": False}}),
                             base_model=base)
     assert cold["warm_start"] == {"taken": False, "reason": "disabled in config"}
     assert os.path.exists(root / "m2" / STATE_DIR / INDEX_FILE)
@@ -132,8 +132,8 @@ def test_ranking_warm_start(two_spans, tmp_path):
     root, first, _, ex2, tr2, cfg = two_spans
     hp = {"ranking": {"epochs": 1, "batch_size": 128}}
     train_and_export(first.examples_uri, first.transform_dir, str(tmp_path / "a" / "Format-Serving"),
-                     str(tmp_path / "ra"), first.side_features, first.history_length, hp)
+                     str(tmp_path / "ra"), first.side_features, first.history_length, trainer_config(hp))
     m = train_and_export(ex2, tr2, str(tmp_path / "b" / "Format-Serving"), str(tmp_path / "rb"), cfg.side_features(),
-                         cfg.examples.history_length, hp, base_model=str(tmp_path / "a" / "Format-Serving"))
+                         cfg.examples.history_length, trainer_config(hp), base_model=str(tmp_path / "a" / "Format-Serving"))
     assert m["warm_start"]["taken"] and m["warm_start"]["copied"] > 0
     assert any(vocabulary_of(k) == F.ITEM_VOCAB for k in m["warm_start"]["remapped"])

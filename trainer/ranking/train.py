@@ -1,4 +1,4 @@
-"""TFX Trainer ``run_fn`` for the DCN-v2 multitask ranking model.
+"""TFX Trainer ``run_fn`` for the DCN-v2 multitask ranking model: its recipe for trainer/skeleton.py.
 
 custom_config: {"side_features": {key: kind}, "history_length": N,
                 "trainer": {...trainer section of the dataset config...}}
@@ -21,24 +21,20 @@ with warmup requests) and, to the ModelRun artifact:
 from __future__ import annotations
 
 import glob
-import json
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
 
-from trainer import export, features as F, raw_data, ranking_export
-from trainer.hparams import parse_trainer_config
+from trainer import artifacts, features as F, raw_data, skeleton
+from trainer.hparams import TrainerConfig
 from trainer.model_inputs import FeatureLayout
+from trainer.query import QueryResolver
+from trainer.ranking import export
 from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel
+from trainer.skeleton import Evaluation, Prepared, TrainingData
 from trainer.training_logs import log
-from trainer.training_setup import fit_callbacks, prepare
-from trainer.warm_start import maybe_warm_start, save_state
-
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-IMPORTANCE_FILE = "feature_importance.json"
+from trainer.warmup_requests import write_ranking_warmup
 IMPORTANCE_ROWS = 20_000  # eval rows used for permutation importance
 PREDICT_BATCH = 4096
 
@@ -136,7 +132,8 @@ def permutation_importance(model, eval_rows: tf.data.Dataset, layout: FeatureLay
     return out
 
 
-def _train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, float, np.ndarray, int]:
+def train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, float, np.ndarray, int]:
+    """(mean rating, engaged rate, item counts, rows) of the train split; the heads start from them."""
     counts = np.zeros(num_items, dtype=np.int64)
     total, engaged, n = 0.0, 0.0, 0
     # Scalars only: rows differ in the length of their list features.
@@ -151,118 +148,103 @@ def _train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, fl
     return total / n, engaged / n, counts, n
 
 
-def _with_exposures(ctx, examples_uri: str, enabled: bool) -> tuple[tf.data.Dataset, int]:
-    """Train rows plus the not-engaged logged exposures (EXPOSURES_SPLIT), when there are any.
+def with_exposures(data: TrainingData, enabled: bool) -> tuple[tf.data.Dataset, int]:
+    """Train rows plus the not-engaged logged exposures (the exposures split), when there are any.
 
     Exposure rows are engagement negatives with a rating-loss weight of 0; train rows
     weigh 1. Without exposures the rows are returned unchanged.
     """
-    files = glob.glob(os.path.join(examples_uri, f"Split-{F.EXPOSURES_SPLIT}", "*"))
+    files = glob.glob(os.path.join(artifacts.split_dir(data.examples_uri, artifacts.EXPOSURES_SPLIT), "*"))
     if not enabled or not files:
-        return ctx.train_rows, 0
-    exposures = raw_data.transformed_rows(sorted(files), ctx.raw_spec, ctx.tft_layer, ctx.layout)
+        return data.train.rows, 0
+    exposures, _ = raw_data.read_split(sorted(files), data.raw_spec, data.tft_layer, data.layout)
     n = int(exposures.reduce(0, lambda c, _: c + 1).numpy())
     weight = lambda w: (lambda row: {**row, F.RATING_WEIGHT: tf.constant(w, tf.float32)})
     log(f"ranking: + {n} logged exposures without engagement as negatives (rating weight 0)")
-    return ctx.train_rows.map(weight(1.0)).concatenate(exposures.map(weight(0.0))), n
+    return data.train.rows.map(weight(1.0)).concatenate(exposures.map(weight(0.0))), n
 
 
-def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
-                     history_length: int, trainer_cfg: dict, log_dir: str | None = None,
-                     base_model: str | None = None) -> dict:
-    """The whole ranking training; plain function so tests and benchmarks call it directly.
+class RankingRecipe:
+    """What the DCN-v2 multitask model adds to the training skeleton."""
 
-    ``base_model``: the latest blessed ranking model to warm-start from, or None.
-    """
-    cfg = parse_trainer_config(trainer_cfg)
-    hp = cfg.ranking
-    ctx = prepare(examples_uri, transform_dir, side_features, hp.seed, hp.mixed_precision)
-    tft_layer, layout, spec = ctx.tft_layer, ctx.layout, ctx.raw_spec
-    user_features, item_features, replicas = ctx.user_features, ctx.item_features, ctx.replicas
-    batch_size = hp.batch_size * replicas
-    rating_mean, engaged_rate, item_counts, num_train = _train_stats(ctx.train_rows, layout.num_items)
-    train_rows, num_exposures = _with_exposures(ctx, examples_uri, hp.use_exposures)
-    train_ds = raw_data.batched(train_rows, batch_size, True, hp.seed)
-    eval_ds = raw_data.batched(ctx.eval_rows, batch_size, False, hp.seed)
+    kind = "ranking"
 
-    started = time.time()
-    with ctx.strategy.scope():
-        model = RankingModel(layout, hp, history_length, rating_mean=rating_mean, engagement_rate=engaged_rate)
+    def raw_keys(self, side_features: dict) -> dict[str, list[str]]:
+        return {}  # everything it needs is in the transformed rows
+
+    def datasets(self, data: TrainingData, hp) -> Prepared:
+        rating_mean, engaged_rate, item_counts, num_train = train_stats(data.train.rows, data.layout.num_items)
+        train_rows, num_exposures = with_exposures(data, hp.use_exposures)
+        batch_size = data.batch_size(hp.batch_size)
+        return Prepared(
+            train_ds=raw_data.batched(train_rows, batch_size, True, hp.seed),
+            eval_ds=raw_data.batched(data.eval.rows, batch_size, False, hp.seed),
+            probe=lambda model, ds: model(next(iter(ds))),
+            extras={"rating_mean": rating_mean, "engaged_rate": engaged_rate, "item_counts": item_counts,
+                    "num_train": num_train, "num_exposures": num_exposures},
+            describe=f"{hp.num_cross_layers} cross layer(s), deep {list(hp.deep_units)}, {num_train} train rows")
+
+    def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
+        x = prepared.extras
+        model = RankingModel(data.layout, hp, data.history_length, rating_mean=x["rating_mean"],
+                             engagement_rate=x["engaged_rate"])
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
-        warm, epochs = maybe_warm_start(model, lambda: model(next(iter(train_ds))), base_model, transform_dir,
-                                        cfg.warm_start, hp, "ranking")
-    # Keeps (restores) the weights of the epoch with the lowest weighted eval loss.
-    callbacks, early_stopping, grad_logger = fit_callbacks(model, train_ds, hp.early_stopping_patience, log_dir)
-    log(f"ranking: training {epochs} epoch(s), batch {batch_size}, {hp.num_cross_layers} cross layer(s), "
-        f"deep {list(hp.deep_units)}, {replicas} replica(s), {num_train} train rows")
-    fit = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, callbacks=callbacks, verbose=2)
-    train_seconds = time.time() - started
+        return model
 
-    # Evaluation on the whole eval split: the model against the baselines on the same rows.
-    pred = predict_dataset(model, eval_ds)
-    metrics = {
-        "model": {"rmse": rmse(pred["y_rating"], pred["rating"]), "auc": auc(pred["y_engaged"], pred["logit"])},
-        "baseline": {"rmse": rmse(pred["y_rating"], np.full(len(pred["y_rating"]), rating_mean)),
-                     "auc": auc(pred["y_engaged"], item_counts[pred["item"]].astype(np.float64))},
-        "baseline_definition": {"rmse": "global mean train rating", "auc": "item train count (popularity)"},
-        "num_eval_examples": int(len(pred["y_rating"])),
-        "num_train_examples": num_train,
-        "num_exposure_negatives": num_exposures,
-        "train_rating_mean": rating_mean,
-        "train_engaged_rate": engaged_rate,
-        "eval_engaged_rate": float(np.mean(pred["y_engaged"])) if len(pred["y_engaged"]) else float("nan"),
-        "train_seconds": train_seconds,
-        "epochs_run": len(fit.history["loss"]),
-        "best_epoch": int(early_stopping.best_epoch) + 1,  # the weights evaluated and exported
-        "warm_start": warm,
-    }
-    importance = permutation_importance(model, ctx.eval_rows, layout, seed=hp.seed)
+    def evaluate(self, data: TrainingData, model, hp, prepared: Prepared) -> Evaluation:
+        """The whole eval split: the model against the baselines on the same rows."""
+        x = prepared.extras
+        pred = predict_dataset(model, prepared.eval_ds)
+        rating_mean = x["rating_mean"]
+        metrics = {
+            "model": {"rmse": rmse(pred["y_rating"], pred["rating"]), "auc": auc(pred["y_engaged"], pred["logit"])},
+            "baseline": {"rmse": rmse(pred["y_rating"], np.full(len(pred["y_rating"]), rating_mean)),
+                         "auc": auc(pred["y_engaged"], x["item_counts"][pred["item"]].astype(np.float64))},
+            "baseline_definition": {"rmse": "global mean train rating", "auc": "item train count (popularity)"},
+            "num_eval_examples": int(len(pred["y_rating"])),
+            "num_train_examples": x["num_train"],
+            "num_exposure_negatives": x["num_exposures"],
+            "train_rating_mean": rating_mean,
+            "train_engaged_rate": x["engaged_rate"],
+            "eval_engaged_rate": float(np.mean(pred["y_engaged"])) if len(pred["y_engaged"]) else float("nan"),
+        }
+        log(f"ranking: {fmt_metrics(metrics)}")
+        return Evaluation(metrics=metrics)
 
-    # Export: the resolver (Transform graph + stored user state) + item rows + the model.
-    items = raw_data.read_numpy(raw_data.split_files(examples_uri, "items"), raw_data.subset_spec(spec, raw_data.item_keys(spec)))
-    item_rows = ranking_export.build_item_rows(items, tft_layer, layout, item_features)
-    users = raw_data.read_numpy(raw_data.split_files(examples_uri, "users"), raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
-    resolver = export.QueryResolver(tft_layer, None, layout, user_features, users, history_length)
-    module = ranking_export.RankingModule(resolver, model, items[F.ITEM_ID], item_rows, user_features, raw_spec=spec)
-    ranking_export.save(module, serving_dir)
-    save_state(model, transform_dir, os.path.dirname(serving_dir.rstrip("/")))
-    from trainer.warmup_requests import write_ranking_warmup
-    write_ranking_warmup(serving_dir, users, user_features, [v.decode() for v in items[F.ITEM_ID]])
+    def export(self, data: TrainingData, model, hp, evaluation: Evaluation, serving_dir: str) -> None:
+        """The resolver (Transform graph + stored user state) + item rows + the model."""
+        evaluation.run_files[artifacts.IMPORTANCE_FILE] = permutation_importance(model, data.eval.rows, data.layout,
+                                                                                 seed=hp.seed)
+        item_rows = export.build_item_rows(data.items, data.tft_layer, data.layout, data.item_features)
+        resolver = QueryResolver(data.tft_layer, None, data.layout, data.user_features, data.users,
+                                 data.history_length)
+        module = export.RankingModule(resolver, model, data.items[F.ITEM_ID], item_rows, data.user_features,
+                                      raw_spec=data.raw_spec)
+        export.save(module, serving_dir)
+        write_ranking_warmup(serving_dir, data.users, data.user_features,
+                             [v.decode() for v in data.items[F.ITEM_ID]])
 
-    os.makedirs(run_dir, exist_ok=True)
-    # Beside the model too: the gate reads it from the Model artifact.
-    for directory in (run_dir, os.path.dirname(serving_dir.rstrip("/"))):
-        with open(os.path.join(directory, METRICS_FILE), "w") as fh:
-            json.dump(metrics, fh, indent=2)
-    with open(os.path.join(run_dir, HISTORY_FILE), "w") as fh:
-        json.dump({**{k: [float(x) for x in v] for k, v in fit.history.items()},
-                   "grad_norm": grad_logger.norms}, fh, indent=2)
-    with open(os.path.join(run_dir, IMPORTANCE_FILE), "w") as fh:
-        json.dump(importance, fh, indent=2)
-    log(f"ranking: {fmt_metrics(metrics)}")
-    return metrics
+
+RECIPE = RankingRecipe()
 
 
 def fmt_metrics(m: dict) -> str:
     return (f"RMSE {m['model']['rmse']:.4f} (global mean {m['baseline']['rmse']:.4f}), "
-            f"AUC {m['model']['auc']:.4f} (popularity {m['baseline']['auc']:.4f}), "
-            f"{m['epochs_run']} epoch(s) in {m['train_seconds']:.1f}s")
+            f"AUC {m['model']['auc']:.4f} (popularity {m['baseline']['auc']:.4f})")
+
+
+def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
+                     history_length: int, config: TrainerConfig, log_dir: str | None = None,
+                     base_model: str | None = None) -> dict:
+    """The whole ranking training; plain function so tests and benchmarks call it directly.
+
+    ``config``: the typed trainer config; ``base_model``: the latest blessed ranking
+    model to warm-start from, or None.
+    """
+    return skeleton.train_and_export(RECIPE, examples_uri, transform_dir, serving_dir, run_dir, side_features,
+                                     history_length, config, log_dir=log_dir, base_model=base_model)
 
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
-    from trainer.tuning import apply_best_hyperparameters
-
-    cc = fn_args.custom_config
-    train_and_export(
-        examples_uri=raw_data.examples_root(fn_args.train_files),
-        transform_dir=fn_args.transform_output,
-        serving_dir=fn_args.serving_model_dir,
-        run_dir=fn_args.model_run_dir,
-        side_features=cc["side_features"],
-        history_length=cc["history_length"],
-        # The Tuner's best values, when the pipeline has a Tuner (trainer/tuning.py).
-        trainer_cfg=apply_best_hyperparameters(cc.get("trainer", {}), fn_args.hyperparameters, "ranking"),
-        log_dir=os.path.join(fn_args.model_run_dir, "tensorboard"),
-        base_model=fn_args.base_model,
-    )
+    skeleton.run_fn(RECIPE, fn_args)

@@ -21,7 +21,7 @@ import tensorflow_recommenders as tfrs
 
 from serving import names
 from trainer import features as F
-from trainer.query import QueryResolver, finalize_topk, query_input_signature
+from trainer.query import QueryResolver, finalize_topk, query_input_signature, raw_to_model_inputs
 
 
 class RetrievalModule(tf.Module):
@@ -104,6 +104,50 @@ class RetrievalModule(tf.Module):
                 lambda item_id: self._item_features(item_id)).get_concrete_function(
                 tf.TensorSpec([None], tf.string, names.ITEM_IDS_INPUT)),
         }
+
+
+def item_strings(items: dict, item_features: dict) -> dict:
+    """Item side features as strings per item (the ``item_features`` signature's answers)."""
+    out = {}
+    for key, kind in item_features.items():
+        col = items[key]
+        if col.ndim == 2:  # multi-valued
+            out[key] = np.array([names.MULTI_VALUE_JOIN.join(v.decode() for v in row if v) for row in col], dtype=object)
+        elif kind == F.NUMERIC:
+            out[key] = np.array([f"{v:g}" for v in col], dtype=object)
+        else:
+            out[key] = np.array([v.decode() for v in col], dtype=object)
+    return out
+
+
+def unknown_item_raw(items: dict, item_features: dict) -> dict:
+    """One raw item row with an out-of-vocabulary id and every feature unknown."""
+    raw = {k: tf.constant(v[:1]) for k, v in items.items()}
+    raw[F.ITEM_ID] = tf.constant([b"__unknown_item__"])
+    for key, kind in item_features.items():
+        if kind == F.NUMERIC:
+            raw[key] = tf.constant([np.nan], tf.float32)
+        elif kind == F.MULTI_VALUED:
+            raw[key] = tf.constant([[b""]])
+        else:
+            raw[key] = tf.constant([b""])
+    return raw
+
+
+def candidate_set(data, candidate_tower) -> dict:
+    """Every catalogue item through the Transform graph and the candidate tower.
+
+    ``data``: trainer.skeleton.TrainingData. Returns ids (str), embeddings [N, D], the
+    unknown-item embedding [D] and the item feature strings; the caller adds ``counts``.
+    """
+    lists = [k for k, v in data.item_features.items() if v == F.MULTI_VALUED]
+    raw = {k: tf.constant(v) for k, v in data.items.items()}
+    emb = candidate_tower(raw_to_model_inputs(raw, data.tft_layer, data.layout, list_keys=lists), training=False)
+    unknown = candidate_tower(raw_to_model_inputs(unknown_item_raw(data.items, data.item_features), data.tft_layer,
+                                                  data.layout, list_keys=lists), training=False)
+    ids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in data.items[F.ITEM_ID]], dtype=object)
+    return {"ids": ids, "embeddings": emb.numpy(), "unknown_embedding": unknown.numpy()[0],
+            "features": item_strings(data.items, data.item_features)}
 
 
 def brute_force_layer(embeddings: np.ndarray, ids: np.ndarray, k: int):

@@ -1,0 +1,256 @@
+"""The one training skeleton: data, model build, fit with callbacks, evaluation, export, metrics.
+
+Both trainers (trainer/retrieval/train.py, trainer/ranking/train.py) and the Tuner's
+trials (trainer/tuning.py) run through ``train``; each model contributes only what
+differs, as a ``Recipe``:
+
+    recipe.datasets(data, hp)           -> train / eval batches + what the model needs
+    recipe.build(data, hp, prepared)    -> the compiled Keras model (inside the strategy scope)
+    recipe.evaluate(data, model, ...)   -> the metrics dict (model vs baselines)
+    recipe.export(data, model, ...)     -> the SavedModel (+ warmup requests) in serving_dir
+    recipe.run_files(...)               -> extra files for the ModelRun directory
+
+The skeleton does the rest the same way for both: seeds, the device strategy, each
+split read once (``load_data``), warm start from the latest blessed model, early
+stopping with best-weights restore, gradient norms, TensorBoard, ``history.json``,
+``metrics.json`` beside the model and in the run directory, and it checks its
+postconditions like TFX's own trainer executor (a SavedModel and its metrics file
+were written) before returning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from trainer import artifacts, features as F, raw_data
+from trainer.distribute import choose_strategy
+from trainer.hparams import TrainerConfig, hyperparameter_values, trainer_config, with_tuned_values
+from trainer.model_inputs import FeatureLayout, layout_from_transform
+from trainer.training_logs import GradientNormLogger, log
+from trainer.warm_start import maybe_warm_start, save_state
+
+
+@dataclasses.dataclass
+class SplitData:
+    """One interaction split, read once: transformed model-input rows + the raw columns asked for."""
+
+    rows: tf.data.Dataset  # unbatched model inputs, cached in memory after the first pass
+    raw: dict[str, np.ndarray]  # raw columns (scalars [N]; lists [N, L] padded)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What every model trains and exports from; built once per trainer (or per Tuner search)."""
+
+    examples_uri: str
+    transform_dir: str
+    history_length: int
+    tft_layer: tf.keras.layers.Layer
+    layout: FeatureLayout
+    raw_spec: dict  # raw feature spec (parses the tf.Examples)
+    user_features: dict  # canonical key -> kind
+    item_features: dict
+    strategy: tf.distribute.Strategy
+    replicas: int
+    train: SplitData
+    eval: SplitData
+    items: dict[str, np.ndarray]  # the candidates split (every catalogue item)
+    users: dict[str, np.ndarray]  # the user-state split (latest history and features)
+
+    def batch_size(self, per_replica: int) -> int:
+        return per_replica * self.replicas
+
+
+class Recipe(Protocol):
+    """What one model kind contributes to the skeleton (see the module docstring)."""
+
+    kind: str  # "retrieval" | "ranking": its section of TrainerConfig
+
+    def raw_keys(self, side_features: dict) -> dict[str, list[str]]: ...  # split -> raw columns to keep
+
+    def datasets(self, data: TrainingData, hp) -> "Prepared": ...
+
+    def build(self, data: TrainingData, hp, prepared: "Prepared") -> tf.keras.Model: ...
+
+    def evaluate(self, data: TrainingData, model: tf.keras.Model, hp, prepared: "Prepared") -> "Evaluation": ...
+
+    def export(self, data: TrainingData, model: tf.keras.Model, hp, evaluation: "Evaluation",
+               serving_dir: str) -> None: ...
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A recipe's batches, the warm-start probe and whatever its build/evaluate/export need."""
+
+    train_ds: tf.data.Dataset
+    eval_ds: tf.data.Dataset
+    probe: Callable[[tf.keras.Model, tf.data.Dataset], Any]  # one forward pass that creates every variable
+    extras: dict = dataclasses.field(default_factory=dict)
+    describe: str = ""  # the "training ..." log line's model-specific part
+
+
+@dataclasses.dataclass
+class Evaluation:
+    metrics: dict  # -> metrics.json
+    run_files: dict = dataclasses.field(default_factory=dict)  # file name -> JSON-able or np.ndarray
+    state: dict = dataclasses.field(default_factory=dict)  # what export reuses (resolver, embeddings, ...)
+
+
+def load_data(examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
+              raw_keys: dict[str, list[str]], seed: int, mixed_precision: bool) -> TrainingData:
+    """Transform output, layout, strategy, and every split read once.
+
+    ``raw_keys``: per interaction split, the raw columns the recipe needs besides the
+    transformed rows (they come from the same pass over the files).
+    """
+    tf.keras.utils.set_random_seed(seed)
+    tft_out = tft.TFTransformOutput(transform_dir)
+    tft_layer = tft_out.transform_features_layer()
+    layout = layout_from_transform(tft_out, side_features)
+    spec = tft_out.raw_feature_spec()
+    strategy, replicas = choose_strategy(mixed_precision)
+    splits = {split: raw_data.read_split(raw_data.split_files(examples_uri, split), spec, tft_layer, layout,
+                                         raw_keys.get(split, ()))
+              for split in (artifacts.TRAIN, artifacts.EVAL)}
+    items = raw_data.read_numpy(raw_data.split_files(examples_uri, artifacts.CANDIDATES_SPLIT),
+                                raw_data.subset_spec(spec, raw_data.item_keys(spec)))
+    users = raw_data.read_numpy(raw_data.split_files(examples_uri, artifacts.USER_STATE_SPLIT),
+                                raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
+    return TrainingData(
+        examples_uri=examples_uri, transform_dir=transform_dir, history_length=history_length,
+        tft_layer=tft_layer, layout=layout, raw_spec=spec,
+        user_features={k: v for k, v in side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)},
+        item_features={k: v for k, v in side_features.items() if k.startswith(F.ITEM_FEATURE_PREFIX)},
+        strategy=strategy, replicas=replicas,
+        train=SplitData(*splits[artifacts.TRAIN]), eval=SplitData(*splits[artifacts.EVAL]),
+        items=items, users=users)
+
+
+def fit_callbacks(model, train_ds, patience: int, log_dir: str | None):
+    """Early stopping on the eval loss (best weights restored), gradient norms, TensorBoard."""
+    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                                      restore_best_weights=True)
+    grad_logger = GradientNormLogger(model, train_ds)
+    callbacks = [early_stopping, grad_logger]
+    if log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
+    return callbacks, early_stopping, grad_logger
+
+
+@dataclasses.dataclass
+class Result:
+    metrics: dict
+    model: tf.keras.Model
+    history: dict  # Keras' per-epoch history (+ grad_norm)
+    evaluation: Evaluation
+
+
+def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, *, epochs: int | None = None,
+                     base_model: str | None = None, warm_start_cfg=None, log_dir: str | None = None,
+                     verbose: int = 2) -> Result:
+    """Builds, (warm-starts,) fits and evaluates one model; exports nothing (the Tuner's trial)."""
+    tf.keras.utils.set_random_seed(hp.seed)  # every model (and every trial) starts from the same seed
+    prepared = recipe.datasets(data, hp)
+    started = time.time()
+    with data.strategy.scope():
+        model = recipe.build(data, hp, prepared)
+        warm, warm_epochs = ({"taken": False, "reason": "warm start not requested"}, hp.epochs)
+        if warm_start_cfg is not None:
+            warm, warm_epochs = maybe_warm_start(model, lambda: prepared.probe(model, prepared.train_ds), base_model,
+                                                 data.transform_dir, warm_start_cfg, hp, recipe.kind)
+    epochs = epochs or warm_epochs
+    callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,
+                                                           log_dir)
+    log(f"{recipe.kind}: training {epochs} epoch(s), batch {data.batch_size(hp.batch_size)}, "
+        f"{data.replicas} replica(s), {prepared.describe}")
+    fit = model.fit(prepared.train_ds, validation_data=prepared.eval_ds, epochs=epochs, callbacks=callbacks,
+                    verbose=verbose)
+    train_seconds = time.time() - started
+    evaluation = recipe.evaluate(data, model, hp, prepared)
+    best = int(early_stopping.best_epoch)
+    evaluation.metrics.update({
+        "train_seconds": train_seconds,
+        "epochs_run": len(fit.history["loss"]),
+        "best_epoch": best + 1,  # the weights evaluated (and exported): early stopping restores them
+        "warm_start": warm,
+    })
+    history = {**{k: [float(x) for x in v] for k, v in fit.history.items()}, "grad_norm": grad_logger.norms}
+    return Result(metrics=evaluation.metrics, model=model, history=history, evaluation=evaluation)
+
+
+def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: str, run_dir: str,
+          log_dir: str | None = None, base_model: str | None = None) -> dict:
+    """The whole training of one model kind, export and metrics included; returns the metrics.
+
+    ``serving_dir``: TFX's ``<Model artifact>/Format-Serving``; ``run_dir``: the ModelRun
+    artifact; ``base_model``: the latest blessed model of this kind to warm-start from.
+    """
+    hp = getattr(cfg, recipe.kind)
+    result = fit_and_evaluate(recipe, data, hp, base_model=base_model, warm_start_cfg=cfg.warm_start,
+                              log_dir=log_dir)
+    model_dir = os.path.dirname(serving_dir.rstrip("/"))
+    recipe.export(data, result.model, hp, result.evaluation, serving_dir)
+    save_state(result.model, data.transform_dir, model_dir)
+
+    os.makedirs(run_dir, exist_ok=True)
+    # Beside the model too: the gate reads it from the Model artifact (and from the
+    # latest blessed Model's artifact).
+    for directory in (run_dir, model_dir):
+        _write_json(os.path.join(directory, artifacts.METRICS_FILE), result.metrics)
+    _write_json(os.path.join(run_dir, artifacts.HISTORY_FILE), result.history)
+    for name, value in result.evaluation.run_files.items():
+        path = os.path.join(run_dir, name)
+        if isinstance(value, np.ndarray):
+            np.save(path, value)
+        else:
+            _write_json(path, value)
+    check_outputs(serving_dir, run_dir)
+    return result.metrics
+
+
+def check_outputs(serving_dir: str, run_dir: str) -> None:
+    """Postconditions, as TFX's trainer executor checks them: a SavedModel and the metrics exist."""
+    model_dir = os.path.dirname(serving_dir.rstrip("/"))
+    missing = [p for p in (os.path.join(serving_dir, artifacts.SAVED_MODEL_FILE),
+                           os.path.join(model_dir, artifacts.METRICS_FILE),
+                           os.path.join(run_dir, artifacts.METRICS_FILE)) if not tf.io.gfile.exists(p)]
+    if missing:
+        raise RuntimeError(f"training finished without writing {missing}; nothing may be pushed from this run")
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as fh:
+        json.dump(value, fh, indent=2)
+
+
+def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str,
+                     side_features: dict, history_length: int, cfg: TrainerConfig, log_dir: str | None = None,
+                     base_model: str | None = None) -> dict:
+    """Reads the data (each split once) and trains, exports and writes the metrics of one model."""
+    hp = getattr(cfg, recipe.kind)
+    data = load_data(examples_uri, transform_dir, side_features, history_length,
+                     recipe.raw_keys(side_features), hp.seed, hp.mixed_precision)
+    return train(recipe, data, cfg, serving_dir, run_dir, log_dir=log_dir, base_model=base_model)
+
+
+def run_fn(recipe: Recipe, fn_args) -> None:
+    """A TFX Trainer ``run_fn`` body: the trainer config is parsed once here, for the whole run.
+
+    custom_config: {"side_features": {key: kind}, "history_length": N, "trainer": {sections}};
+    ``fn_args.hyperparameters``: the Tuner's best values, when the pipeline has a Tuner.
+    """
+    cc = fn_args.custom_config
+    cfg = with_tuned_values(trainer_config(cc.get("trainer", {})), recipe.kind,
+                            hyperparameter_values(fn_args.hyperparameters))
+    train_and_export(recipe, raw_data.examples_root(fn_args.train_files), fn_args.transform_output,
+                     fn_args.serving_model_dir, fn_args.model_run_dir, cc["side_features"], cc["history_length"], cfg,
+                     log_dir=os.path.join(fn_args.model_run_dir, artifacts.TENSORBOARD_DIR),
+                     base_model=fn_args.base_model)
