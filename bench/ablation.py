@@ -5,7 +5,7 @@
 
 Runs the pipeline's data half (cached after the first time) for the chosen split,
 then trains each variant of the retrieval model on the same Transform output and
-evaluates it with the one metric implementation (trainer/retrieval_metrics.py:
+evaluates it with the one metric implementation (trainer/retrieval/metrics.py:
 user-level, seen items excluded, the whole catalogue as candidates). Writes
 bench/results/ablation_<dataset>_<split>.{json,md} and prints the table.
 """
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from tfx_pipeline import component_ids as ids
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from trainer.hparams import sections, trainer_config
@@ -68,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     base = load_config(args.config)
     cfg = load_config(args.config, {"name": f"{base.name}_{args.split}", "examples": {"split": {"strategy": args.split}}})
     run_local(cfg, stage="data")
-    examples = _latest(cfg.root, "ExampleBuilder", "examples")
-    transform = _latest(cfg.root, "Transform", "transform_graph")
+    examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
+    transform = _latest(cfg.root, ids.TRANSFORM, "transform_graph")
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
     for name in args.variants.split(","):

@@ -10,7 +10,7 @@ timed (e.g. to import TensorFlow, ~10 s, outside the reported train time).
 It receives the train split (canonical events: user_id, item_id, timestamp,
 rating), the ``trainer.retrieval.metrics.EvalTask`` of the split and a
 ``BaselineConfig``; it trains and returns a score function ``rows -> [n, num_items]``
-(see ``retrieval_metrics.evaluate_scores``), which the benchmark evaluates with the
+(see ``trainer.retrieval.metrics.evaluate_scores``), which the benchmark evaluates with the
 shared metric code. ``bench/quality.py`` evaluates every registered model, so a new
 model (e.g. the project's own TFRS retrieval model) is added by registering it
 here or in a module passed to ``python -m bench.quality --plugin MODULE``.

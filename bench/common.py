@@ -3,7 +3,7 @@
 Latency summaries, host description, JSON + Markdown report writing, the newest
 pushed version of a model, neutral query inputs for the exported signatures, and
 ``build_tiny_serving``: a cheap serving layout (``<root>/<model>/1/``) trained on
-the tiny generated dataset of tests/trainer/tiny_pipeline.py (for ``--smoke``).
+the tiny generated dataset of tests/support/tiny_pipeline.py (for ``--smoke``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -162,13 +161,10 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
     Returns {"serving_dir", "run_dir", "user_ids", "item_ids"}.
     """
     tf_env()
-    tests_trainer = str(REPO_ROOT / "tests" / "trainer")
-    if tests_trainer not in sys.path:
-        sys.path.insert(0, tests_trainer)
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
-    from tiny_pipeline import build_tiny_pipeline
-
     from serving import names
+    from tests.support.tiny_pipeline import build_tiny_pipeline
+    from trainer.artifacts import EVAL_QUERIES_FILE
     from trainer.hparams import trainer_config
     from trainer.ranking import train as ranking_trainer
     from trainer.retrieval import train as retrieval_trainer
@@ -185,7 +181,7 @@ def build_tiny_serving(root: str | os.PathLike, log=print) -> dict:
     ranking_trainer.train_and_export(tiny.examples_uri, tiny.transform_dir, str(serving / names.RANKING_MODEL / "1"),
                                      str(root / "run" / "ranking"), tiny.side_features, tiny.history_length,
                                      trainer_config({"ranking": small}))
-    queries = np.load(run / "eval_queries.npy")
+    queries = np.load(run / EVAL_QUERIES_FILE)
     import tensorflow as tf
 
     n = int(tf.saved_model.load(str(bf)).candidate_embeddings.shape[0])

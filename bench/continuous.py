@@ -26,13 +26,15 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, host_info, md_table, write_report
+from tfx_pipeline import component_ids as ids
+from trainer.artifacts import METRICS_FILE
 
 
 def _metrics(rows, trainer: str) -> dict:
     row = next(r for r in rows if r["component"] == trainer)
     if row["state"] != "COMPLETE":
         raise RuntimeError(f"{trainer} did not run ({row['state']}); use a fresh --root")
-    return json.loads((Path(row["outputs"]["model"]) / "metrics.json").read_text())
+    return json.loads((Path(row["outputs"]["model"]) / METRICS_FILE).read_text())
 
 
 def _summary(m: dict, kind: str) -> dict:
@@ -99,16 +101,16 @@ def main(argv=None) -> int:
     print("[continuous] run 1: span 1 (cold)", flush=True)
     rows = run_local(cfg())
     runs["span1_cold"] = {k: _summary(_metrics(rows, t), k) for k, t in
-                          (("retrieval", "RetrievalTrainer"), ("ranking", "RankingTrainer"))}
+                          (("retrieval", ids.RETRIEVAL_TRAINER), ("ranking", ids.RANKING_TRAINER))}
     shutil.copytree(root / "cut" / "span-2", spans_dir / "span-2")
     print("[continuous] run 2: span 2, warm start from the span-1 models", flush=True)
     rows = run_local(cfg())
     runs["span2_warm"] = {k: _summary(_metrics(rows, t), k) for k, t in
-                          (("retrieval", "RetrievalTrainer"), ("ranking", "RankingTrainer"))}
+                          (("retrieval", ids.RETRIEVAL_TRAINER), ("ranking", ids.RANKING_TRAINER))}
     print("[continuous] run 3: span 2 again, cold start (trainer.warm_start.enabled=false)", flush=True)
     rows = run_local(cfg(trainer={"warm_start": {"enabled": False}}))
     runs["span2_cold"] = {k: _summary(_metrics(rows, t), k) for k, t in
-                          (("retrieval", "RetrievalTrainer"), ("ranking", "RankingTrainer"))}
+                          (("retrieval", ids.RETRIEVAL_TRAINER), ("ranking", ids.RANKING_TRAINER))}
 
     table_rows = []
     for run, models in runs.items():

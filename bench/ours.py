@@ -2,7 +2,7 @@
 
     python -m bench.quality --config configs/movielens_100k.yaml --split both --plugin bench.ours
 
-Runs the pipeline's data half for the same split (tfx_pipeline/splits.py, the
+Runs the pipeline's data half for the same split (tfx_pipeline/data/splits.py, the
 function the baselines' split uses too), trains the retrieval model with the
 config's trainer settings, and scores the catalogue with the exported candidate
 embeddings and the held-out query embeddings (each user's state at their first
@@ -23,6 +23,7 @@ from bench.baselines import register
 def tfrs_two_tower_ours(train_events, task, bcfg):
     import tensorflow as tf
 
+    from tfx_pipeline import component_ids as ids
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
@@ -33,8 +34,8 @@ def tfrs_two_tower_ours(train_events, task, bcfg):
     split = bcfg.extra["split"]
     cfg = load_config(base.source_path, {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}}})
     run_local(cfg, stage="data")
-    examples = latest(cfg.root, "ExampleBuilder", "examples")
-    transform = latest(cfg.root, "Transform", "transform_graph")
+    examples = latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
+    transform = latest(cfg.root, ids.TRANSFORM, "transform_graph")
     with tempfile.TemporaryDirectory() as tmp:
         train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
                          cfg.side_features(), cfg.examples.history_length, cfg.trainer)

@@ -39,7 +39,7 @@ from tfx_pipeline.data import splits as S
 from tfx_pipeline.config import PipelineConfig, load_config, resolve_path
 from tfx_pipeline.data.tables import catalogue, load_tables
 from trainer import features as F
-from trainer import retrieval_metrics as rm
+from trainer.retrieval import metrics as rm
 
 KS = (10, 50, 100)
 PER_USER_EVAL_FRACTION = 0.2
@@ -99,7 +99,7 @@ def run_split(
         "protocol": (
             "full-catalogue ranking; truth = distinct eval items not seen in train; train items "
             "masked; recall@K = |topK & truth| / |truth| (uncapped); NDCG binary, ideal over "
-            "min(K, |truth|); mean over users with >= 1 truth item (trainer/retrieval_metrics.py)"
+            "min(K, |truth|); mean over users with >= 1 truth item (trainer/retrieval/metrics.py)"
         ),
         "num_events": int(len(events)),
         "num_train_events": int(len(train)),

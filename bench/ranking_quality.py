@@ -2,7 +2,7 @@
 
     python -m bench.ranking_quality --config configs/movielens_100k.yaml [--split global_time] [--smoke]
 
-Same split (tfx_pipeline/splits.py), same eval rows, same metric code for both:
+Same split (tfx_pipeline/data/splits.py), same eval rows, same metric code for both:
 RMSE of the predicted rating and AUC of the engagement label (rating >= the config's
 threshold). The tutorial model (TFRS "basic ranking" tutorial) embeds user id and
 item id (32 dims), concatenates them, applies Dense 256-64-1 and trains with MSE and
@@ -82,6 +82,7 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
     from tfx_pipeline.config import load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
+    from tfx_pipeline import component_ids as ids
     from trainer.hparams import sections, trainer_config
     from trainer.ranking.train import train_and_export
 
@@ -92,8 +93,8 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
         trainer_cfg["ranking"] = {**trainer_cfg.get("ranking", {}), "epochs": epochs}
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        m = train_and_export(latest(run_cfg.root, "ExampleBuilder", "examples"),
-                             latest(run_cfg.root, "Transform", "transform_graph"),
+        m = train_and_export(latest(run_cfg.root, ids.EXAMPLE_BUILDER, "examples"),
+                             latest(run_cfg.root, ids.TRANSFORM, "transform_graph"),
                              os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
                              run_cfg.side_features(), run_cfg.examples.history_length, trainer_config(trainer_cfg))
     return m, time.time() - started

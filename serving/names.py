@@ -1,6 +1,6 @@
 """Model, signature and tensor names: the one place they are defined.
 
-The export code (trainer/export.py) and every client (serving/client.py, the CLI,
+The export code (trainer/retrieval/export.py and trainer/ranking/export.py) and every client (serving/client.py, the CLI,
 the benchmarks, the tests) import these, so a renamed tensor cannot drift between
 the two sides. Plain Python, no TensorFlow import.
 """

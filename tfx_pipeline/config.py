@@ -51,7 +51,7 @@ class SideTable:
 
 @dataclasses.dataclass(frozen=True)
 class SpansConfig:
-    """Dated spans (tfx_pipeline/spans.py): one directory of tables per span."""
+    """Dated spans (tfx_pipeline/data/spans.py): one directory of tables per span."""
 
     base: str  # directory holding the span directories
     pattern: str = "span-{SPAN}"  # TFX span spec: {SPAN}, {YYYY}/{MM}/{DD}, optional {VERSION}
@@ -73,7 +73,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    strategy: str = "global_time"  # global_time | per_user (see tfx_pipeline/splits.py)
+    strategy: str = "global_time"  # global_time | per_user (see tfx_pipeline/data/splits.py)
     eval_fraction: float = 0.2  # the most recent 20%: the usual MovieLens protocol
     min_user_events: int = 5  # per_user: users with fewer events stay all-train
 

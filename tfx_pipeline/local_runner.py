@@ -26,17 +26,12 @@ def run_local(cfg: PipelineConfig, stage: str = ALL_STAGES, beam_pipeline_args: 
     print(f"[pipeline] {cfg.name}: {len(pipeline.components)} components, root {cfg.root}", flush=True)
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
-    rows = executions_since(cfg, started)
+    rows = executions(cfg.metadata_path, started)
     for r in rows:
         outs = ", ".join(f"{k}={v}" for k, v in r["outputs"].items())
         print(f"[pipeline] {r['component']:<22} {r['state']:<8} {outs}", flush=True)
     print(f"[pipeline] done in {time.time() - started:.0f}s; ML Metadata: {cfg.metadata_path}", flush=True)
     return rows
-
-
-def executions_since(cfg: PipelineConfig, since_s: float) -> list[dict]:
-    """Component executions recorded in this config's ML Metadata since ``since_s`` (epoch seconds)."""
-    return executions(cfg.metadata_path, since_s)
 
 
 def executions(metadata_path, since_s: float) -> list[dict]:

@@ -90,17 +90,3 @@ def to_model_inputs(transformed: dict, layout: FeatureLayout) -> dict:
             value = tf.cast(value, tf.int64) + 1  # shift: 0 is reserved for padding
         out[name] = value
     return out
-
-
-def transformed_dataset(file_pattern, data_accessor, tf_transform_output, layout: FeatureLayout,
-                        batch_size: int, shuffle: bool, num_epochs: int | None = 1, seed: int = 0) -> tf.data.Dataset:
-    """Batches of model inputs from Transform's materialized examples."""
-    from tfx_bsl.public import tfxio
-
-    ds = data_accessor.tf_dataset_factory(
-        file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=shuffle, num_epochs=num_epochs,
-                                       shuffle_seed=seed, drop_final_batch=shuffle),
-        tf_transform_output.transformed_metadata.schema,
-    )
-    return ds.map(lambda x: to_model_inputs(x, layout), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

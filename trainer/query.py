@@ -130,3 +130,19 @@ class QueryResolver(tf.Module):
             missing = tf.math.is_nan(value) if kind == F.NUMERIC else tf.equal(value, "")
             raw[key] = tf.where(missing & known, saved, value)
         return raw_to_model_inputs(raw, self.tft_layer, self.layout), history, known
+
+
+UNKNOWN_ITEM_ID = b"__unknown_item__"
+
+
+def unknown_item_raw(items: dict, item_features: dict) -> dict:
+    """One raw item row with an id outside the vocabulary and empty features."""
+    raw = {F.ITEM_ID: tf.constant([UNKNOWN_ITEM_ID])}
+    for key, kind in item_features.items():
+        if kind == F.NUMERIC:
+            raw[key] = tf.constant([np.nan], tf.float32)
+        elif kind == F.MULTI_VALUED:
+            raw[key] = tf.constant([[b""]])
+        else:
+            raw[key] = tf.constant([b""])
+    return raw

@@ -65,6 +65,8 @@ def read_split(files, spec: dict, tft_layer, layout: FeatureLayout, raw_keys=())
     come from the same parsed batches, so the files are read once.
     """
     keys = tuple(raw_keys)
+    if not keys:
+        return transformed_rows(files, spec, tft_layer, layout), {}
     pairs = (raw_batches(files, spec)
              .map(lambda raw: (to_model_inputs(tft_layer(raw), layout), {k: raw[k] for k in keys}))
              .cache())

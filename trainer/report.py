@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from trainer.artifacts import METRICS_FILE
+from trainer.artifacts import HISTORY_FILE, IMPORTANCE_FILE, METRICS_FILE
 
 import matplotlib
 
@@ -67,7 +67,7 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
     lines = ["# Training diagnosis report", ""]
     for title, run in (("retrieval", retrieval_run), ("ranking", ranking_run)):
         metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
-        history = _load(os.path.join(run, "history.json")) if run else None
+        history = _load(os.path.join(run, HISTORY_FILE)) if run else None
         lines += [f"## {title}", f"run: `{run}`", ""]
         if metrics:
             lines += (retrieval_table(metrics) if title == "retrieval" else ranking_table(metrics)) + [""]
@@ -75,7 +75,7 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
             png = os.path.join(out_dir, f"{title}_curves.png")
             _curves(history, title, png)
             lines += [f"![{title} curves]({os.path.basename(png)})", ""]
-        importance = _load(os.path.join(run, "feature_importance.json")) if run else None
+        importance = _load(os.path.join(run, IMPORTANCE_FILE)) if run else None
         if importance:
             lines += ["Permutation feature importance (eval split):", "", "| feature | " + " | ".join(
                 next(iter(importance.values())).keys()) + " |", "|---|" + "---|" * len(next(iter(importance.values())))]

@@ -1,7 +1,7 @@
 """Optional hyper-parameter search before each Trainer: TFX Tuner ``tuner_fn``s (KerasTuner).
 
 Off by default; ``trainer.tuning.enabled: true`` adds a ``RetrievalTuner`` and a
-``RankingTuner`` to the pipeline (tfx_pipeline/training_stage.py), and each Trainer
+``RankingTuner`` to the pipeline (tfx_pipeline/wiring/training.py), and each Trainer
 receives its Tuner's best hyper-parameters (``fn_args.hyperparameters``, applied to
 the trainer config by trainer/skeleton.py ``run_fn`` with ``hparams.with_tuned_values``). Tuning settings
 (trainer/hparams.py ``TuningConfig``)::

@@ -18,7 +18,7 @@
 #     for running an executor by hand (`docker run --entrypoint bash` to debug).
 #   * The user code the components import (trainer.*, tfx_pipeline.*,
 #     serving.*) installed in site-packages, so module paths such as
-#     `trainer.model.run_fn` resolve without a module_file upload.
+#     `trainer.retrieval.train.run_fn` resolve without a module_file upload.
 #   * Access to the pipeline root (gs:// via tensorflow-io-gcs-filesystem and
 #     the pod's workload identity; nothing is baked in here).
 # Pass the image as KubeflowV2DagRunnerConfig(default_image=...) when compiling.

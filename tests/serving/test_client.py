@@ -1,6 +1,6 @@
 """RecommenderClient and `recsys recommend` against a real ModelServer on free ports.
 
-The models are client_testlib's hand-built ones; the expected lists below are
+The models are tests/support/client_models.py's hand-built ones; the expected lists below are
 derived by hand from its tables (see that module's docstring).
 """
 
@@ -19,7 +19,7 @@ import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 import serving  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from client_testlib import EMBEDDINGS, ITEMS, POPULARITY, save_models
+from tests.support.client_models import EMBEDDINGS, ITEMS, POPULARITY, save_models
 from serving import names
 from serving.client import (
     REASON_POPULAR,

@@ -25,8 +25,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import make_base
-from model_server_testlib import SCORE_SIGNATURE, install_version, recommend_request, score_request
+from tests.support.model_servers import SCORE_SIGNATURE, install_version, make_base, recommend_request, score_request
 from serving import names
 from serving.model_server import BatchingOptions, ModelServer, parse_model_server_config
 

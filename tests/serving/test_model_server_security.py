@@ -1,7 +1,7 @@
 """TLS and the shared bearer token, against real servers on 127.0.0.1.
 
-Certificates are self-signed ones made per module (tls_testlib); the models are
-client_testlib's retrieval + ranking, so RecommenderClient and `recsys
+Certificates are self-signed ones made per module (tests/support/tls.py); the models are
+tests/support/client_models.py's retrieval + ranking, so RecommenderClient and `recsys
 recommend` are exercised over TLS too.
 """
 
@@ -28,13 +28,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from client_testlib import save_models
+from tests.support.client_models import save_models
+from tests.support.tls import make_self_signed
 from serving import names
 from serving.client import RecommenderClient, RecommenderError
 from serving.model_server import ConfigError, ModelServer, TlsOptions, read_prediction_logs, read_token_file
 from serving.model_server.cli import main as serve_main
 from serving.recommend_cli import main as recommend_main
-from tls_testlib import make_self_signed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOKEN = "s3cret-T0ken_for-tests"

@@ -13,8 +13,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from conftest import make_base
-from model_server_testlib import recommend_request
+from tests.support.model_servers import make_base, recommend_request
 from serving import names
 from serving.model_server import (
     BatchingOptions,

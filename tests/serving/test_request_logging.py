@@ -20,8 +20,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import make_base
-from model_server_testlib import recommend_request
+from tests.support.model_servers import make_base, recommend_request
 from serving import names
 from serving.model_server import (
     ConfigError,

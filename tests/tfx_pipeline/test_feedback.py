@@ -1,7 +1,7 @@
 """recsys feedback build-span: request logs + new events -> span-<N>/{events,exposures}.csv."""
 
 import csv
-from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -317,13 +317,11 @@ def test_cli_existing_span_needs_force(tmp_path, capsys):
 
 def test_real_model_server_logs_become_a_span(tmp_path):
     """The model server (request logging on) serves the test models to the real client; its logs -> a span."""
-    import sys
     import time
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-    from client_testlib import save_models
     from serving.client import RecommenderClient
     from serving.model_server import ModelServer, RequestLoggingOptions
+    from tests.support.client_models import save_models
 
     logs = tmp_path / "logs"
     with ModelServer(save_models(str(tmp_path / "models")), grpc_port=0, rest_port=None, metrics_port=None,

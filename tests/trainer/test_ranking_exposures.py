@@ -5,7 +5,7 @@ import pandas as pd
 
 
 def test_ranking_trains_on_exposure_negatives(tmp_path):
-    from tiny_pipeline import config, run_transform, tables
+    from tests.support.tiny_pipeline import config, run_transform, tables
     from tfx_pipeline.data.example_builder import build_examples
     from trainer import features as F
     from trainer.hparams import trainer_config

@@ -1,4 +1,4 @@
-"""Hand-derived checks of trainer/retrieval_metrics.py (the shared top-K evaluation)."""
+"""Hand-derived checks of trainer/retrieval/metrics.py (the shared top-K evaluation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer import retrieval_metrics as rm
+from trainer.retrieval import metrics as rm
 
 ITEMS = ["a", "b", "c", "d", "e"]  # catalogue indices 0..4
 

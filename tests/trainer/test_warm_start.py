@@ -45,7 +45,7 @@ def test_state_dir_of_accepts_the_serving_dir_tfx_passes(tmp_path):
 @pytest.fixture(scope="module")
 def two_spans(tmp_path_factory):
     """Span 1: the tiny dataset; span 2: the same ids plus new users and items, retrained warm."""
-    from tiny_pipeline import build_tiny_pipeline, config, run_transform, tables
+    from tests.support.tiny_pipeline import build_tiny_pipeline, config, run_transform, tables
     from tfx_pipeline.data.example_builder import build_examples
     from trainer.retrieval.train import train_and_export
 

@@ -1,4 +1,4 @@
-"""ExampleBuilder: canonical tables -> one Examples artifact with four splits.
+"""ExampleBuilder: canonical tables -> one Examples artifact with the splits of trainer/artifacts.py.
 
 train / eval: interaction examples (time-based split); items: one example per
 catalogue item (candidates to index); users: each user's latest state. One

@@ -1,4 +1,4 @@
-"""IndexBuilder: the ScaNN ``retrieval`` export over every candidate (trainer/index.py)."""
+"""IndexBuilder: the ScaNN ``retrieval`` export over every candidate (trainer/retrieval/index.py)."""
 
 from tfx.types import standard_artifacts
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tfx_pipeline.config import PipelineConfig, resolve_path
-from tfx_pipeline.data.tables import DataError, _read, load_events
+from tfx_pipeline.data.tables import DataError, load_events, read_table
 from trainer import features as F
 
 
@@ -38,7 +38,7 @@ def make_spans(cfg: PipelineConfig, out_dir: str | Path, num_spans: int, first_f
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"{out} exists and is not empty; pass --force to replace it")
     events_path = resolve_path(cfg.data.events.path)
-    raw = _read(events_path, cfg.data.events.format)
+    raw = read_table(events_path, cfg.data.events.format)
     canon = load_events(cfg)  # validated; same row order as ``raw``
     order = np.argsort(canon[F.TIMESTAMP].to_numpy(), kind="stable")
     n = len(order)
@@ -64,7 +64,7 @@ def make_spans(cfg: PipelineConfig, out_dir: str | Path, num_spans: int, first_f
         for table, seen in ((cfg.data.users, seen_users), (cfg.data.items, seen_items)):
             if table is None:
                 continue
-            side = _read(resolve_path(table.path), table.format)
+            side = read_table(resolve_path(table.path), table.format)
             keep = side[table.id_column].astype(str).str.strip().isin(seen)
             side[keep].to_csv(span_dir / Path(table.path).name, index=False)
         ts = canon[F.TIMESTAMP].to_numpy()[rows]

@@ -29,7 +29,7 @@ class DataError(ValueError):
     """Input data violates the data contract; the message says where and what."""
 
 
-def _read(path: Path, fmt: str) -> pd.DataFrame:
+def read_table(path: Path, fmt: str) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: file not found (check the config's data paths)")
     fmt = fmt or ("parquet" if path.suffix in (".parquet", ".pq") else "csv")
@@ -86,7 +86,7 @@ def _numeric(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
 def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
     spec: EventsTable = cfg.data.events
     path = path or resolve_path(spec.path)
-    df = _read(path, spec.format)
+    df = read_table(path, spec.format)
     cols = spec.columns
     _require_columns(df, path, cols)
     out = pd.DataFrame({
@@ -129,7 +129,7 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
 def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.DataFrame:
     """Returns a frame indexed by id with canonical feature columns (``prefix_fn(col)``)."""
     path = path or resolve_path(spec.path)
-    df = _read(path, spec.format)
+    df = read_table(path, spec.format)
     _require_columns(df, path, {"id": spec.id_column, **{c: c for c in spec.features}})
     ids = _nonempty_str(df, spec.id_column, path)
     dup = ids.duplicated().to_numpy()
@@ -153,7 +153,7 @@ SPAN_COLUMN = "span"  # events of a spans dataset: the span each row came from
 
 
 def selected_spans(cfg: PipelineConfig) -> list | None:
-    """The spans a run reads (tfx_pipeline/spans.py), oldest first; None without ``data.spans``.
+    """The spans a run reads (tfx_pipeline/data/spans.py), oldest first; None without ``data.spans``.
 
     Resolve once per run and pass the list on, so every table comes from the same spans.
     """
@@ -179,7 +179,7 @@ def table_paths(cfg: PipelineConfig, selected: list | None = None) -> dict[str, 
     return out
 
 
-EXPOSURES_FILE = "exposures.csv"  # written by `recsys feedback build-span` (tfx_pipeline/feedback.py)
+EXPOSURES_FILE = "exposures.csv"  # written by `recsys feedback build-span` (tfx_pipeline/data/feedback.py)
 
 
 def load_exposures(cfg: PipelineConfig, selected: list | None = None) -> pd.DataFrame | None:
@@ -194,7 +194,7 @@ def load_exposures(cfg: PipelineConfig, selected: list | None = None) -> pd.Data
         path = s.directory / EXPOSURES_FILE
         if not path.exists():
             continue
-        df = _read(path, "csv")
+        df = read_table(path, "csv")
         needed = {"user_id": "user_id", "item_id": "item_id", "request_timestamp": "request_timestamp",
                   "engaged": "engaged"}
         _require_columns(df, path, needed)

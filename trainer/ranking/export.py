@@ -7,7 +7,7 @@ Signature ``score`` (also ``serving_default``), names from serving/names.py:
   outputs  rating      float32 [B, C]   predicted rating
            engagement  float32 [B, C]   probability of engagement (sigmoid of the logit)
 
-The query is resolved by ``query.QueryResolver.resolve_inputs`` (the same fallback to
+The query is resolved by ``trainer/query.py QueryResolver.resolve_inputs`` (the same fallback to
 the user's stored history/features as the retrieval export), then repeated C times.
 Candidate item features are not recomputed per request: every catalogue item went
 through the Transform graph at export time into padded dense tables (one row per
@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from serving import names
-from trainer import features as F, query
+from trainer import features as F
+from trainer import query as query_lib
 from trainer.model_inputs import FeatureLayout
 from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING
 
-UNKNOWN_ITEM_ID = b"__unknown_item__"
 
 
 def item_input_names(layout: FeatureLayout) -> list[str]:
@@ -35,25 +35,12 @@ def item_input_names(layout: FeatureLayout) -> list[str]:
             *[k + s for k in layout.item_nums for s in (F.Z_SUFFIX, F.BUCKET_SUFFIX)]]
 
 
-def unknown_item_raw(items: dict, item_features: dict) -> dict:
-    """One raw item row with an id outside the vocabulary and empty features."""
-    raw = {F.ITEM_ID: tf.constant([UNKNOWN_ITEM_ID])}
-    for key, kind in item_features.items():
-        if kind == F.NUMERIC:
-            raw[key] = tf.constant([np.nan], tf.float32)
-        elif kind == F.MULTI_VALUED:
-            raw[key] = tf.constant([[b""]])
-        else:
-            raw[key] = tf.constant([b""])
-    return raw
-
-
 def build_item_rows(items: dict, tft_layer, layout: FeatureLayout, item_features: dict) -> dict[str, np.ndarray]:
     """Model inputs of every catalogue item, then the OOV row: name -> [N + 1] or [N + 1, M] arrays."""
     list_keys = [k for k, v in item_features.items() if v == F.MULTI_VALUED]
     wanted = item_input_names(layout)
-    known = query.raw_to_model_inputs({k: tf.constant(v) for k, v in items.items()}, tft_layer, layout, list_keys)
-    oov = query.raw_to_model_inputs(unknown_item_raw(items, item_features), tft_layer, layout, list_keys)
+    known = query_lib.raw_to_model_inputs({k: tf.constant(v) for k, v in items.items()}, tft_layer, layout, list_keys)
+    oov = query_lib.raw_to_model_inputs(query_lib.unknown_item_raw(items, item_features), tft_layer, layout, list_keys)
     rows = {}
     for name in wanted:
         a, b = known[name].numpy(), oov[name].numpy()
@@ -66,7 +53,7 @@ def build_item_rows(items: dict, tft_layer, layout: FeatureLayout, item_features
 
 
 class RankingModule(tf.Module):
-    def __init__(self, resolver: query.QueryResolver, model: tf.keras.Model, item_ids: np.ndarray,
+    def __init__(self, resolver: query_lib.QueryResolver, model: tf.keras.Model, item_ids: np.ndarray,
                  item_rows: dict[str, np.ndarray], user_features: dict, raw_spec: dict | None = None):
         super().__init__()
         self.resolver, self.model = resolver, model
@@ -81,7 +68,7 @@ class RankingModule(tf.Module):
 
     def _score(self, inputs: dict) -> dict:
         cands = inputs[names.CANDIDATE_ITEM_IDS]
-        query_keys = query.query_input_signature(self.user_features).keys()
+        query_keys = query_lib.query_input_signature(self.user_features).keys()
         query, _, _ = self.resolver.resolve_inputs({k: inputs[k] for k in query_keys})
         b, c = tf.shape(cands)[0], tf.shape(cands)[1]
         idx = self.item_table.lookup(tf.reshape(cands, [-1]))
@@ -103,7 +90,7 @@ class RankingModule(tf.Module):
                 names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [-1])}
 
     def signatures(self) -> dict:
-        spec = dict(query.query_input_signature(self.user_features))
+        spec = dict(query_lib.query_input_signature(self.user_features))
         spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
         score = tf.function(lambda **kw: self._score(kw)).get_concrete_function(**spec)
         out = {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}

@@ -2,9 +2,9 @@
 
 Inputs (model inputs of trainer/model_inputs.py, one row per (query, item) pair):
   query: user id, user side features, history (masked mean of item-id embeddings),
-         context (hour, weekday, recency)          -> towers.QueryEncoder
+         context (hour, weekday, recency)          -> encoders.QueryEncoder
   item:  item id + content features (title tokens, genres, numerics)
-                                                    -> towers.ItemEncoder
+                                                    -> encoders.ItemEncoder
 The item-id embedding table is shared by the history and the candidate item.
 
 Architecture (stacked DCN-v2, Wang et al. 2021):
@@ -35,7 +35,7 @@ ENGAGEMENT_LOGIT = "engagement_logit"
 
 @dataclasses.dataclass(frozen=True)
 class EncoderHParams:
-    """What towers.QueryEncoder reads from an hparams object, derived from RankingHParams."""
+    """What encoders.QueryEncoder reads from an hparams object, derived from RankingHParams."""
 
     id_embedding_dim: int
     feature_embedding_dim: int

@@ -3,9 +3,9 @@
 custom_config: {"side_features": {key: kind}, "history_length": N,
                 "trainer": {...trainer section of the dataset config...}}
 
-Trains trainer/ranking_model.py on the train split (raw examples -> Transform graph
+Trains trainer/ranking/model.py on the train split (raw examples -> Transform graph
 -> model inputs, cached in memory, shuffled), early-stops on the eval split, and
-writes to the Model artifact the ``ranking`` SavedModel (trainer/ranking_export.py,
+writes to the Model artifact the ``ranking`` SavedModel (trainer/ranking/export.py,
 with warmup requests) and, to the ModelRun artifact:
 
 - ``metrics.json``: eval RMSE (rating) and AUC (engagement) of the model and of the

@@ -22,6 +22,7 @@ import tensorflow_recommenders as tfrs
 from serving import names
 from trainer import features as F
 from trainer.query import QueryResolver, finalize_topk, query_input_signature, raw_to_model_inputs
+from trainer.query import unknown_item_raw
 
 
 class RetrievalModule(tf.Module):
@@ -118,20 +119,6 @@ def item_strings(items: dict, item_features: dict) -> dict:
         else:
             out[key] = np.array([v.decode() for v in col], dtype=object)
     return out
-
-
-def unknown_item_raw(items: dict, item_features: dict) -> dict:
-    """One raw item row with an out-of-vocabulary id and every feature unknown."""
-    raw = {k: tf.constant(v[:1]) for k, v in items.items()}
-    raw[F.ITEM_ID] = tf.constant([b"__unknown_item__"])
-    for key, kind in item_features.items():
-        if kind == F.NUMERIC:
-            raw[key] = tf.constant([np.nan], tf.float32)
-        elif kind == F.MULTI_VALUED:
-            raw[key] = tf.constant([[b""]])
-        else:
-            raw[key] = tf.constant([b""])
-    return raw
 
 
 def candidate_set(data, candidate_tower) -> dict:

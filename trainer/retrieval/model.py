@@ -7,7 +7,7 @@ Loss: ``tfrs.tasks.Retrieval`` over in-batch negatives, with
 - accidental-hit removal: an in-batch "negative" that is the positive item itself
   (the same item twice in a batch) is not penalized;
 - optional hard negatives: the top-n scoring in-batch negatives only.
-Top-K metrics are computed at evaluation by trainer/retrieval_metrics.py, never
+Top-K metrics are computed at evaluation by trainer/retrieval/metrics.py, never
 per training step.
 """
 

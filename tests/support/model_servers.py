@@ -115,3 +115,20 @@ def install_version(template: str, base_path: str, version: int) -> str:
     shutil.copytree(template, tmp)
     os.rename(tmp, target)
     return target
+
+
+def make_templates(root: str) -> dict:
+    """Exported model versions to copy into base paths: {1, 2, 3, "bad_warmup", "no_warmup"} -> path."""
+    result = {v: save_model(os.path.join(root, f"v{v}"), v) for v in (1, 2, 3)}
+    result["bad_warmup"] = save_model(os.path.join(root, "bad_warmup"), 1, warmup="bad")
+    result["no_warmup"] = save_model(os.path.join(root, "no_warmup"), 1, warmup="none")
+    return result
+
+
+def make_base(tmp_path, templates, name: str, versions) -> str:
+    """Creates tmp_path/<name> holding the given versions (keys of make_templates' dict); returns its path."""
+    base = os.path.join(str(tmp_path), name)
+    os.makedirs(base, exist_ok=True)
+    for v in versions:
+        install_version(templates[v], base, v)
+    return base

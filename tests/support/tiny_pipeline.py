@@ -7,7 +7,7 @@ with tf.Transform in-process (Beam DirectRunner). Ratings depend on the user's
 gender and the item's genre, so there is something to learn. Takes ~15-25 s.
 
 Returns a ``TinyPipeline`` (examples_uri, transform_dir, side_features,
-history_length, plus the user and item ids); the session fixture in conftest.py
+history_length, plus the user and item ids); the session fixture in tests/trainer/conftest.py
 caches one for all trainer tests.
 """
 
