@@ -61,7 +61,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(args[0], v, where) for v in value)
     if hint is Any:
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: expected true/false, got {value!r}")

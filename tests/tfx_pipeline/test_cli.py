@@ -25,6 +25,22 @@ def test_unknown_config_key_exits_2(tmp_path, capsys):
     assert "ConfigError" in err and "bogus" in err
 
 
+@pytest.mark.parametrize("override,where", [
+    ("trainer.retrieval.epoch=2", "trainer.retrieval: unknown key(s) ['epoch']"),
+    ("trainer.ranking.epochs=two", "trainer.ranking.epochs: expected an integer"),
+    ("trainer.retrieval.history_encoder=lstm", "history_encoder must be one of"),
+    ("trainer.gate.min_auc=high", "trainer.gate.min_auc"),
+    ("trainer.tuning.algorithm=grid", "algorithm must be one of"),
+])
+def test_a_trainer_typo_fails_before_any_component_runs(tmp_path, capsys, override, where):
+    # The trainer sections are part of the one typed config: checked when the run starts.
+    path = _write_config(tmp_path, "u,i,t,a\nu1,s1,100,click\n")
+    assert main(["pipeline", "run", "--config", path, "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert "ConfigError" in err and where in err, err
+    assert not (tmp_path / "run").exists()  # nothing ran: no pipeline root, no ML Metadata
+
+
 def test_bad_row_inside_the_pipeline_is_reported_with_file_column_line(tmp_path, capsys):
     path = _write_config(tmp_path, "u,i,t,a\nu1,s1,100,click\nu1,s2,not-a-time,click\n")
     assert main(["pipeline", "run", "--config", path, "--stage", "data"]) == 2

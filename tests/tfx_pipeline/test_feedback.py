@@ -237,7 +237,7 @@ EXAMPLE = tf.train.Example(features=tf.train.Features(feature={
 
 
 @pytest.mark.parametrize("record,problem", [
-    (b"\xff\xff\xff not a proto", "record 0 is not a PredictionLog: Wrong wire type"),
+    (b"\xff\xff\xff not a proto", "record 0 is not a PredictionLog: Error parsing message"),  # upb's words
     (EXAMPLE, "record 0 is not a PredictionLog: it has no log type"),  # parses, but as nothing
 ])
 def test_a_tfrecord_of_something_else_is_named(tmp_path, record, problem):

@@ -2,7 +2,6 @@
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from trainer.query import finalize_topk, last_n_items
 from trainer.retrieval.index import exact_topk, scann_params
@@ -33,27 +32,128 @@ def _softmax_xent_sum(logits):
     return -np.trace(logp)
 
 
+NUM_ITEMS = 12  # item index rows: 0 = padding, 1..10 items, 11 = OOV
+
+
+def _retrieval_models(temperature=0.05, **flag_sets):
+    """RetrievalModels (trainer/retrieval/model.py) sharing one pair of towers from build_towers.
+
+    The layout is hand-built: user and item ids, history and context only (no side
+    features). Each keyword names a model and gives its loss flags, e.g.
+    ``plain=dict(logq_correction=False, remove_accidental_hits=False)``.
+    """
+    import dataclasses
+
+    from trainer import features as F
+    from trainer.hparams import RetrievalHParams
+    from trainer.model_inputs import FeatureLayout
+    from trainer.retrieval.model import RetrievalModel
+    from trainer.retrieval.towers import build_towers
+
+    layout = FeatureLayout(
+        sizes={F.USER_ID_IDX: 8, F.ITEM_ID_IDX: NUM_ITEMS, F.HISTORY_IDX: NUM_ITEMS,
+               F.HOUR_OF_DAY: F.HOURS_IN_DAY + 1, F.DAY_OF_WEEK: F.DAYS_IN_WEEK + 1},
+        user_cats=(), user_nums=(), item_cats=(), item_lists=(), item_nums=(), list_features=(F.HISTORY_IDX,))
+    hp = RetrievalHParams(embedding_dim=8, id_embedding_dim=8, feature_embedding_dim=4, hidden_units=(16,),
+                          dropout=0.0, temperature=temperature)
+    tf.keras.utils.set_random_seed(0)
+    query_tower, candidate_tower = build_towers(layout, hp, history_len=3)
+    return {name: RetrievalModel(query_tower, candidate_tower, dataclasses.replace(hp, **flags))
+            for name, flags in flag_sets.items()}
+
+
+def _batch(item_idx, item_counts=None):
+    """A training batch of model inputs (distinct users); sampling probabilities from item_counts."""
+    from trainer import features as F
+    from trainer.retrieval.model import add_sampling_probability
+
+    n = len(item_idx)
+    batch = {
+        F.USER_ID_IDX: tf.constant(np.arange(1, n + 1), tf.int64),
+        F.ITEM_ID_IDX: tf.constant(item_idx, tf.int64),
+        F.HISTORY_IDX: tf.constant([[1 + (r % 10), 1 + ((r + 3) % 10), 0] for r in range(n)], tf.int64),
+        F.HOUR_OF_DAY: tf.constant([1 + 5 * r for r in range(n)], tf.int64),
+        F.DAY_OF_WEEK: tf.constant([1 + r % 7 for r in range(n)], tf.int64),
+        F.RECENCY_Z: tf.constant([0.1 * r for r in range(n)], tf.float32),
+    }
+    counts = np.ones(NUM_ITEMS, np.int64) if item_counts is None else np.asarray(item_counts, np.int64)
+    return add_sampling_probability(tf.constant(counts))(batch)
+
+
+def _logits(model, batch):
+    """In-batch logits the model's loss is built from: cos(query, candidate) / temperature."""
+    q = model.query_tower(batch).numpy()
+    c = model.candidate_tower(batch).numpy()
+    return q @ c.T / model.hp.temperature
+
+
 def test_logq_correction_matches_hand_computation():
-    q = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
-    c = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], np.float32)
-    p = np.array([0.5, 0.1, 0.4], np.float32)
-    task = tfrs.tasks.Retrieval()
-    plain = float(task(tf.constant(q), tf.constant(c), compute_metrics=False))
-    corrected = float(task(tf.constant(q), tf.constant(c), candidate_sampling_probability=tf.constant(p),
-                           compute_metrics=False))
-    logits = q @ c.T
+    """RetrievalModel.compute_loss subtracts log p(item) from each in-batch column when logq_correction is on."""
+    from trainer.retrieval.model import SAMPLING_PROBABILITY
+
+    models = _retrieval_models(plain=dict(logq_correction=False, remove_accidental_hits=False),
+                               logq=dict(logq_correction=True, remove_accidental_hits=False))
+    counts = np.array([0, 50, 10, 40, 1, 1, 1, 1, 1, 1, 1, 0])
+    batch = _batch([1, 2, 3], counts)
+    p = batch[SAMPLING_PROBABILITY].numpy()
+    np.testing.assert_allclose(p, counts[[1, 2, 3]] / counts.sum(), rtol=1e-6)
+    logits = _logits(models["plain"], batch)
+    plain = float(models["plain"].compute_loss(batch))
+    corrected = float(models["logq"].compute_loss(batch))
     np.testing.assert_allclose(plain, _softmax_xent_sum(logits), rtol=1e-5)
     np.testing.assert_allclose(corrected, _softmax_xent_sum(logits - np.log(p)[None, :]), rtol=1e-5)
+    assert abs(corrected - plain) > 1e-3
+    # Uniform sampling probabilities shift every column of a row equally: nothing to correct.
+    uniform = _batch([1, 2, 3], [0] + [1] * 10 + [0])
+    np.testing.assert_allclose(float(models["logq"].compute_loss(uniform)), float(models["plain"].compute_loss(uniform)),
+                               rtol=1e-5)
+
+
+def test_logq_correction_penalizes_popular_positives():
+    """Direction of the correction: rare in-batch negatives (under-sampled) weigh more against a popular positive.
+
+    Temperature 1 keeps every logit in [-1, 1] (unit-norm towers). Items 1..3 are popular
+    (p ~ 1/3), 4..10 rare (p ~ 1/3e6): the correction lifts a rare column by log(1e6) ~ 13.8
+    against a popular one. So, for any tower weights, a batch with one popular positive
+    among three rare ones has corrected loss <= log(1 + 3 e^(2 + 13.8)) + 3 log(1 + e^(2 - 13.8)
+    + 2 e^2) ~ 25.2, and a batch with three popular positives and one rare has >= 3 (13.8 - 2)
+    ~ 35. Without the correction both are <= 4 log(1 + 3 e^2) ~ 12.6. A sign error (adding
+    log p) would reverse the two batches.
+    """
+    models = _retrieval_models(temperature=1.0, plain=dict(logq_correction=False, remove_accidental_hits=False),
+                               logq=dict(logq_correction=True, remove_accidental_hits=False))
+    counts = [0, 1_000_000, 1_000_000, 1_000_000, 1, 1, 1, 1, 1, 1, 1, 0]
+    one_popular, three_popular = _batch([1, 4, 5, 6], counts), _batch([4, 1, 2, 3], counts)
+    loss = {name: {b: float(m.compute_loss(batch)) for b, batch in
+                   (("one", one_popular), ("three", three_popular))} for name, m in models.items()}
+    assert max(loss["plain"].values()) <= 4 * np.log(1 + 3 * np.e ** 2) + 1e-4, loss
+    assert loss["logq"]["one"] > loss["plain"]["one"] and loss["logq"]["three"] > loss["plain"]["three"], loss
+    assert loss["logq"]["three"] > 30.0 > 26.0 > loss["logq"]["one"], loss
 
 
 def test_accidental_hits_are_not_negatives():
-    q = np.eye(2, dtype=np.float32)
-    c = np.eye(2, dtype=np.float32)
-    ids = tf.constant([7, 7])  # the same item twice in the batch
-    task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
-    loss = float(task(tf.constant(q), tf.constant(c), candidate_ids=ids, compute_metrics=False))
-    # Each row's other column is the same item: masked out, so each row's loss is -log(1) = 0.
-    np.testing.assert_allclose(loss, 0.0, atol=1e-5)
+    """With remove_accidental_hits, a batch row holding the same item as the positive is no negative."""
+    models = _retrieval_models(kept=dict(logq_correction=False, remove_accidental_hits=False),
+                               removed=dict(logq_correction=False, remove_accidental_hits=True))
+    # Items 7, 7 (two users, the same item), 2, 5.
+    batch = _batch([7, 7, 2, 5])
+    logits = _logits(models["kept"], batch)
+    kept = float(models["kept"].compute_loss(batch))
+    removed = float(models["removed"].compute_loss(batch))
+    np.testing.assert_allclose(kept, _softmax_xent_sum(logits), rtol=1e-5)
+    masked = logits.copy()
+    masked[0, 1] = masked[1, 0] = -np.inf  # the other copy of item 7, for rows 0 and 1
+    np.testing.assert_allclose(removed, _softmax_xent_sum(masked), rtol=1e-5)
+    assert removed < kept - 1e-3  # fewer negatives in two rows' softmax: strictly lower
+    # No duplicates: nothing removed.
+    distinct = _batch([7, 3, 2, 5])
+    np.testing.assert_allclose(float(models["removed"].compute_loss(distinct)),
+                               float(models["kept"].compute_loss(distinct)), rtol=1e-5)
+    # Only the same item twice: each row's only other column is masked, so each row's loss is -log(1) = 0.
+    same = _batch([7, 7])
+    np.testing.assert_allclose(float(models["removed"].compute_loss(same)), 0.0, atol=1e-5)
+    # Kept, the copy is a negative scored exactly like the positive: log(2) per row.
+    np.testing.assert_allclose(float(models["kept"].compute_loss(same)), 2 * np.log(2.0), rtol=1e-5)
 
 
 def test_finalize_topk_excludes_history_and_honours_each_k():
