@@ -4,11 +4,11 @@ Both trainers (trainer/retrieval/train.py, trainer/ranking/train.py) and the Tun
 trials (trainer/tuning.py) run through ``train``; each model contributes only what
 differs, as a ``Recipe``:
 
+    recipe.raw_keys(side_features)      -> the raw columns it needs besides the model inputs
     recipe.datasets(data, hp)           -> train / eval batches + what the model needs
     recipe.build(data, hp, prepared)    -> the compiled Keras model (inside the strategy scope)
-    recipe.evaluate(data, model, ...)   -> the metrics dict (model vs baselines)
+    recipe.evaluate(data, model, ...)   -> the metrics (model vs baselines) + extra ModelRun files
     recipe.export(data, model, ...)     -> the SavedModel (+ warmup requests) in serving_dir
-    recipe.run_files(...)               -> extra files for the ModelRun directory
 
 The skeleton does the rest the same way for both: seeds, the device strategy, each
 split read once (``load_data``), warm start from the latest blessed model, early

@@ -67,6 +67,17 @@ def test_index_bench_smoke(tiny_models, tmp_path, capsys):
         assert _positive(r["batched_ms_per_query"]) and r["build_s"] >= 0
     exact = [r for r in report["rows"] if r["method"].startswith("exact")]
     assert all(r["recall@10"] == 1.0 for r in exact)
+    by = {(r["size"], r["method"]): r for r in report["rows"]}
+    for size in sizes:
+        # The same leaves and asymmetric-hashing scores, only the top 10 re-scored exactly instead of
+        # the default's top `reorder`: its candidates are a subset of the default's, so never better.
+        assert by[size, "scann no reorder"]["recall@10"] <= by[size, "scann default"]["recall@10"] + 1e-9, size
+    # A search of every leaf that re-scores every candidate exactly is exact search.
+    complete = [r for r in report["rows"] if r["method"].startswith("scann")
+                and r["params"]["num_leaves_to_search"] >= r["params"]["num_leaves"]
+                and r["params"]["pre_reorder_num_neighbors"] >= r["size"]]
+    assert {(r["size"], r["method"]) for r in complete} >= {(report["real_catalogue"], "scann default")}, report["rows"]
+    assert all(r["recall@10"] == 1.0 for r in complete), complete
     default = next(r for r in report["rows"] if r["size"] == 5000 and r["method"] == "scann default")
     assert default["recall@10"] >= 0.9  # the pipeline's own parameters hold the floor's ballpark
     assert [r["model"] for r in report["signature_rows"]] == ["retrieval (ScaNN)", "retrieval_brute_force"]

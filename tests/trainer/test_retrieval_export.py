@@ -41,10 +41,48 @@ def _query(user_ids, history, user_features, k=5, exclude=True):
     return inputs
 
 
-def test_run_writes_metrics_and_history(trained):
+def _random_ranking_metrics(examples_uri: str, item_ids, draws: int = 200) -> dict:
+    """Metrics of ``draws`` uniformly random rankings on the trainer's eval task: {name: [draws]}.
+
+    The task is the trainer's (trainer/retrieval/train.py): eval items not seen in train are
+    the truth, train items are excluded, the whole catalogue ranked.
+    """
+    import pandas as pd
+
+    from trainer import raw_data
+    from trainer.retrieval import metrics as rm
+
+    spec = {F.USER_ID: tf.io.FixedLenFeature([1], tf.string), F.ITEM_ID: tf.io.FixedLenFeature([1], tf.string)}
+
+    def frame(split):
+        d = raw_data.read_numpy(raw_data.split_files(examples_uri, split), spec)
+        return pd.DataFrame({"user_id": [v.decode() for v in np.ravel(d[F.USER_ID])],
+                             "item_id": [v.decode() for v in np.ravel(d[F.ITEM_ID])]})
+
+    task = rm.build_eval_task(frame("train"), frame("eval"), item_ids)
+    rng = np.random.default_rng(0)
+    runs = [rm.evaluate_scores(task, lambda r: rng.random((len(r), task.num_items))) for _ in range(draws)]
+    return {key: np.array([run[key] for run in runs]) for key in runs[0]}
+
+
+def test_run_writes_metrics_and_history(trained, tiny_pipeline):
     out, metrics, _ = trained
     for key in ("recall@10", "recall@50", "recall@100", "ndcg@10"):
         assert 0.0 <= metrics["model"][key] <= 1.0 and 0.0 <= metrics["popularity"][key] <= 1.0
+    for part in ("model", "popularity"):
+        m = metrics[part]
+        assert m["recall@10"] <= m["recall@50"] <= m["recall@100"] and m["hit_rate@10"] >= m["recall@10"], m
+    # The trained model ranks the held-out items far better than chance: NDCG@10 above the 99th
+    # percentile of random rankings of the same catalogue, Recall@10 above their mean. (30 items,
+    # 22 eval users: recall@50/100 are 1.0 for any ranking, so @10 is what can tell; popularity, strong
+    # on this Zipf data, beats chance too.) Measured over seeds 42, 1-3: NDCG@10 0.46-0.52 vs a
+    # 99th percentile of 0.35; Recall@10 0.68-0.78 vs a mean of 0.44 (99th percentile 0.65).
+    item_ids = [i.decode() for i in tf.saved_model.load(str(out / "model" / "Format-Serving")).candidate_ids.numpy()]
+    rnd = _random_ranking_metrics(tiny_pipeline.examples_uri, item_ids)
+    assert metrics["num_eval_users"] == metrics["model"]["num_users"] == rnd["num_users"][0]
+    for part in ("model", "popularity"):
+        assert metrics[part]["ndcg@10"] > np.quantile(rnd["ndcg@10"], 0.99), (part, metrics)
+        assert metrics[part]["recall@10"] > rnd["recall@10"].mean(), (part, metrics)
     saved = json.loads((out / "model" / "metrics.json").read_text())
     assert saved["model"] == metrics["model"]
     history = json.loads((out / "run" / "history.json").read_text())
