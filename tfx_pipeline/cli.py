@@ -44,16 +44,18 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_fetch(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.data.datasets import ensure_dataset
 
-    ensure_dataset(_load(args))
+    ensure_dataset(cfg)
     return 0
 
 
 def cmd_data_make_spans(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.data.span_tools import make_spans
 
-    rows = make_spans(_load(args), args.out, args.spans, first_fraction=args.first_fraction, force=args.force)
+    rows = make_spans(cfg, args.out, args.spans, first_fraction=args.first_fraction, force=args.force)
     for r in rows:
         print(f"span-{r['span']}: {r['events']:,} events, {r['new_users']} new users, {r['new_items']} new items "
               f"({r['from']} .. {r['to']})")
@@ -62,27 +64,30 @@ def cmd_data_make_spans(args) -> int:
 
 
 def cmd_schema_infer(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.data.schema_tools import infer_schema
 
-    print(f"wrote {infer_schema(_load(args), args.out)}; review the diff before committing it")
+    print(f"wrote {infer_schema(cfg, args.out)}; review the diff before committing it")
     return 0
 
 
 def cmd_pipeline_run(args) -> int:
+    cfg = _load(args)  # the whole config is checked before TFX and TensorFlow are imported
     from tfx_pipeline.local_runner import run_local
 
-    run_local(_load(args), stage=args.stage, beam_pipeline_args=args.beam_arg or None,
+    run_local(cfg, stage=args.stage, beam_pipeline_args=args.beam_arg or None,
               enable_cache=not args.no_cache, verbose=args.verbose)
     from tfx_pipeline.summary import print_summary
 
-    print_summary(_load(args))
+    print_summary(cfg)
     return 0
 
 
 def cmd_pipeline_compile(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.kubeflow_runner import compile_pipeline
 
-    out = compile_pipeline(_load(args), args.output, image=args.image, beam_pipeline_args=args.beam_arg or None)
+    out = compile_pipeline(cfg, args.output, image=args.image, beam_pipeline_args=args.beam_arg or None)
     print(f"wrote Kubeflow v2 pipeline spec {out}")
     return 0
 
@@ -96,18 +101,20 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_feedback_build_span(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.data.feedback import build_span, format_summary
 
-    summary = build_span(_load(args), args.logs, args.events, args.out, args.span,
+    summary = build_span(cfg, args.logs, args.events, args.out, args.span,
                          attribution_hours=args.attribution_hours, model=args.model, force=args.force)
     print(format_summary(summary))
     return 0
 
 
 def cmd_demo(args) -> int:
+    cfg = _load(args)  # checked before the heavy imports below
     from tfx_pipeline.demo import run_demo
 
-    return run_demo(_load(args), user=args.user, k=args.k, port=args.port, rest_port=args.rest_port,
+    return run_demo(cfg, user=args.user, k=args.k, port=args.port, rest_port=args.rest_port,
                     keep_serving=not args.no_serve)
 
 

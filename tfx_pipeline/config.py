@@ -191,7 +191,10 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
 
 
 def parse_config(raw: dict, where: str = "<config>") -> PipelineConfig:
-    cfg = build(PipelineConfig, raw, where, skip=("source_path",))
+    try:
+        cfg = build(PipelineConfig, raw, skip=("source_path",))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     _validate(cfg, where)
     return dataclasses.replace(cfg, source_path=where)
 

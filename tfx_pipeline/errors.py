@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
+# (module, class) of every user-facing error. Looked up among the modules already
+# imported: an error whose module was never loaded cannot have been raised, and a
+# config error found before TensorFlow is imported is reported without importing it.
+KNOWN_ERRORS = (
+    ("trainer.typed_config", "ConfigError"),
+    ("tfx_pipeline.data.spans", "SpanError"),
+    ("tfx_pipeline.data.tables", "DataError"),
+    ("tfx_pipeline.data.validation", "DataValidationError"),
+    ("trainer.retrieval.index", "IndexRecallError"),
+)
+
 
 def _known_types() -> tuple[type, ...]:
-    from tfx_pipeline.config import ConfigError
-    from tfx_pipeline.data.spans import SpanError
-    from tfx_pipeline.data.tables import DataError
-    from tfx_pipeline.data.validation import DataValidationError
-    from trainer.retrieval.index import IndexRecallError
-
-    return (ConfigError, SpanError, DataError, DataValidationError, IndexRecallError, FileNotFoundError)
+    loaded = [getattr(sys.modules[m], name) for m, name in KNOWN_ERRORS if m in sys.modules]
+    return (*loaded, FileNotFoundError)
 
 
 def find_user_error(exc: BaseException) -> BaseException | None:

@@ -20,26 +20,30 @@ class ConfigError(ValueError):
     """A configuration is malformed; the message says where and how to fix it."""
 
 
-def build(cls: type, raw: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
-    """Builds dataclass ``cls`` from a mapping; ``skip``: fields that are never read from it."""
+def build(cls: type, raw: Any, where: str = "", skip: tuple[str, ...] = ()) -> Any:
+    """Builds dataclass ``cls`` from a mapping; ``skip``: fields that are never read from it.
+
+    ``where``: the key path of ``raw`` ("" for a whole file), the start of every message.
+    """
+    here = where or "top level"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+        raise ConfigError(f"{here}: expected a mapping, got {type(raw).__name__} {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{here}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
     kwargs = {}
     for name, field in fields.items():
         if name not in raw:
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}: missing required key {name!r}")
+                raise ConfigError(f"{here}: missing required key {name!r}")
             continue
-        kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
+        kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{here}: {e}") from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
