@@ -101,3 +101,63 @@ def test_unknown_event_type_without_weight(tmp_path):
         "event_weights": {"click": 1.0}}}})
     with pytest.raises(DataError, match=r"event type\(s\) \['refund'\] not in data.events.event_weights"):
         load_tables(cfg)
+
+
+# -- nothing read silently wrong (ids, times, encodings, line numbers) ----------------------
+
+def test_ids_are_kept_exactly_as_written(tmp_path):
+    # "u1" and "u1 " are different strings: neither is trimmed into the other.
+    events, _, _ = load_tables(_cfg(tmp_path, "u,i,t,r\nu1,10,100,4\nu1 ,10,200,5\n"))
+    assert events["user_id"].tolist() == ["u1", "u1 "]
+    with pytest.raises(DataError, match=r"column 'u' is empty in 1 row\(s\) \(line 2\)"):
+        load_tables(_cfg(tmp_path, "u,i,t,r\n   ,10,100,4\n"))
+
+
+def _parquet_cfg(tmp_path, frame, **events_extra):
+    frame.to_parquet(tmp_path / "events.parquet")
+    return parse_config({"name": "t", "schema_dir": str(tmp_path), "data": {"events": {
+        "path": str(tmp_path / "events.parquet"),
+        "columns": {"user": "u", "item": "i", "timestamp": "t"}, **events_extra}}})
+
+
+def test_parquet_integer_ids_read_as_their_digits_and_float_ids_are_refused(tmp_path):
+    import pandas as pd
+
+    events, _, _ = load_tables(_parquet_cfg(tmp_path, pd.DataFrame({"u": [1, 2], "i": [10, 11], "t": [100, 200]})))
+    assert events["user_id"].tolist() == ["1", "2"] and events["item_id"].tolist() == ["10", "11"]
+    with pytest.raises(DataError, match=r"column 'i' holds float64 values; ids must be strings or integers"):
+        load_tables(_parquet_cfg(tmp_path, pd.DataFrame({"u": ["a", "b"], "i": [1.0, 2.0], "t": [100, 200]})))
+
+
+def test_parquet_timestamp_column_is_read_in_its_own_unit(tmp_path):
+    import pandas as pd
+
+    times = pd.to_datetime(["1998-04-01T00:00:00", "1998-04-01T00:00:01.5"])  # timestamp[ns] in Parquet
+    events, _, _ = load_tables(_parquet_cfg(tmp_path, pd.DataFrame({"u": ["a", "a"], "i": ["x", "y"], "t": times})))
+    assert events["timestamp"].tolist() == [891388800, 891388801]
+    utc = pd.to_datetime(["1998-04-01T02:00:00+02:00"], utc=False)
+    events, _, _ = load_tables(_parquet_cfg(tmp_path, pd.DataFrame({"u": ["a"], "i": ["x"], "t": utc})))
+    assert events["timestamp"].tolist() == [891388800]
+
+
+@pytest.mark.parametrize("value,hint", [("32503680000", "more than a day in the future"),  # the year 3000
+                                        ("891388800000", "look like milliseconds")])
+def test_future_times_are_refused(tmp_path, value, hint):
+    with pytest.raises(DataError, match=hint) as e:
+        load_tables(_cfg(tmp_path, f"u,i,t,r\n1,10,100,4\n1,11,{value},5\n"))
+    assert "line 3" in str(e.value)
+
+
+def test_non_utf8_file_names_line_and_fix(tmp_path):
+    cfg = _cfg(tmp_path, "unused")
+    (tmp_path / "events.csv").write_bytes("u,i,t,r\n1,10,100,4\n1,Amélie,200,5\n".encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        load_tables(cfg)
+    msg = str(e.value)
+    assert "events.csv" in msg and "line 3" in msg and "not UTF-8" in msg and "iconv" in msg
+
+
+def test_line_numbers_count_quoted_multi_line_fields(tmp_path):
+    cfg = _cfg(tmp_path, 'u,i,t,r\n1,"a\nb\nc",100,4\n1,11,yesterday,5\n')
+    with pytest.raises(DataError, match=r"line 5"):
+        load_tables(cfg)

@@ -14,6 +14,7 @@ wrong, raised before anything downstream runs; nothing is dropped silently.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tfx_pipeline.config import EventsTable, PipelineConfig, SideTable, resolve_
 from trainer import features as F
 
 MAX_ROWS_IN_MESSAGE = 5
+MAX_FUTURE_S = 86_400  # event times later than a day from now are a unit or clock error
 
 
 class DataError(ValueError):
@@ -37,24 +39,64 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
         if fmt == "parquet":
             df = pd.read_parquet(path)
         elif fmt == "csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="error")
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="error", encoding="utf-8")
         else:
             raise DataError(f"{path}: unknown format {fmt!r}; use csv or parquet")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: the file is empty (no header, no rows)") from e
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed row: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: {_encoding_problem(path)}; re-encode the file as UTF-8 "
+                        f"(e.g. iconv -f latin1 -t utf-8), the only encoding read") from e
     if df.empty:
         raise DataError(f"{path}: has a header but no rows")
+    df.attrs["source"] = (str(path), fmt)  # for line numbers in messages (``_rows``)
     return df
 
 
-def _rows(mask: np.ndarray) -> str:
+def _encoding_problem(path: Path) -> str:
+    """Where the first byte that is not UTF-8 is: line and column, and the bytes around it."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return (f"line {number}, byte {e.start + 1} is not UTF-8 "
+                        f"({line[max(0, e.start - 10):e.end + 10]!r})")
+    return "not UTF-8"
+
+
+def _record_lines(path: str) -> list[int]:
+    """The physical line each CSV data record starts on (quoted fields may span lines)."""
+    import csv
+
+    starts = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)  # header
+        line = reader.line_num + 1
+        for _ in reader:
+            starts.append(line)
+            line = reader.line_num + 1
+    return starts
+
+
+def _rows(mask: np.ndarray, df: pd.DataFrame | None = None) -> str:
+    """How many rows, and which: CSV lines of ``df``'s file (true lines), else 1-based row numbers."""
     bad = np.flatnonzero(mask)
-    # +2: 1-based, and the header is line 1 of a CSV.
-    shown = ", ".join(str(i + 2) for i in bad[:MAX_ROWS_IN_MESSAGE])
+    source = df.attrs.get("source") if df is not None else None
+    if source and source[1] == "csv":
+        lines = _record_lines(source[0])
+        shown = ", ".join(str(lines[i]) if i < len(lines) else f"record {i + 1}" for i in bad[:MAX_ROWS_IN_MESSAGE])
+        where = "line"
+    elif source:
+        shown, where = ", ".join(str(i + 1) for i in bad[:MAX_ROWS_IN_MESSAGE]), "row"
+    else:
+        # +2: 1-based, and the header is line 1 of a CSV.
+        shown, where = ", ".join(str(i + 2) for i in bad[:MAX_ROWS_IN_MESSAGE]), "line"
     more = f" and {len(bad) - MAX_ROWS_IN_MESSAGE} more" if len(bad) > MAX_ROWS_IN_MESSAGE else ""
-    return f"{len(bad)} row(s) (line {shown}{more})"
+    return f"{len(bad)} row(s) ({where} {shown}{more})"
 
 
 def _require_columns(df: pd.DataFrame, path: Path, needed: dict[str, str]) -> None:
@@ -67,10 +109,17 @@ def _require_columns(df: pd.DataFrame, path: Path, needed: dict[str, str]) -> No
 
 
 def _nonempty_str(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
-    s = df[col].astype(str).str.strip()
-    bad = (s == "") | df[col].isna().to_numpy()
+    """An id column as strings, exactly as written (ids are never trimmed or re-formatted)."""
+    values = df[col]
+    if pd.api.types.is_float_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise DataError(f"{path}: column {col!r} holds {values.dtype} values; ids must be strings or integers "
+                        f"(a float id such as 1.0 has no one spelling: cast the column in the file)")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        raise DataError(f"{path}: column {col!r} holds times; ids must be strings or integers")
+    s = values.astype(str)
+    bad = (s.str.strip() == "").to_numpy() | values.isna().to_numpy()
     if bad.any():
-        raise DataError(f"{path}: column {col!r} is empty in {_rows(bad.to_numpy())}")
+        raise DataError(f"{path}: column {col!r} is empty in {_rows(bad, df)}")
     return s
 
 
@@ -79,7 +128,7 @@ def _numeric(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     bad = num.isna().to_numpy() | ~np.isfinite(num.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
         examples = df[col][bad].astype(str).head(3).tolist()
-        raise DataError(f"{path}: column {col!r} is not a finite number in {_rows(bad)}: e.g. {examples}")
+        raise DataError(f"{path}: column {col!r} is not a finite number in {_rows(bad, df)}: e.g. {examples}")
     return num.astype(float)
 
 
@@ -94,16 +143,30 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
         F.ITEM_ID: _nonempty_str(df, cols["item"], path),
     })
     ts_col = cols["timestamp"]
-    if spec.timestamp_format == "iso8601":
+    if pd.api.types.is_datetime64_any_dtype(df[ts_col]):
+        # A typed time column (e.g. Parquet timestamp[ns]) carries its own unit: to unix seconds,
+        # whatever timestamp_format says (that setting is for numbers and strings).
+        ts = df[ts_col].dt.tz_localize("UTC") if df[ts_col].dt.tz is None else df[ts_col]
+        bad = ts.isna().to_numpy()
+        if bad.any():
+            raise DataError(f"{path}: column {ts_col!r} has no time in {_rows(bad, df)}")
+        out[F.TIMESTAMP] = (ts.astype("int64") // 10**9).to_numpy()
+    elif spec.timestamp_format == "iso8601":
         ts = pd.to_datetime(df[ts_col], errors="coerce", utc=True)
         bad = ts.isna().to_numpy()
         if bad.any():
-            raise DataError(f"{path}: column {ts_col!r} is not an ISO-8601 time in {_rows(bad)}")
+            raise DataError(f"{path}: column {ts_col!r} is not an ISO-8601 time in {_rows(bad, df)}")
         out[F.TIMESTAMP] = (ts.astype("int64") // 10**9).to_numpy()
     else:
         out[F.TIMESTAMP] = _numeric(df, ts_col, path).astype("int64")
     if (out[F.TIMESTAMP] < 0).any():
-        raise DataError(f"{path}: column {ts_col!r} is negative in {_rows((out[F.TIMESTAMP] < 0).to_numpy())}")
+        raise DataError(f"{path}: column {ts_col!r} is negative in {_rows((out[F.TIMESTAMP] < 0).to_numpy(), df)}")
+    future = (out[F.TIMESTAMP] > time.time() + MAX_FUTURE_S).to_numpy()
+    if future.any():
+        hint = (" (these look like milliseconds or microseconds: the column must be unix seconds)"
+                if out[F.TIMESTAMP].max() > 1e11 else "")
+        raise DataError(f"{path}: column {ts_col!r} is more than a day in the future in {_rows(future, df)}, "
+                        f"e.g. {int(out[F.TIMESTAMP][future].iloc[0])}{hint}")
 
     if "rating" in cols:
         out[F.RATING_LABEL] = _numeric(df, cols["rating"], path)
@@ -116,14 +179,16 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
             if unknown.any():
                 raise DataError(
                     f"{path}: column {cols['event_type']!r} has event type(s) "
-                    f"{sorted(types[unknown].unique())[:5]} not in data.events.event_weights in {_rows(unknown.to_numpy())}"
+                    f"{sorted(types[unknown].unique())[:5]} not in data.events.event_weights in {_rows(unknown.to_numpy(), df)}"
                 )
             out[F.RATING_LABEL] = types.map(spec.event_weights).astype(float)
         else:
             out[F.RATING_LABEL] = 1.0
     else:
         out[F.RATING_LABEL] = 1.0
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["source"] = df.attrs.get("source")  # row i of ``out`` is record i of the file
+    return out
 
 
 def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.DataFrame:
@@ -134,7 +199,7 @@ def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.
     ids = _nonempty_str(df, spec.id_column, path)
     dup = ids.duplicated().to_numpy()
     if dup.any():
-        raise DataError(f"{path}: column {spec.id_column!r} has duplicate ids in {_rows(dup)}")
+        raise DataError(f"{path}: column {spec.id_column!r} has duplicate ids in {_rows(dup, df)}")
     out = pd.DataFrame(index=ids.to_numpy())
     for col, kind in spec.features.items():
         key = prefix_fn(col)
@@ -201,7 +266,7 @@ def load_exposures(cfg: PipelineConfig, selected: list | None = None) -> pd.Data
         engaged = _numeric(df, "engaged", path)
         bad = ~engaged.isin([0, 1]).to_numpy()
         if bad.any():
-            raise DataError(f"{path}: column 'engaged' must be 0 or 1 in {_rows(bad)}")
+            raise DataError(f"{path}: column 'engaged' must be 0 or 1 in {_rows(bad, df)}")
         frames.append(pd.DataFrame({
             F.USER_ID: _nonempty_str(df, "user_id", path), F.ITEM_ID: _nonempty_str(df, "item_id", path),
             F.TIMESTAMP: _numeric(df, "request_timestamp", path).astype("int64"),
@@ -226,7 +291,9 @@ def _span_events(cfg: PipelineConfig, selected: list) -> pd.DataFrame:
         frame = load_events(cfg, s.directory / cfg.data.events.path)
         frame[SPAN_COLUMN] = s.span
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs.pop("source", None)  # rows of several files: messages give row numbers of the whole
+    return out
 
 
 def load_tables(cfg: PipelineConfig, selected: list | None = None,
@@ -251,7 +318,7 @@ def load_tables(cfg: PipelineConfig, selected: list | None = None,
         if missing.any():
             ids = sorted(events.loc[missing, col].unique())[:5]
             raise DataError(
-                f"{events_path}: {name} table has no row for {col} {ids} used in {_rows(missing.to_numpy())}; "
+                f"{events_path}: {name} table has no row for {col} {ids} used in {_rows(missing.to_numpy(), events)}; "
                 f"add them to the {name} table"
             )
     return events, users, items
