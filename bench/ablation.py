@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
             m = train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                                 cfg.side_features(), cfg.examples.history_length, trainer_config(trainer_cfg))
+                                 cfg.side_features(), cfg.examples.history_length, trainer_config(trainer_cfg),
+                                 split=cfg.examples.split)
             rows.append({"variant": name, "overrides": VARIANTS[name], **m["model"],
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
             popularity = m["popularity"]

@@ -2,7 +2,7 @@
 
     python -m bench.quality --config configs/movielens_100k.yaml --split both --plugin bench.ours
 
-Runs the pipeline's data half for the same split (tfx_pipeline/data/splits.py, the
+Runs the pipeline's data half for the same split (trainer/splits.py, the
 function the baselines' split uses too), trains the retrieval model with the
 config's trainer settings, and scores the catalogue with the exported candidate
 embeddings and the held-out query embeddings (each user's state at their first
@@ -21,6 +21,23 @@ from bench.baselines import register
 
 @register("tfrs_two_tower_ours")
 def tfrs_two_tower_ours(train_events, task, bcfg):
+    """The pipeline's default: epochs selected on a validation split carved from train, then refit."""
+    return _ours(train_events, task, bcfg, {})
+
+
+@register("ours_no_refit")
+def ours_no_refit(train_events, task, bcfg):
+    """Selected on validation, the model trained without the validation rows kept (no refit)."""
+    return _ours(train_events, task, bcfg, {"selection": {"refit": False}})
+
+
+@register("ours_fixed_epochs")
+def ours_fixed_epochs(train_events, task, bcfg):
+    """No validation split: the configured epochs, no early stopping."""
+    return _ours(train_events, task, bcfg, {"selection": {"validation": False}})
+
+
+def _ours(train_events, task, bcfg, trainer_overrides: dict):
     import tensorflow as tf
 
     from tfx_pipeline import component_ids as ids
@@ -32,13 +49,14 @@ def tfrs_two_tower_ours(train_events, task, bcfg):
 
     base = bcfg.pipeline
     split = bcfg.extra["split"]
-    cfg = load_config(base.source_path, {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}}})
+    cfg = load_config(base.source_path, {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}},
+                                         "trainer": trainer_overrides})
     run_local(cfg, stage="data")
     examples = latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = latest(cfg.root, ids.TRANSFORM, "transform_graph")
     with tempfile.TemporaryDirectory() as tmp:
         train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                         cfg.side_features(), cfg.examples.history_length, cfg.trainer)
+                         cfg.side_features(), cfg.examples.history_length, cfg.trainer, split=cfg.examples.split)
         model = tf.saved_model.load(os.path.join(tmp, "serving"))
         emb = model.candidate_embeddings.numpy()
         ids = [i.decode() for i in model.candidate_ids.numpy()]

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bench import baselines as B
-from tfx_pipeline.data import splits as S
+from trainer import splits as S
 from tfx_pipeline.config import PipelineConfig, load_config, resolve_path
 from tfx_pipeline.data.tables import catalogue, load_tables
 from trainer import features as F

@@ -2,7 +2,7 @@
 
     python -m bench.ranking_quality --config configs/movielens_100k.yaml [--split global_time] [--smoke]
 
-Same split (tfx_pipeline/data/splits.py), same eval rows, same metric code for both:
+Same split (trainer/splits.py), same eval rows, same metric code for both:
 RMSE of the predicted rating and AUC of the engagement label (rating >= the config's
 threshold). The tutorial model (TFRS "basic ranking" tutorial) embeds user id and
 item id (32 dims), concatenates them, applies Dense 256-64-1 and trains with MSE and
@@ -96,7 +96,8 @@ def ours(cfg, split: str, epochs: int | None) -> tuple[dict, float]:
         m = train_and_export(latest(run_cfg.root, ids.EXAMPLE_BUILDER, "examples"),
                              latest(run_cfg.root, ids.TRANSFORM, "transform_graph"),
                              os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                             run_cfg.side_features(), run_cfg.examples.history_length, trainer_config(trainer_cfg))
+                             run_cfg.side_features(), run_cfg.examples.history_length, trainer_config(trainer_cfg),
+                             split=run_cfg.examples.split)
     return m, time.time() - started
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from tfx_pipeline.data import splits
+    from trainer import splits
     from tfx_pipeline.config import load_config
     from tfx_pipeline.data.datasets import ensure_dataset
     from tfx_pipeline.data.tables import load_events

@@ -19,6 +19,7 @@ import yaml
 
 from serving import features as F
 from trainer.hparams import TrainerConfig
+from trainer.splits import SplitConfig
 from trainer.typed_config import ConfigError, build
 
 __all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "config_from_json", "resolve_path"]
@@ -69,13 +70,6 @@ class DataConfig:
     # How to materialize the tables when they are missing: movielens_100k,
     # synthetic_implicit, or none (the user provides them).
     fetch: str = "none"
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitConfig:
-    strategy: str = "global_time"  # global_time | per_user (see tfx_pipeline/data/splits.py)
-    eval_fraction: float = 0.2  # the most recent 20%: the usual MovieLens protocol
-    min_user_events: int = 5  # per_user: users with fewer events stay all-train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +176,7 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
                                   f"directory (e.g. events.csv), not {table.path!r}")
         if spans.window < 0:
             raise ConfigError(f"{where}: data.spans.window must be >= 0 (0 = every span)")
-    from tfx_pipeline.data.splits import STRATEGIES
+    from trainer.splits import STRATEGIES
 
     if cfg.examples.split.strategy not in STRATEGIES:
         raise ConfigError(f"{where}: examples.split.strategy must be one of {STRATEGIES}")

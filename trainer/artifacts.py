@@ -6,7 +6,7 @@ rollback, bench/ and the tests. Plain Python, no TensorFlow import.
 
 Examples artifact (``<uri>/Split-<name>/*.gz``, GZIP tf.Example TFRecords)::
 
-    train, eval     interaction examples (tfx_pipeline/data/splits.py decides which)
+    train, eval     interaction examples (trainer/splits.py decides which)
     items           one example per catalogue item (the candidates)
     users           one example per user: the latest history and features
     latest_span     spans datasets: the newest span's examples again (validated alone)

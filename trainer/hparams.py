@@ -122,6 +122,33 @@ class WarmStartConfig:
     learning_rate_scale: float = 1.0
 
 
+SELECTION_METRICS = tuple(f"{name}@{k}" for name in ("recall", "ndcg") for k in (10, 50, 100))
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """Model selection on a validation split carved from train (trainer/skeleton.py).
+
+    Early stopping, best-epoch restore and the Tuner's objective look at the validation
+    split only; the eval split gives the final figures and the gates.
+    """
+
+    validation: bool = True  # false: no validation split, fixed epochs, no early stopping
+    # Share of the train split held out, carved with the eval split's strategy (the time
+    # tail, or each user's latest events); 0 = the eval split's own eval_fraction.
+    validation_fraction: float = 0.0
+    # What retrieval's early stopping keeps the best epoch of: user-level, on validation.
+    retrieval_metric: str = "recall@100"
+    # After selection, train again on all of train for the selected number of epochs
+    # (the validation rows are the most recent: a model without them is a stale one).
+    refit: bool = True
+
+    def __post_init__(self):
+        one_of("retrieval_metric", self.retrieval_metric, SELECTION_METRICS)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     retrieval: RetrievalHParams = RetrievalHParams()
@@ -130,6 +157,7 @@ class TrainerConfig:
     index: IndexConfig = IndexConfig()
     tuning: TuningConfig = TuningConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
+    selection: SelectionConfig = SelectionConfig()
 
 
 def trainer_config(raw: dict | str | None) -> TrainerConfig:

@@ -27,12 +27,16 @@ import time
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from trainer import artifacts, features as F, raw_data
 from trainer.distribute import choose_strategy
-from trainer.hparams import TrainerConfig, hyperparameter_values, trainer_config, with_tuned_values
+from trainer.hparams import (SelectionConfig, TrainerConfig, hyperparameter_values, trainer_config,
+                             with_tuned_values)
+from trainer.splits import SplitConfig, assign_splits
+from trainer.typed_config import build
 from trainer.model_inputs import FeatureLayout, layout_from_transform
 from trainer.training_logs import GradientNormLogger, log
 from trainer.warm_start import maybe_warm_start, save_state
@@ -62,8 +66,11 @@ class TrainingData:
     replicas: int
     train: SplitData
     eval: SplitData
+    fit: SplitData | None  # train less validation (None: no validation split)
+    validation: SplitData | None  # carved off train like eval was (trainer/splits.py)
     items: dict[str, np.ndarray]  # the candidates split (every catalogue item)
     users: dict[str, np.ndarray]  # the user-state split (latest history and features)
+    side_reads: dict = dataclasses.field(default_factory=dict)  # other splits a recipe read, read once
 
     def batch_size(self, per_replica: int) -> int:
         return per_replica * self.replicas
@@ -76,7 +83,10 @@ class Recipe(Protocol):
 
     def raw_keys(self, side_features: dict) -> dict[str, list[str]]: ...  # split -> raw columns to keep
 
-    def datasets(self, data: TrainingData, hp) -> "Prepared": ...
+    def datasets(self, data: TrainingData, hp, train: SplitData, validation: SplitData | None) -> "Prepared": ...
+
+    def selection_monitor(self, data: TrainingData, model: tf.keras.Model, hp, selection: SelectionConfig,
+                          prepared: "Prepared") -> tuple[str, str, Any]: ...  # (logs key, min|max, callback)
 
     def build(self, data: TrainingData, hp, prepared: "Prepared") -> tf.keras.Model: ...
 
@@ -105,11 +115,14 @@ class Evaluation:
 
 
 def load_data(examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-              raw_keys: dict[str, list[str]], seed: int, mixed_precision: bool) -> TrainingData:
+              raw_keys: dict[str, list[str]], seed: int, mixed_precision: bool,
+              split: SplitConfig | None = None, selection: SelectionConfig | None = None) -> TrainingData:
     """Transform output, layout, strategy, and every split read once.
 
     ``raw_keys``: per interaction split, the raw columns the recipe needs besides the
-    transformed rows (they come from the same pass over the files).
+    transformed rows (they come from the same pass over the files). ``split``: how the
+    eval split was cut (the examples' config); with ``selection.validation`` the same
+    strategy carves a validation split off the end of train (``fit`` + ``validation``).
     """
     tf.keras.utils.set_random_seed(seed)
     tft_out = tft.TFTransformOutput(transform_dir)
@@ -117,29 +130,63 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
     layout = layout_from_transform(tft_out, side_features)
     spec = tft_out.raw_feature_spec()
     strategy, replicas = choose_strategy(mixed_precision)
-    splits = {split: raw_data.read_split(raw_data.split_files(examples_uri, split), spec, tft_layer, layout,
-                                         raw_keys.get(split, ()))
-              for split in (artifacts.TRAIN, artifacts.EVAL)}
+    keys = {k: list(v) for k, v in raw_keys.items()}
+    keys[artifacts.TRAIN] = sorted({*keys.get(artifacts.TRAIN, ()), F.USER_ID, F.ITEM_ID, F.TIMESTAMP})
+    splits = {name: raw_data.read_split(raw_data.split_files(examples_uri, name), spec, tft_layer, layout,
+                                        keys.get(name, ()))
+              for name in (artifacts.TRAIN, artifacts.EVAL)}
     items = raw_data.read_numpy(raw_data.split_files(examples_uri, artifacts.CANDIDATES_SPLIT),
                                 raw_data.subset_spec(spec, raw_data.item_keys(spec)))
     users = raw_data.read_numpy(raw_data.split_files(examples_uri, artifacts.USER_STATE_SPLIT),
                                 raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
+    train = SplitData(*splits[artifacts.TRAIN])
+    fit, validation = carve_validation(train, split, selection)
     return TrainingData(
         examples_uri=examples_uri, transform_dir=transform_dir, history_length=history_length,
         tft_layer=tft_layer, layout=layout, raw_spec=spec,
         user_features={k: v for k, v in side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)},
         item_features={k: v for k, v in side_features.items() if k.startswith(F.ITEM_FEATURE_PREFIX)},
         strategy=strategy, replicas=replicas,
-        train=SplitData(*splits[artifacts.TRAIN]), eval=SplitData(*splits[artifacts.EVAL]),
+        train=train, eval=SplitData(*splits[artifacts.EVAL]), fit=fit, validation=validation,
         items=items, users=users)
 
 
-def fit_callbacks(model, train_ds, patience: int, log_dir: str | None):
-    """Early stopping on the eval loss (best weights restored), gradient norms, TensorBoard."""
-    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                                      restore_best_weights=True)
+def carve_validation(train: SplitData, split: SplitConfig | None,
+                     selection: SelectionConfig | None) -> tuple[SplitData | None, SplitData | None]:
+    """(fit, validation): the train split cut like the eval split was; (None, None) when off or empty."""
+    if split is None or selection is None or not selection.validation:
+        return None, None
+    fraction = selection.validation_fraction or split.eval_fraction
+    events = pd.DataFrame({F.USER_ID: train.raw[F.USER_ID], F.TIMESTAMP: train.raw[F.TIMESTAMP]})
+    labels = assign_splits(events, split.strategy, fraction, split.min_user_events)
+    held = (labels == artifacts.EVAL).to_numpy()
+    if not held.any() or held.all():
+        log(f"selection: no validation split ({int(held.sum())} of {len(held)} train rows held out by "
+            f"{split.strategy} at {fraction}); training fixed epochs without early stopping")
+        return None, None
+
+    def rows(mask: np.ndarray) -> SplitData:
+        keep = tf.constant(mask)
+        subset = train.rows.enumerate().filter(lambda i, row: tf.gather(keep, i)).map(lambda i, row: row)
+        return SplitData(rows=subset, raw={k: v[mask] for k, v in train.raw.items()})
+
+    log(f"selection: validation = {int(held.sum()):,} of {len(held):,} train rows ({split.strategy}, {fraction:g}); "
+        f"the eval split is used only for the final figures and the gates")
+    return rows(~held), rows(held)
+
+
+def fit_callbacks(model, train_ds, patience: int, log_dir: str | None, monitor: str | None = "val_loss",
+                  mode: str = "min", selection_callback=None):
+    """Early stopping on ``monitor`` over the validation split (best weights restored), gradient
+    norms, TensorBoard; no early stopping when ``monitor`` is None (no validation split)."""
+    early_stopping = None
+    callbacks = [selection_callback] if selection_callback is not None else []  # writes ``monitor`` first
+    if monitor is not None:
+        early_stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
+                                                          restore_best_weights=True)
+        callbacks.append(early_stopping)
     grad_logger = GradientNormLogger(model, train_ds)
-    callbacks = [early_stopping, grad_logger]
+    callbacks.append(grad_logger)
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
     return callbacks, early_stopping, grad_logger
@@ -150,40 +197,72 @@ class Result:
     metrics: dict
     model: tf.keras.Model
     history: dict  # Keras' per-epoch history (+ grad_norm)
-    evaluation: Evaluation
+    evaluation: Evaluation | None
+    selection: dict  # what selected the epochs: metric, best epoch, its validation value
 
 
-def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, *, epochs: int | None = None,
-                     base_model: str | None = None, warm_start_cfg=None, log_dir: str | None = None,
-                     verbose: int = 2) -> Result:
-    """Builds, (warm-starts,) fits and evaluates one model; exports nothing (the Tuner's trial)."""
+def _build(recipe: Recipe, data: TrainingData, hp, prepared: Prepared, base_model, warm_start_cfg):
     tf.keras.utils.set_random_seed(hp.seed)  # every model (and every trial) starts from the same seed
-    prepared = recipe.datasets(data, hp)
-    started = time.time()
     with data.strategy.scope():
         model = recipe.build(data, hp, prepared)
-        warm, warm_epochs = ({"taken": False, "reason": "warm start not requested"}, hp.epochs)
+        warm, epochs = ({"taken": False, "reason": "warm start not requested"}, hp.epochs)
         if warm_start_cfg is not None:
-            warm, warm_epochs = maybe_warm_start(model, lambda: prepared.probe(model, prepared.train_ds), base_model,
-                                                 data.transform_dir, warm_start_cfg, hp, recipe.kind)
+            warm, epochs = maybe_warm_start(model, lambda: prepared.probe(model, prepared.train_ds), base_model,
+                                            data.transform_dir, warm_start_cfg, hp, recipe.kind)
+    return model, warm, epochs
+
+
+def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,
+                     epochs: int | None = None, base_model: str | None = None, warm_start_cfg=None,
+                     log_dir: str | None = None, evaluate: bool = True, verbose: int = 2) -> Result:
+    """Builds, (warm-starts,) fits on train less validation, selects the epoch on validation,
+    refits on all of train when configured, and evaluates on the eval split.
+
+    ``evaluate=False`` (the Tuner's trial) stops after selection: the eval split is not read.
+    """
+    selection = selection or SelectionConfig()
+    validating = data.validation is not None
+    fit_split = data.fit if validating else data.train
+    prepared = recipe.datasets(data, hp, fit_split, data.validation)
+    started = time.time()
+    model, warm, warm_epochs = _build(recipe, data, hp, prepared, base_model, warm_start_cfg)
     epochs = epochs or warm_epochs
+    monitor, mode, selection_callback = (recipe.selection_monitor(data, model, hp, selection, prepared)
+                                         if validating else (None, "min", None))
     callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,
-                                                           log_dir)
+                                                           log_dir, monitor, mode, selection_callback)
     log(f"{recipe.kind}: training {epochs} epoch(s), batch {data.batch_size(hp.batch_size)}, "
-        f"{data.replicas} replica(s), {prepared.describe}")
+        f"{data.replicas} replica(s), {prepared.describe}"
+        + (f"; early stopping on {monitor} (validation split)" if validating else "; no validation split"))
     fit = model.fit(prepared.train_ds, validation_data=prepared.eval_ds, epochs=epochs, callbacks=callbacks,
                     verbose=verbose)
+    history = {**{k: [float(x) for x in v] for k, v in fit.history.items()}, "grad_norm": grad_logger.norms}
+    best = int(early_stopping.best_epoch) + 1 if early_stopping is not None else len(fit.history["loss"])
+    chosen = {"validation": validating, "metric": monitor, "best_epoch": best,
+              "best_value": float(history[monitor][best - 1]) if validating else None, "refit": False,
+              "epochs_run": len(fit.history["loss"])}
+    if validating:
+        log(f"{recipe.kind}: selected epoch {best} of {chosen['epochs_run']} ({monitor} {chosen['best_value']:.4f})")
+    if not evaluate:
+        return Result(metrics={}, model=model, history=history, evaluation=None, selection=chosen)
+    if validating and selection.refit:
+        # The validation rows are the most recent ones: train again on all of train, as long as selected.
+        prepared = recipe.datasets(data, hp, data.train, None)
+        model, warm, _ = _build(recipe, data, hp, prepared, base_model, warm_start_cfg)
+        log(f"{recipe.kind}: refit on all of train ({prepared.describe}) for the selected {best} epoch(s)")
+        model.fit(prepared.train_ds, epochs=best, verbose=verbose)
+        chosen["refit"] = True
     train_seconds = time.time() - started
     evaluation = recipe.evaluate(data, model, hp, prepared)
-    best = int(early_stopping.best_epoch)
     evaluation.metrics.update({
         "train_seconds": train_seconds,
-        "epochs_run": len(fit.history["loss"]),
-        "best_epoch": best + 1,  # the weights evaluated (and exported): early stopping restores them
+        "epochs_run": chosen["epochs_run"],
+        "best_epoch": best,  # the epochs of the evaluated (and exported) weights
+        "selection": chosen,
         "warm_start": warm,
     })
-    history = {**{k: [float(x) for x in v] for k, v in fit.history.items()}, "grad_norm": grad_logger.norms}
-    return Result(metrics=evaluation.metrics, model=model, history=history, evaluation=evaluation)
+    return Result(metrics=evaluation.metrics, model=model, history=history, evaluation=evaluation,
+                  selection=chosen)
 
 
 def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: str, run_dir: str,
@@ -194,8 +273,8 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
     artifact; ``base_model``: the latest blessed model of this kind to warm-start from.
     """
     hp = getattr(cfg, recipe.kind)
-    result = fit_and_evaluate(recipe, data, hp, base_model=base_model, warm_start_cfg=cfg.warm_start,
-                              log_dir=log_dir)
+    result = fit_and_evaluate(recipe, data, hp, cfg.selection, base_model=base_model,
+                              warm_start_cfg=cfg.warm_start, log_dir=log_dir)
     model_dir = os.path.dirname(serving_dir.rstrip("/"))
     recipe.export(data, result.model, hp, result.evaluation, serving_dir)
     save_state(result.model, data.transform_dir, model_dir)
@@ -233,18 +312,24 @@ def _write_json(path: str, value) -> None:
 
 def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str,
                      side_features: dict, history_length: int, cfg: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None) -> dict:
-    """Reads the data (each split once) and trains, exports and writes the metrics of one model."""
+                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
+    """Reads the data (each split once) and trains, exports and writes the metrics of one model.
+
+    ``split``: how the examples' eval split was cut (the validation split is cut the same
+    way); default ``SplitConfig()``, the pipeline's default global time split.
+    """
     hp = getattr(cfg, recipe.kind)
     data = load_data(examples_uri, transform_dir, side_features, history_length,
-                     recipe.raw_keys(side_features), hp.seed, hp.mixed_precision)
+                     recipe.raw_keys(side_features), hp.seed, hp.mixed_precision,
+                     split or SplitConfig(), cfg.selection)
     return train(recipe, data, cfg, serving_dir, run_dir, log_dir=log_dir, base_model=base_model)
 
 
 def run_fn(recipe: Recipe, fn_args) -> None:
     """A TFX Trainer ``run_fn`` body: the trainer config is parsed once here, for the whole run.
 
-    custom_config: {"side_features": {key: kind}, "history_length": N, "trainer": {sections}};
+    custom_config: {"side_features": {key: kind}, "history_length": N, "trainer": {sections},
+                    "split": {the examples' split config}};
     ``fn_args.hyperparameters``: the Tuner's best values, when the pipeline has a Tuner.
     """
     cc = fn_args.custom_config
@@ -253,4 +338,4 @@ def run_fn(recipe: Recipe, fn_args) -> None:
     train_and_export(recipe, raw_data.examples_root(fn_args.train_files), fn_args.transform_output,
                      fn_args.serving_model_dir, fn_args.model_run_dir, cc["side_features"], cc["history_length"], cfg,
                      log_dir=os.path.join(fn_args.model_run_dir, artifacts.TENSORBOARD_DIR),
-                     base_model=fn_args.base_model)
+                     base_model=fn_args.base_model, split=build(SplitConfig, cc.get("split", {}), "split"))

@@ -24,21 +24,22 @@ ranking (DCN-v2 multitask, ``trainer.ranking``)
     num_cross_layers  integer in [1, 3]
     dropout           one of 0.0, 0.1, 0.2, 0.3
 
-Objectives (computed on the eval split, after the epoch with the lowest eval loss,
-whose weights early stopping restores, as in the trainers):
+Objectives, computed on the validation split carved from train (trainer/skeleton.py;
+``trainer.selection``) at the epoch early stopping keeps; the eval split is never read
+by a trial, so the Trainer's final figures and the gates stay unbiased:
 
-- retrieval: **Recall@100** (maximized), the user-level protocol of the trainer's
-  evaluation and of the retrieval gate (``RetrievalRecipe.evaluate`` in trainer/retrieval/train.py). Not the eval
+- retrieval: ``val_selection``, the user-level ``trainer.selection.retrieval_metric``
+  (default Recall@100, maximized), the protocol of the trainer's evaluation. Not the
   loss: the in-batch softmax loss changes scale with ``temperature``, so losses of
   trials with different temperatures are not comparable.
-- ranking: the **eval loss** (minimized), ``rating_loss_weight * MSE +
+- ranking: ``val_loss`` (minimized), ``rating_loss_weight * MSE +
   engagement_loss_weight * BCE``: the trade-off between the two heads that the
-  config states and that early stopping already selects on. Eval RMSE and AUC are
+  config states and that early stopping selects on. Validation RMSE and AUC are
   recorded with every trial too.
 
-Each trial builds, trains and evaluates the model with the trainers' own code
-(trainer/skeleton.py ``fit_and_evaluate`` with the model's recipe); the data is read
-and transformed once per search.
+Each trial builds and trains the model with the trainers' own code (trainer/skeleton.py
+``fit_and_evaluate`` with the model's recipe, without refit); the data is read and
+transformed once per search.
 Models are not kept: the Trainer trains from scratch with the best values.
 """
 
@@ -51,7 +52,9 @@ from typing import Any, Callable
 # KerasTuner (which imports Keras 3) and the model recipes are imported where used: the
 # pipeline wiring imports this module to name the tuner_fns without loading TensorFlow.
 from trainer.hparams import RankingHParams, RetrievalHParams, TrainerConfig, TuningConfig, trainer_config, with_tuned_values
+from trainer.splits import SplitConfig
 from trainer.training_logs import log
+from trainer.typed_config import ConfigError, build
 
 RETRIEVAL = "retrieval"
 RANKING = "ranking"
@@ -83,7 +86,7 @@ def ranking_search_space():
 
 SEARCH_SPACES: dict[str, Callable[[], Any]] = {RETRIEVAL: retrieval_search_space, RANKING: ranking_search_space}
 # (metric name, direction) of each model's tuning objective (see the module docstring).
-OBJECTIVES = {RETRIEVAL: ("val_recall_at_100", "max"), RANKING: ("val_loss", "min")}
+OBJECTIVES = {RETRIEVAL: ("val_selection", "max"), RANKING: ("val_loss", "min")}
 
 
 @functools.cache
@@ -135,39 +138,43 @@ def make_oracle(tuning: TuningConfig, kind: str):
 
 
 class Trials:
-    """Data read and transformed once per search; each call trains + evaluates one configuration.
+    """Data read and transformed once per search; each call trains one configuration and
+    returns its validation figures.
 
     The trial is the trainers' own code: ``skeleton.fit_and_evaluate`` with the model's
-    recipe (build, fit with early stopping, evaluation), without export or warm start.
+    recipe (build, fit with early stopping on the validation split carved from train),
+    without refit, export or warm start; the eval split is never read for a trial.
     """
 
     def __init__(self, kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                 config: TrainerConfig, epochs: int):
+                 config: TrainerConfig, epochs: int, split: SplitConfig | None = None):
         from trainer import skeleton
 
         self.kind, self.config, self.epochs = kind, config, epochs
         self.recipe = _recipe(kind)
         hp = getattr(config, kind)
         self.data = skeleton.load_data(examples_uri, transform_dir, side_features, history_length,
-                                       self.recipe.raw_keys(side_features), hp.seed, hp.mixed_precision)
+                                       self.recipe.raw_keys(side_features), hp.seed, hp.mixed_precision,
+                                       split or SplitConfig(), config.selection)
+        if self.data.validation is None:
+            raise ConfigError("tuning needs a validation split (trainer.selection.validation true, and a train "
+                              "split long enough to carve one): trials are never scored on the eval split")
 
     def __call__(self, values: dict) -> dict:
         from trainer import skeleton
 
         hp = getattr(with_tuned_values(self.config, self.kind, values), self.kind)
-        result = skeleton.fit_and_evaluate(self.recipe, self.data, hp, epochs=self.epochs)
-        best = result.metrics["best_epoch"] - 1
-        out = {"val_loss": float(result.history["val_loss"][best])}
-        if self.kind == RETRIEVAL:
-            m = result.metrics["model"]
-            out.update({"val_recall_at_100": m["recall@100"], "val_recall_at_10": m["recall@10"],
-                        "val_ndcg_at_10": m["ndcg@10"]})
-        else:
+        result = skeleton.fit_and_evaluate(self.recipe, self.data, hp, self.config.selection, epochs=self.epochs,
+                                           evaluate=False)
+        best = result.selection["best_epoch"] - 1
+        out = {"val_selection": result.selection["best_value"], "val_loss": float(result.history["val_loss"][best]),
+               "selection_metric": result.selection["metric"]}
+        if self.kind == RANKING:
             for name in ("val_rmse", "val_auc"):  # the heads' metrics (ranking/model.py), same epoch
                 if name in result.history:
                     out[name] = float(result.history[name][best])
         log(f"tuning {self.kind}: {values} -> {out}")
-        return out
+        return {k: v for k, v in out.items() if k != "selection_metric"}
 
 
 def _recipe(kind: str):
@@ -179,11 +186,11 @@ def _recipe(kind: str):
 
 
 def build_tuner(kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                config: TrainerConfig, directory: str):
+                config: TrainerConfig, directory: str, split: SplitConfig | None = None):
     """The tuner for one model; ``config`` is the typed trainer config (with ``tuning``)."""
     tuning = config.tuning
     trials = Trials(kind, examples_uri, transform_dir, side_features, history_length, config,
-                    tuning.epochs_per_trial)
+                    tuning.epochs_per_trial, split)
     log(f"tuning {kind}: {tuning.algorithm} search, {tuning.max_trials} trial(s) of {tuning.epochs_per_trial} "
         f"epoch(s), objective {OBJECTIVES[kind][0]} ({OBJECTIVES[kind][1]})")
     return make_tuner(make_oracle(tuning, kind), trials, directory=directory, project_name=f"{kind}_tuning",
@@ -203,6 +210,7 @@ def _tuner_fn(fn_args, kind: str):
         side_features=cc["side_features"],
         history_length=cc["history_length"],
         config=trainer_config(cc.get("trainer", {})),
+        split=build(SplitConfig, cc.get("split", {}), "split"),
         directory=fn_args.working_dir or tempfile.mkdtemp(prefix=f"{kind}_tuning_"),
     )
     # The trials hold their data; nothing is passed through search().

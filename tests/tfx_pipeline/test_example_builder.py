@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfx_pipeline.data import splits
+from trainer import splits
 from tfx_pipeline.data.example_builder import build_examples, encode_rows, column_types, hour_and_weekday, user_examples
 from tfx_pipeline.config import parse_config
 from trainer import features as F

@@ -145,3 +145,15 @@ def test_index_floor_fails_the_step(trained, tmp_path):
         build_scann_export(bf_dir, str(tmp_path / "scann"), np.load(out / "run" / "eval_queries.npy"), 10, 20,
                            recall_floor=1.01)
     assert not (tmp_path / "scann").exists()
+
+
+def test_epochs_are_selected_on_the_validation_split(trained):
+    out, metrics, _ = trained
+    sel = metrics["selection"]
+    assert sel["validation"] and sel["refit"] and sel["metric"] == "val_recall@100"
+    history = json.loads((out / "run" / "history.json").read_text())
+    # One validation figure per epoch run; the selected epoch is the best of them.
+    values = history["val_recall@100"]
+    assert len(values) == sel["epochs_run"] == metrics["epochs_run"]
+    assert 1 <= sel["best_epoch"] <= sel["epochs_run"] and sel["best_value"] == max(values)
+    assert values.index(max(values)) + 1 == sel["best_epoch"] == metrics["best_epoch"]

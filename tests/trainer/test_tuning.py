@@ -198,7 +198,7 @@ def test_pipeline_has_tuners_only_when_enabled(tmp_path):
         assert channel.producer_component_id == tuner_id and channel.output_key == "best_hyperparameters"
         assert tuner in on[trainer_id].upstream_nodes
         cc = json.loads(tuner.exec_properties["custom_config"])
-        assert set(cc["trainer"]) == {kind, "tuning"} and cc["trainer"]["tuning"]["max_trials"] == 3
+        assert set(cc["trainer"]) == {kind, "tuning", "selection"} and cc["trainer"]["tuning"]["max_trials"] == 3
         # Everything else the Trainer gets is unchanged by enabling tuning.
         assert on[trainer_id].exec_properties == off[trainer_id].exec_properties
 

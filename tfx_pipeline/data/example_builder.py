@@ -4,7 +4,7 @@ For every interaction: the user's features, the user's N most recent earlier ite
 (strictly before the event's timestamp, so no event leaks its own future), context
 (hour of day, day of week, hours since the user's previous event), the item's
 features and the labels. Each example is assigned to a time-based split
-(tfx_pipeline/data/splits.py). Two more outputs serve training and export:
+(trainer/splits.py). Two more outputs serve training and export:
 
 - items (candidates): one example per catalogue item (item id + item features), so every
   item, interacted with or not, gets a candidate embedding and can be indexed;
@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 from tfx_bsl.coders import example_coder
 
-from tfx_pipeline.data import splits
+from trainer import splits
 from trainer import features as F
 from trainer.artifacts import (CANDIDATES_SPLIT, EXPOSURES_SPLIT, LATEST_SPAN_SPLIT, SPLIT_DIR,  # noqa: F401
                                USER_STATE_SPLIT)

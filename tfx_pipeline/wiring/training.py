@@ -17,6 +17,7 @@ from tfx_pipeline.config import PipelineConfig
 from trainer.gate import ranking_eval_config
 from trainer.artifacts import EVAL, TRAIN
 from trainer.hparams import sections as config_sections
+from trainer.typed_config import to_dict
 
 
 
@@ -46,7 +47,8 @@ def _tuners(trainer_cfg, sections: dict, common: dict) -> dict:
     tuners = {}
     for kind, tuner_id in ids.TUNERS.items():
         # Only this model's section and the tuning settings: the other model's changes keep the cache.
-        custom_config = {**common["custom_config"], "trainer": {kind: sections[kind], "tuning": sections["tuning"]}}
+        custom_config = {**common["custom_config"], "trainer": {kind: sections[kind], "tuning": sections["tuning"],
+                                                                "selection": sections["selection"]}}
         tuners[kind] = tfx.components.Tuner(tuner_fn=f"trainer.tuning.{kind}_tuner_fn",
                                             **{**common, "custom_config": custom_config}).with_id(tuner_id)
     return tuners
@@ -64,8 +66,9 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     custom_config = {
         "side_features": cfg.side_features(),
         "history_length": cfg.examples.history_length,
+        "split": to_dict(cfg.examples.split),  # the trainers carve their validation split the same way
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
-                    "warm_start": sections["warm_start"]},
+                    "warm_start": sections["warm_start"], "selection": sections["selection"]},
         "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see cache_keys.py)
     }
     gate_json = json.dumps(sections["gate"])

@@ -28,11 +28,12 @@ import tensorflow as tf
 
 from trainer import artifacts, features as F, raw_data, skeleton
 from trainer.hparams import TrainerConfig
+from trainer.splits import SplitConfig
 from trainer.model_inputs import FeatureLayout
 from trainer.query import QueryResolver
 from trainer.ranking import export
 from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel
-from trainer.skeleton import Evaluation, Prepared, TrainingData
+from trainer.skeleton import Evaluation, Prepared, SplitData, TrainingData
 from trainer.training_logs import log
 from trainer.warmup_requests import write_ranking_warmup
 IMPORTANCE_ROWS = 20_000  # eval rows used for permutation importance
@@ -148,7 +149,7 @@ def train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, flo
     return total / n, engaged / n, counts, n
 
 
-def with_exposures(data: TrainingData, enabled: bool) -> tuple[tf.data.Dataset, int]:
+def with_exposures(data: TrainingData, rows: tf.data.Dataset, enabled: bool) -> tuple[tf.data.Dataset, int]:
     """Train rows plus the not-engaged logged exposures (the exposures split), when there are any.
 
     Exposure rows are engagement negatives with a rating-loss weight of 0; train rows
@@ -156,12 +157,14 @@ def with_exposures(data: TrainingData, enabled: bool) -> tuple[tf.data.Dataset, 
     """
     files = glob.glob(os.path.join(artifacts.split_dir(data.examples_uri, artifacts.EXPOSURES_SPLIT), "*"))
     if not enabled or not files:
-        return data.train.rows, 0
-    exposures, _ = raw_data.read_split(sorted(files), data.raw_spec, data.tft_layer, data.layout)
-    n = int(exposures.reduce(0, lambda c, _: c + 1).numpy())
+        return rows, 0
+    if artifacts.EXPOSURES_SPLIT not in data.side_reads:  # read once, also when the model is refit
+        rows_read, _ = raw_data.read_split(sorted(files), data.raw_spec, data.tft_layer, data.layout)
+        data.side_reads[artifacts.EXPOSURES_SPLIT] = (rows_read, int(rows_read.reduce(0, lambda c, _: c + 1).numpy()))
+    exposures, n = data.side_reads[artifacts.EXPOSURES_SPLIT]
     weight = lambda w: (lambda row: {**row, F.RATING_WEIGHT: tf.constant(w, tf.float32)})
     log(f"ranking: + {n} logged exposures without engagement as negatives (rating weight 0)")
-    return data.train.rows.map(weight(1.0)).concatenate(exposures.map(weight(0.0))), n
+    return rows.map(weight(1.0)).concatenate(exposures.map(weight(0.0))), n
 
 
 class RankingRecipe:
@@ -172,17 +175,21 @@ class RankingRecipe:
     def raw_keys(self, side_features: dict) -> dict[str, list[str]]:
         return {}  # everything it needs is in the transformed rows
 
-    def datasets(self, data: TrainingData, hp) -> Prepared:
-        rating_mean, engaged_rate, item_counts, num_train = train_stats(data.train.rows, data.layout.num_items)
-        train_rows, num_exposures = with_exposures(data, hp.use_exposures)
+    def datasets(self, data: TrainingData, hp, train: SplitData, validation: SplitData | None) -> Prepared:
+        rating_mean, engaged_rate, item_counts, num_train = train_stats(train.rows, data.layout.num_items)
+        train_rows, num_exposures = with_exposures(data, train.rows, hp.use_exposures)
         batch_size = data.batch_size(hp.batch_size)
         return Prepared(
             train_ds=raw_data.batched(train_rows, batch_size, True, hp.seed),
-            eval_ds=raw_data.batched(data.eval.rows, batch_size, False, hp.seed),
+            eval_ds=raw_data.batched(validation.rows, batch_size, False, hp.seed) if validation else None,
             probe=lambda model, ds: model(next(iter(ds))),
             extras={"rating_mean": rating_mean, "engaged_rate": engaged_rate, "item_counts": item_counts,
                     "num_train": num_train, "num_exposures": num_exposures},
             describe=f"{hp.num_cross_layers} cross layer(s), deep {list(hp.deep_units)}, {num_train} train rows")
+
+    def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
+        """The weighted loss of both heads on the validation split (what the config trades off)."""
+        return "val_loss", "min", None
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         x = prepared.extras
@@ -194,7 +201,7 @@ class RankingRecipe:
     def evaluate(self, data: TrainingData, model, hp, prepared: Prepared) -> Evaluation:
         """The whole eval split: the model against the baselines on the same rows."""
         x = prepared.extras
-        pred = predict_dataset(model, prepared.eval_ds)
+        pred = predict_dataset(model, raw_data.batched(data.eval.rows, data.batch_size(hp.batch_size), False, hp.seed))
         rating_mean = x["rating_mean"]
         metrics = {
             "model": {"rmse": rmse(pred["y_rating"], pred["rating"]), "auc": auc(pred["y_engaged"], pred["logit"])},
@@ -235,14 +242,15 @@ def fmt_metrics(m: dict) -> str:
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
                      history_length: int, config: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None) -> dict:
+                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
     """The whole ranking training; plain function so tests and benchmarks call it directly.
 
+    ``split``: how the examples' eval split was cut (validation is carved the same way);
     ``config``: the typed trainer config; ``base_model``: the latest blessed ranking
     model to warm-start from, or None.
     """
     return skeleton.train_and_export(RECIPE, examples_uri, transform_dir, serving_dir, run_dir, side_features,
-                                     history_length, config, log_dir=log_dir, base_model=base_model)
+                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split)
 
 
 def run_fn(fn_args) -> None:

@@ -121,6 +121,17 @@ def item_strings(items: dict, item_features: dict) -> dict:
     return out
 
 
+def item_model_inputs(data) -> dict:
+    """Every catalogue item (``data``: trainer.skeleton.TrainingData) as candidate-tower inputs."""
+    lists = [k for k, v in data.item_features.items() if v == F.MULTI_VALUED]
+    raw = {k: tf.constant(v) for k, v in data.items.items()}
+    return raw_to_model_inputs(raw, data.tft_layer, data.layout, list_keys=lists)
+
+
+def candidate_ids(data) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in data.items[F.ITEM_ID]], dtype=object)
+
+
 def candidate_set(data, candidate_tower) -> dict:
     """Every catalogue item through the Transform graph and the candidate tower.
 
@@ -128,12 +139,10 @@ def candidate_set(data, candidate_tower) -> dict:
     unknown-item embedding [D] and the item feature strings; the caller adds ``counts``.
     """
     lists = [k for k, v in data.item_features.items() if v == F.MULTI_VALUED]
-    raw = {k: tf.constant(v) for k, v in data.items.items()}
-    emb = candidate_tower(raw_to_model_inputs(raw, data.tft_layer, data.layout, list_keys=lists), training=False)
+    emb = candidate_tower(item_model_inputs(data), training=False)
     unknown = candidate_tower(raw_to_model_inputs(unknown_item_raw(data.items, data.item_features), data.tft_layer,
                                                   data.layout, list_keys=lists), training=False)
-    ids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in data.items[F.ITEM_ID]], dtype=object)
-    return {"ids": ids, "embeddings": emb.numpy(), "unknown_embedding": unknown.numpy()[0],
+    return {"ids": candidate_ids(data), "embeddings": emb.numpy(), "unknown_embedding": unknown.numpy()[0],
             "features": item_strings(data.items, data.item_features)}
 
 

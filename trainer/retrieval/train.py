@@ -19,12 +19,13 @@ import tensorflow as tf
 
 from trainer import artifacts, features as F, skeleton
 from trainer.hparams import TrainerConfig
+from trainer.splits import SplitConfig
 from trainer.query import QueryResolver
 from trainer.retrieval import export, metrics as retrieval_metrics
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
-from trainer.skeleton import Evaluation, Prepared, TrainingData
+from trainer.skeleton import Evaluation, Prepared, SplitData, TrainingData
 from trainer.training_logs import log
 from trainer.warmup_requests import write_retrieval_warmup
 
@@ -38,6 +39,51 @@ def as_str(a: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
 
 
+def first_rows(raw: dict, user_ids) -> np.ndarray:
+    """Index of each user's first (earliest) row in ``raw`` (user_id, timestamp columns), in ``user_ids`` order."""
+    users = as_str(raw[F.USER_ID])
+    order = np.lexsort((raw[F.TIMESTAMP], users))
+    first = order[np.r_[True, users[order][1:] != users[order][:-1]]]
+    by_user = dict(zip(users[first], first))
+    return np.array([by_user[u] for u in user_ids], dtype=np.int64)
+
+
+class ValidationRetrieval(tf.keras.callbacks.Callback):
+    """Adds ``val_<metric>`` (user-level, on the validation split) to each epoch's logs.
+
+    The validation task is the eval protocol on train: truth = a user's validation items
+    not among their fit items, fit items excluded, the whole catalogue ranked; each user
+    queried with their first validation event's features (model inputs, no stored state).
+    """
+
+    def __init__(self, data: TrainingData, model, metric: str):
+        super().__init__()
+        self.key, self.metric, self.retrieval = f"val_{metric}", metric, model
+        self.k = int(metric.split("@")[1])
+        self.item_inputs = export.item_model_inputs(data)
+        self.item_ids = export.candidate_ids(data)
+        frame = lambda d: pd.DataFrame({F.USER_ID: as_str(d[F.USER_ID]), F.ITEM_ID: as_str(d[F.ITEM_ID])})
+        self.task = retrieval_metrics.build_eval_task(frame(data.fit.raw), frame(data.validation.raw), self.item_ids)
+        rows = first_rows(data.validation.raw, self.task.user_ids)
+        # The query rows, in ``rows`` order: gathered once from the validation rows.
+        wanted = tf.constant(np.sort(rows))
+        picked = (data.validation.rows.enumerate()
+                  .filter(lambda i, row: tf.reduce_any(tf.equal(i, wanted))).map(lambda i, row: row))
+        self.queries = next(iter(picked.padded_batch(max(len(rows), 1))), None)
+        self.position = np.searchsorted(np.sort(rows), rows)  # task user -> row of self.queries
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.queries is None or not self.task.num_users:
+            value = 0.0
+        else:
+            q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
+            c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
+            value = retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T, ks=(self.k,))[self.metric]
+        if logs is not None:
+            logs[self.key] = value
+        log(f"retrieval: epoch {epoch + 1}: validation {self.metric} {value:.4f} ({self.task.num_users} users)")
+
+
 class RetrievalRecipe:
     """What the two-tower model adds to the training skeleton."""
 
@@ -48,18 +94,23 @@ class RetrievalRecipe:
         return {artifacts.TRAIN: [F.USER_ID, F.ITEM_ID],
                 artifacts.EVAL: [*QUERY_KEYS, F.ITEM_ID, F.TIMESTAMP, *users]}
 
-    def datasets(self, data: TrainingData, hp) -> Prepared:
+    def datasets(self, data: TrainingData, hp, train: SplitData, validation: SplitData | None) -> Prepared:
         counts = np.zeros(data.layout.num_items, dtype=np.int64)
-        for ids in data.train.rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
+        for ids in train.rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
             np.add.at(counts, ids.numpy(), 1)
         sampling = add_sampling_probability(tf.constant(counts + 1))  # logQ correction
         batch_size = data.batch_size(hp.batch_size)
         return Prepared(
-            train_ds=batched(data.train.rows, batch_size, True, hp.seed, sampling),
-            eval_ds=batched(data.eval.rows, batch_size, False, hp.seed, sampling),
+            train_ds=batched(train.rows, batch_size, True, hp.seed, sampling),
+            eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "
                       f"{data.layout.num_users - 2} users"))
+
+    def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
+        """User-level ``selection.retrieval_metric`` on the validation split, after every epoch."""
+        callback = ValidationRetrieval(data, model, selection.retrieval_metric)
+        return callback.key, "max", callback
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         query_tower, candidate_tower = build_towers(data.layout, hp, data.history_length)
@@ -79,15 +130,10 @@ class RetrievalRecipe:
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
                                  data.history_length)
-        train, ev = data.train.raw, data.eval.raw
+        train, ev = data.train.raw, data.eval.raw  # all of train is excluded and known, as served
         frame = lambda d: pd.DataFrame({F.USER_ID: as_str(d[F.USER_ID]), F.ITEM_ID: as_str(d[F.ITEM_ID])})
         task = retrieval_metrics.build_eval_task(frame(train), frame(ev), candidates["ids"])
-        # The first eval event of every evaluated user.
-        order = np.lexsort((ev[F.TIMESTAMP], as_str(ev[F.USER_ID])))
-        users_sorted = as_str(ev[F.USER_ID])[order]
-        first = order[np.r_[True, users_sorted[1:] != users_sorted[:-1]]]
-        by_user = {u: i for u, i in zip(as_str(ev[F.USER_ID])[first], first)}
-        rows = np.array([by_user[u] for u in task.user_ids])
+        rows = first_rows(ev, task.user_ids)  # the first eval event of every evaluated user
         query = {k: tf.constant(ev[k][rows]) for k in [*QUERY_KEYS, *sorted(data.user_features)]}
         q = resolver.resolve(query, fallback=False)[0].numpy()
         emb = candidates["embeddings"]
@@ -121,15 +167,16 @@ def fmt_metrics(m: dict) -> str:
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
                      history_length: int, config: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None) -> dict:
+                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
     """The whole retrieval training; plain function so tests and benchmarks call it directly.
 
+    ``split``: how the examples' eval split was cut (validation is carved the same way);
     ``config``: the typed trainer config (``trainer.hparams.trainer_config``);
     ``base_model``: the latest blessed retrieval model (TFX's ``fn_args.base_model``) to
     warm-start from (trainer/warm_start.py); None trains from scratch.
     """
     return skeleton.train_and_export(RECIPE, examples_uri, transform_dir, serving_dir, run_dir, side_features,
-                                     history_length, config, log_dir=log_dir, base_model=base_model)
+                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split)
 
 
 def run_fn(fn_args) -> None:

@@ -1,4 +1,4 @@
-"""Time-based train/eval splits of the canonical events table.
+"""Time-based train/eval splits of the canonical events table (and of train, for validation).
 
 Two strategies, both "train on the past, evaluate on the future":
 
@@ -8,11 +8,14 @@ Two strategies, both "train on the past, evaluate on the future":
   and only for users with at least ``min_user_events``) is eval; every user is
   seen in training, which is the usual leave-last-out protocol.
 
-Pure pandas so the example builder, the evaluation and the benchmarks share one
-definition.
+Pure pandas so the example builder (train/eval), the trainers (a validation split
+carved from train with the same strategy: trainer/skeleton.py), the evaluation and
+the benchmarks share one definition.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,13 @@ import pandas as pd
 from trainer.artifacts import EVAL, INTERACTION_SPLITS as SPLIT_NAMES, TRAIN  # noqa: F401  (the split names)
 
 STRATEGIES = ("global_time", "per_user")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    strategy: str = "global_time"  # global_time | per_user (above)
+    eval_fraction: float = 0.2  # the most recent 20%: the usual MovieLens protocol
+    min_user_events: int = 5  # per_user: users with fewer events stay all-train
 
 
 def assign_splits(

@@ -1,0 +1,57 @@
+"""Model selection: the validation split is carved off train with the eval split's rule,
+and early stopping / the selected epoch look at it, never at the eval split."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import features as F
+from trainer.hparams import SelectionConfig, trainer_config
+from trainer.skeleton import SplitData, carve_validation
+from trainer.splits import SplitConfig
+
+
+def _train(users, times):
+    raw = {F.USER_ID: np.array(users, dtype=object), F.ITEM_ID: np.array([f"i{n}" for n in range(len(users))], object),
+           F.TIMESTAMP: np.array(times, dtype=np.int64)}
+    rows = tf.data.Dataset.from_tensor_slices({"row": tf.range(len(users))})
+    return SplitData(rows=rows, raw=raw)
+
+
+def _row_ids(split: SplitData) -> list[int]:
+    return [int(r["row"]) for r in split.rows]
+
+
+def test_global_time_validation_is_the_time_tail_of_train():
+    train = _train(["a", "b", "a", "b", "c", "a", "b", "c", "a", "c"], [5, 1, 9, 3, 7, 2, 8, 4, 6, 10])
+    fit, val = carve_validation(train, SplitConfig("global_time", 0.2), SelectionConfig())
+    assert sorted(val.raw[F.TIMESTAMP].tolist()) == [9, 10]  # the latest 20% of train
+    assert _row_ids(val) == [2, 9] and _row_ids(fit) == [0, 1, 3, 4, 5, 6, 7, 8]
+    assert max(fit.raw[F.TIMESTAMP]) < min(val.raw[F.TIMESTAMP])
+    # rows and raw columns stay aligned
+    assert val.raw[F.ITEM_ID].tolist() == ["i2", "i9"]
+
+
+def test_per_user_validation_is_each_users_latest_events():
+    users = ["a"] * 5 + ["b"] * 5 + ["c"] * 2  # c has fewer than min_user_events: all fit
+    times = [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 7, 8]
+    fit, val = carve_validation(_train(users, times), SplitConfig("per_user", 0.2, 5), SelectionConfig())
+    assert list(zip(val.raw[F.USER_ID], val.raw[F.TIMESTAMP])) == [("a", 5), ("b", 50)]
+    assert len(_row_ids(fit)) == 10 and "c" in set(fit.raw[F.USER_ID])
+
+
+def test_validation_fraction_and_switch():
+    train = _train(list("abcdefghij"), list(range(10)))
+    _, val = carve_validation(train, SplitConfig("global_time", 0.2), SelectionConfig(validation_fraction=0.5))
+    assert val.raw[F.TIMESTAMP].tolist() == [5, 6, 7, 8, 9]
+    assert carve_validation(train, SplitConfig(), SelectionConfig(validation=False)) == (None, None)
+    assert carve_validation(_train(["a"], [1]), SplitConfig("per_user", 0.2, 5), SelectionConfig()) == (None, None)
+
+
+def test_selection_config_is_strict():
+    assert trainer_config({}).selection == SelectionConfig()
+    assert trainer_config({"selection": {"retrieval_metric": "ndcg@10"}}).selection.retrieval_metric == "ndcg@10"
+    with pytest.raises(ValueError, match="retrieval_metric must be one of"):
+        trainer_config({"selection": {"retrieval_metric": "auc"}})
+    with pytest.raises(ValueError, match="validation_fraction"):
+        trainer_config({"selection": {"validation_fraction": 1.5}})
