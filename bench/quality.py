@@ -1,13 +1,15 @@
 """Offline retrieval quality of every registered model on a dataset's splits.
 
     python -m bench.quality --config configs/movielens_100k.yaml \\
-        [--split per_user|global_time|both] [--epochs N] [--out bench/results] [--smoke] \\
+        [--split per_user|global_time|leave_last_one|both|all] [--epochs N] [--out bench/results] [--smoke] \\
         [--models popularity,als] [--plugin my_package.my_models]
 
 Loads the canonical tables through the config, builds the split(s):
 
 - ``per_user``: each user's most recent 20% of events held out (users with at
   least ``examples.split.min_user_events`` events), so every eval user is known;
+- ``leave_last_one``: each user's last event held out (users with at least
+  ``min_user_events``), the sequential-recommendation protocol (HR@10, NDCG@10);
 - ``global_time``: the most recent ``examples.split.eval_fraction`` of all events
   held out (eval users may be new),
 
@@ -44,7 +46,8 @@ from trainer.retrieval import metrics as rm
 KS = (10, 50, 100)
 PER_USER_EVAL_FRACTION = 0.2
 SMOKE_USERS = 40
-SPLITS = ("per_user", "global_time")
+SPLITS = ("per_user", "global_time", "leave_last_one")
+BOTH = ("per_user", "global_time")  # --split both (the default); --split all adds leave_last_one
 TABLE_COLUMNS = (
     ("Recall@10", "recall@10"),
     ("Recall@50", "recall@50"),
@@ -63,6 +66,8 @@ def split_events(
         fraction = PER_USER_EVAL_FRACTION
     elif split == "global_time":
         fraction = sc.eval_fraction
+    elif split == "leave_last_one":
+        fraction = 0.0  # one event per user, not a fraction
     else:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     labels = S.assign_splits(events, split, fraction, sc.min_user_events)
@@ -159,7 +164,7 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, Path]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="dataset config YAML")
-    p.add_argument("--split", choices=(*SPLITS, "both"), default="both")
+    p.add_argument("--split", choices=(*SPLITS, "both", "all"), default="both")
     p.add_argument("--epochs", type=int, default=None, help="two-tower epochs (default 3; smoke 1)")
     p.add_argument("--out", default="bench/results", help="output directory")
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE_USERS} users, 1 epoch: seconds")
@@ -188,7 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bcfg = B.BaselineConfig(seed=args.seed, epochs=epochs, num_threads=args.threads, pipeline=cfg)
     out_dir = resolve_path(args.out)
     started = time.perf_counter()
-    for split in SPLITS if args.split == "both" else (args.split,):
+    for split in BOTH if args.split == "both" else SPLITS if args.split == "all" else (args.split,):
         t0 = time.perf_counter()
         report = run_split(events, item_ids, cfg, split, models, bcfg)
         report["smoke"] = bool(args.smoke)

@@ -6,7 +6,12 @@ Two strategies, both "train on the past, evaluate on the future":
   timestamps is eval; a model is evaluated as if deployed at that instant.
 - ``per_user``: each user's most recent ``eval_fraction`` of events (at least one,
   and only for users with at least ``min_user_events``) is eval; every user is
-  seen in training, which is the usual leave-last-out protocol.
+  seen in training.
+- ``leave_last_one``: each user's last event (users with at least
+  ``min_user_events``) is eval, ``eval_fraction`` unused: the leave-one-out protocol
+  of the sequential-recommendation papers (SASRec, BERT4Rec), reported as HR@10 and
+  NDCG@10 over the full catalogue. Carved from train for validation, it holds out
+  each user's second-to-last event, as those papers do.
 
 Pure pandas so the example builder (train/eval), the trainers (a validation split
 carved from train with the same strategy: trainer/skeleton.py), the evaluation and
@@ -22,12 +27,12 @@ import pandas as pd
 
 from trainer.artifacts import EVAL, INTERACTION_SPLITS as SPLIT_NAMES, TRAIN  # noqa: F401  (the split names)
 
-STRATEGIES = ("global_time", "per_user")
+STRATEGIES = ("global_time", "per_user", "leave_last_one")
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    strategy: str = "global_time"  # global_time | per_user (above)
+    strategy: str = "global_time"  # global_time | per_user | leave_last_one (above)
     eval_fraction: float = 0.2  # the most recent 20%: the usual MovieLens protocol
     min_user_events: int = 5  # per_user: users with fewer events stay all-train
 
@@ -46,7 +51,7 @@ def assign_splits(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown split strategy {strategy!r}; expected one of {STRATEGIES}")
-    if not 0.0 < eval_fraction < 1.0:
+    if strategy != "leave_last_one" and not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     if events.empty:
         return pd.Series([], dtype=object, index=events.index)
@@ -58,14 +63,17 @@ def assign_splits(
         is_eval[order[len(events) - n_eval :]] = True
         return pd.Series(np.where(is_eval, EVAL, TRAIN), index=events.index)
 
-    # per_user: rank each user's events by time (stable), newest last.
+    # per_user / leave_last_one: rank each user's events by time (stable), newest last.
     frame = pd.DataFrame(
         {"u": events[user_col].to_numpy(), "t": events[time_col].to_numpy(), "pos": np.arange(len(events))}
     )
     frame = frame.sort_values(["u", "t", "pos"], kind="mergesort")
     rank = frame.groupby("u", sort=False).cumcount().to_numpy()
     count = frame.groupby("u", sort=False)["t"].transform("size").to_numpy()
-    n_eval = np.maximum(1, np.floor(count * eval_fraction + 1e-9).astype(int))
+    if strategy == "leave_last_one":
+        n_eval = np.ones_like(count)
+    else:
+        n_eval = np.maximum(1, np.floor(count * eval_fraction + 1e-9).astype(int))
     is_eval_sorted = (count >= min_user_events) & (rank >= count - n_eval)
     is_eval = np.zeros(len(events), dtype=bool)
     is_eval[frame["pos"].to_numpy()] = is_eval_sorted

@@ -55,3 +55,20 @@ def test_selection_config_is_strict():
         trainer_config({"selection": {"retrieval_metric": "auc"}})
     with pytest.raises(ValueError, match="validation_fraction"):
         trainer_config({"selection": {"validation_fraction": 1.5}})
+
+
+def test_leave_last_one_holds_out_each_users_last_event_and_validates_on_the_one_before():
+    import pandas as pd
+
+    from trainer.splits import assign_splits
+
+    users = ["a"] * 6 + ["b"] * 6 + ["c"] * 3  # c: fewer than min_user_events, all train
+    times = [6, 1, 5, 2, 4, 3, 10, 60, 20, 50, 30, 40, 7, 9, 8]
+    labels = assign_splits(pd.DataFrame({"user_id": users, "timestamp": times}), "leave_last_one", 0.0, 5)
+    held = [(u, t) for u, t, s in zip(users, times, labels) if s == "eval"]
+    assert held == [("a", 6), ("b", 60)]
+    train_idx = [i for i, s in enumerate(labels) if s == "train"]
+    fit, val = carve_validation(_train([users[i] for i in train_idx], [times[i] for i in train_idx]),
+                                SplitConfig("leave_last_one", 0.2, 5), SelectionConfig())
+    assert sorted(zip(val.raw[F.USER_ID], val.raw[F.TIMESTAMP])) == [("a", 5), ("b", 50)]
+    assert len(_row_ids(fit)) == len(train_idx) - 2
