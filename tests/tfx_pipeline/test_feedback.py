@@ -342,11 +342,12 @@ def test_real_model_server_logs_become_a_span(tmp_path):
     cfg = config(tmp_path)
     events = write_events(tmp_path / "new.csv", [
         ("u1", shown[0], end + 60, "click"),
-        ("u1", shown[1], end + 48 * HOUR, "purchase"),  # after the window
+        # After the (1 h) window; real times, so no more than a day ahead (tables refuse future events).
+        ("u1", shown[1], end + 2 * HOUR, "purchase"),
         ("u2", u2_third, end + 5, "click"),
         ("stranger", "i19", end + 5, "click"),  # not recommended to them
     ])
-    summary = build_span(cfg, str(logs), events, tmp_path / "spans", 4)
+    summary = build_span(cfg, str(logs), events, tmp_path / "spans", 4, attribution_hours=1.0)
     rows = read_csv(tmp_path / "spans" / "span-4" / "exposures.csv")
     by_user = {u: [r for r in rows if r["user_id"] == u] for u in ("u1", "u2", "stranger")}
     u1 = [r["item_id"] for r in by_user["u1"]]
