@@ -41,7 +41,7 @@ def _check_report(report: dict, models) -> None:
 
 
 def test_smoke_command_writes_reports(tmp_path, capsys):
-    assert Q.main(["--config", "configs/implicit_demo.yaml", "--smoke", "--out", str(tmp_path)]) == 0
+    assert Q.main(["--config", "configs/implicit_demo.yaml", "--smoke", "--split", "all", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     for split in Q.SPLITS:
         js = tmp_path / f"quality_implicit_demo_{split}_smoke.json"
