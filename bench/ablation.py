@@ -31,6 +31,10 @@ VARIANTS: dict[str, dict] = {
     "full": dict(),  # all features + logQ correction + accidental-hit removal (the default)
     "full_gru": dict(history_encoder="gru"),
     "full_attention": dict(history_encoder="attention"),
+    "full_sasrec": dict(history_encoder="sasrec"),
+    # The sequential encoder alone on the history (no user id, features or context): SASRec's setting.
+    "sasrec_history_only": dict(history_encoder="sasrec", use_user_id=False, use_content_features=False,
+                                use_context=False),
     "full_no_user_id": dict(use_user_id=False),
     # Leave-one-out from the default: what each part contributes on top of the rest.
     "full_no_logq": dict(logq_correction=False),
@@ -50,7 +54,7 @@ def _latest(root: Path, component: str, output: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/movielens_100k.yaml")
-    parser.add_argument("--split", choices=["per_user", "global_time"], default="per_user")
+    parser.add_argument("--split", choices=["per_user", "global_time", "leave_last_one"], default="per_user")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.retrieval.epochs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -28,14 +28,19 @@ class HistoryEncoder(tf.keras.layers.Layer):
     ``gru``: a GRU over the sequence; the last valid state.
     ``attention``: one Transformer block (self-attention + FFN) with learned
     positions, masked-mean pooled.
+    ``sasrec``: SASRec-style (Kang & McAuley, 2018): ``blocks`` causal pre-LN
+    Transformer blocks over item + position embeddings; the output at the latest
+    item is the encoding (see ``CausalSequence``).
     """
 
     def __init__(self, kind: str, item_embedding: tf.keras.layers.Embedding, dim: int, max_len: int,
-                 heads: int = 2, dropout: float = 0.1, **kwargs):
+                 heads: int = 2, dropout: float = 0.1, blocks: int = 2, **kwargs):
         super().__init__(**kwargs)
         self.kind, self.item_embedding, self.dim = kind, item_embedding, dim
         self.pool = MaskedMean()
-        if kind == "gru":
+        if kind == "sasrec":
+            self.sequence = CausalSequence(item_embedding.output_dim, max_len, heads, blocks, dropout)
+        elif kind == "gru":
             self.gru = tf.keras.layers.GRU(dim)
         elif kind == "attention":
             self.positions = tf.keras.layers.Embedding(max_len + 1, item_embedding.output_dim)
@@ -46,13 +51,15 @@ class HistoryEncoder(tf.keras.layers.Layer):
             self.ffn = tf.keras.Sequential([tf.keras.layers.Dense(2 * item_embedding.output_dim, activation="gelu"),
                                             tf.keras.layers.Dense(item_embedding.output_dim)])
         elif kind != "mean":
-            raise ValueError(f"unknown history encoder {kind!r}: use mean, gru or attention")
+            raise ValueError(f"unknown history encoder {kind!r}: use mean, gru, attention or sasrec")
 
     def call(self, ids, training=False):
         emb = self.item_embedding(ids)  # [B, H, E]
         valid = tf.not_equal(ids, 0)
         if self.kind == "mean":
             return self.pool(emb, ids)
+        if self.kind == "sasrec":
+            return self.sequence(emb, valid, training=training)
         if self.kind == "gru":
             # Right-align isn't needed: Keras masking skips padded steps.
             return self.gru(emb, mask=valid, training=training)
@@ -62,6 +69,62 @@ class HistoryEncoder(tf.keras.layers.Layer):
         x = self.norm1(emb + self.attention(emb, emb, attention_mask=attn_mask, training=training))
         x = self.norm2(x + self.ffn(x))
         return self.pool(x, ids)
+
+
+class CausalBlock(tf.keras.layers.Layer):
+    """Pre-LN Transformer block: x + attn(LN(x)) under ``mask``, then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.norm1 = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self.norm2 = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self.attention = tf.keras.layers.MultiHeadAttention(heads, key_dim=max(8, dim // heads), dropout=dropout)
+        self.ffn = tf.keras.Sequential([tf.keras.layers.Dense(dim, activation="gelu"), tf.keras.layers.Dropout(dropout),
+                                        tf.keras.layers.Dense(dim)])
+        self.drop = tf.keras.layers.Dropout(dropout)
+
+    def call(self, x, mask, training=False):
+        h = self.norm1(x)
+        x = x + self.drop(self.attention(h, h, attention_mask=mask, training=training), training=training)
+        return x + self.drop(self.ffn(self.norm2(x), training=training), training=training)
+
+
+class CausalSequence(tf.keras.layers.Layer):
+    """SASRec's sequence model: [B, H, E] item embeddings (oldest first, ``valid`` [B, H]) -> [B, E].
+
+    Positions count back from the latest item (1 = most recent), so the same item
+    at the same recency gets the same position however long the history is; each
+    position attends to itself and earlier items only (causal) and the output at the
+    latest item is the encoding. An empty history (a new user, or a request
+    without history for an unknown user) gets a learned vector of its own.
+
+    Training: every example row is one event with the history strictly before it
+    (tfx_pipeline/data/example_builder.py), so each position of a user's sequence
+    is already a next-item training target of its own row; the sampled softmax
+    with logQ correction is the retrieval task's (trainer/retrieval/model.py).
+    """
+
+    def __init__(self, dim: int, max_len: int, heads: int, blocks: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.max_len = dim, max_len
+        self.positions = tf.keras.layers.Embedding(max_len + 1, dim, name="positions")
+        self.blocks = [CausalBlock(dim, heads, dropout, name=f"block_{i}") for i in range(blocks)]
+        self.norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self.drop = tf.keras.layers.Dropout(dropout)
+        self.empty = self.add_weight(name="empty_history", shape=[dim], initializer="zeros")
+
+    def call(self, emb, valid, training=False):
+        length = tf.shape(emb)[1]
+        lengths = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # histories are right-padded
+        back = lengths[:, None] - tf.range(length)[None, :]  # 1 = the latest item
+        pos = tf.where(valid, tf.clip_by_value(back, 1, self.max_len), 0)
+        x = self.drop(emb * tf.sqrt(float(self.dim)) + self.positions(pos), training=training)
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # key <= query
+        mask = tf.logical_and(causal[None], valid[:, None, :])
+        for block in self.blocks:
+            x = block(x, mask, training=training)
+        last = tf.gather(self.norm(x), tf.maximum(lengths - 1, 0), batch_dims=1)
+        return tf.where((lengths > 0)[:, None], last, tf.broadcast_to(self.empty, tf.shape(last)))
 
 
 def embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
@@ -115,7 +178,7 @@ class QueryEncoder(tf.keras.layers.Layer):
         self.hour = embedding(F.HOURS_IN_DAY + 1, d, "emb_hour")
         self.day = embedding(F.DAYS_IN_WEEK + 1, d, "emb_day")
         self.history = HistoryEncoder(hp.history_encoder, item_embedding, hp.id_embedding_dim, history_len,
-                                      heads=hp.attention_heads, dropout=hp.dropout)
+                                      heads=hp.attention_heads, dropout=hp.dropout, blocks=hp.sequence_blocks)
 
     def call(self, x, training=False):
         parts = []

@@ -18,7 +18,7 @@ import json
 from trainer.typed_config import ConfigError, build, one_of, to_dict
 
 
-HISTORY_ENCODERS = ("mean", "gru", "attention")
+HISTORY_ENCODERS = ("mean", "gru", "attention", "sasrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,9 @@ class RetrievalHParams:
     id_embedding_dim: int = 48  # user/item id embeddings
     feature_embedding_dim: int = 16  # small vocabularies (genres, occupation, buckets)
     hidden_units: tuple[int, ...] = (128,)
-    history_encoder: str = "mean"  # mean | gru | attention (measured in bench/ablation.py)
+    history_encoder: str = "mean"  # mean | gru | attention | sasrec (measured in bench/ablation.py)
     attention_heads: int = 2
+    sequence_blocks: int = 2  # causal Transformer blocks of the sasrec encoder
     use_user_id: bool = True
     use_item_id: bool = True
     use_content_features: bool = True  # item title/genres/year and user side features
@@ -50,6 +51,8 @@ class RetrievalHParams:
 
     def __post_init__(self):
         one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
+        if self.sequence_blocks < 1 or self.attention_heads < 1:
+            raise ConfigError("sequence_blocks and attention_heads must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,6 +86,22 @@ def tables(num_users: int = 40, num_items: int = 30, num_events: int = 900, seed
     return events, users, items
 
 
+def sequential_tables(num_users: int = 40, num_items: int = 60, events_per_user: int = 15, seed: int = 0):
+    """A log where order is everything: each user walks the catalogue in a cycle
+    (i_k, i_k+1, i_k+2, ... mod ``num_items``) from a random start, so the next item
+    is the one after the latest and popularity is flat. Side tables as in ``tables``."""
+    _, users, items = tables(num_users=num_users, num_items=num_items, num_events=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in users.index:
+        start, t = int(rng.integers(0, num_items)), 1_600_000_000 + int(rng.integers(0, 86400))
+        for step in range(events_per_user):
+            t += int(rng.integers(3600, 6 * 86400))
+            rows.append((u, items.index[(start + step) % num_items], t, 4.0))
+    events = pd.DataFrame(rows, columns=[F.USER_ID, F.ITEM_ID, F.TIMESTAMP, F.RATING_LABEL])
+    return events, users, items
+
+
 def raw_feature_spec(side_features: dict) -> dict:
     """The raw example spec the curated schemas give (scalars [1], lists variable-length)."""
     import tensorflow as tf
@@ -134,12 +150,13 @@ def run_transform(examples_uri: str, transform_dir: str, side_features: dict, te
                                os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
 
 
-def build_tiny_pipeline(root: str, seed: int = 0) -> TinyPipeline:
+def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables) -> TinyPipeline:
+    """``make_tables``: ``tables`` (the default) or ``sequential_tables``."""
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
     from tfx_pipeline.data.example_builder import build_examples
 
     cfg = config()
-    events, users, items = tables(seed=seed)
+    events, users, items = make_tables(seed=seed)
     examples_uri = os.path.join(root, "examples")
     transform_dir = os.path.join(root, "transform_graph")
     build_examples(events, users, items, cfg, examples_uri)

@@ -18,7 +18,7 @@ def test_masked_mean_ignores_padding():
 
 def test_history_encoders_shapes_and_padding_invariance():
     table = tf.keras.layers.Embedding(10, 4)
-    for kind in ("mean", "gru", "attention"):
+    for kind in ("mean", "gru", "attention", "sasrec"):
         enc = HistoryEncoder(kind, table, dim=4, max_len=5)
         a = enc(tf.constant([[1, 2, 3, 0, 0]]))
         b = enc(tf.constant([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]))
