@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from bench import sparse_subsample as SS
-from tfx_pipeline.config import load_config, parse_config
+from tests.support.movielens_tables import movielens_1m_config
+from tfx_pipeline.config import load_config
 from tfx_pipeline.data.tables import load_tables
 from trainer import splits as S
 
@@ -72,21 +73,9 @@ def test_writes_the_same_tables_and_the_sparse_config_reads_them(tmp_path, capsy
     items = sorted(set(ev["item_id"])) + ["Never Rated (2000)"]
     pd.DataFrame({"item_id": items, "title": items, "release_year": 1999.0, "genres": "Drama|Comedy"}).to_csv(
         src / "items.csv", index=False)
-    real = load_config("configs/movielens_1m.yaml")
-
-    def cfg(d, split):
-        return parse_config({
-            "name": "s", "schema_dir": str(d),
-            "data": {"events": {"path": str(d / "events.csv"), "columns": dict(real.data.events.columns)},
-                     "users": {"path": str(d / "users.csv"), "id_column": "user_id",
-                               "features": dict(real.data.users.features)},
-                     "items": {"path": str(d / "items.csv"), "id_column": "item_id",
-                               "features": dict(real.data.items.features)}},
-            "examples": {"split": split}})
-
     out = tmp_path / "sparse"
-    s = SS.write_sparse(cfg(src, {}), out, 5, LEAVE_LAST, seed=0)
-    events, users, items_t = load_tables(cfg(out, {"strategy": "leave_last_one"}))
+    s = SS.write_sparse(movielens_1m_config(src), out, 5, LEAVE_LAST, seed=0)
+    events, users, items_t = load_tables(movielens_1m_config(out, {"strategy": "leave_last_one"}))
     assert s["events"] == len(events) and s["users"] == len(users) == ev["user_id"].nunique()
     assert s["train_events"] + s["eval_events"] == len(events) and s["events_per_user"]["max"] <= 6
     assert "Never Rated (2000)" not in items_t.index and set(items_t.index) == set(events["item_id"])

