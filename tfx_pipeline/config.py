@@ -25,6 +25,8 @@ from trainer.typed_config import ConfigError, build
 __all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "config_from_json", "resolve_path"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# data.fetch: the built-in sources (tfx_pipeline/data/datasets.py), or none.
+FETCH_KINDS = ("none", "movielens_100k", "movielens_1m", "synthetic_implicit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +69,9 @@ class DataConfig:
     items: Optional[SideTable] = None
     # When set, the table paths above are file names inside each span directory.
     spans: Optional[SpansConfig] = None
-    # How to materialize the tables when they are missing: movielens_100k,
-    # synthetic_implicit, or none (the user provides them).
+    # How to materialize the tables when they are missing: movielens_100k, movielens_1m,
+    # synthetic_implicit, or none (the user provides them; configs/movielens_1m_sparse.yaml
+    # names the command that makes its tables).
     fetch: str = "none"
 
 
@@ -164,8 +167,8 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
                 raise ConfigError(f"{where}: feature {col!r} has kind {kind!r}; expected one of {F.FEATURE_KINDS}")
     if cfg.data.users and any(k in (F.MULTI_VALUED, F.TEXT) for k in cfg.data.users.features.values()):
         raise ConfigError(f"{where}: user features may be categorical or numeric only")
-    if cfg.data.fetch not in ("none", "movielens_100k", "synthetic_implicit"):
-        raise ConfigError(f"{where}: data.fetch must be none, movielens_100k or synthetic_implicit")
+    if cfg.data.fetch not in FETCH_KINDS:
+        raise ConfigError(f"{where}: data.fetch must be one of {', '.join(FETCH_KINDS)}")
     if cfg.data.spans is not None:
         spans = cfg.data.spans
         if not any(spec in spans.pattern for spec in ("{SPAN", "{YYYY}")):
