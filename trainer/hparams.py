@@ -18,6 +18,11 @@ import json
 from trainer.typed_config import ConfigError, build, one_of, to_dict
 
 
+def check_rate(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
 HISTORY_ENCODERS = ("mean", "gru", "attention", "sasrec")
 
 
@@ -34,6 +39,9 @@ class RetrievalHParams:
     use_item_id: bool = True
     use_content_features: bool = True  # item title/genres/year and user side features
     use_context: bool = True  # hour, weekday, recency
+    # Share of training rows whose context is replaced by "unknown" (what a request
+    # without context sends), so such requests score with trained weights.
+    context_dropout: float = 0.1
     use_history: bool = True
     logq_correction: bool = True  # subtract log(sampling probability) from in-batch logits
     remove_accidental_hits: bool = True
@@ -53,6 +61,7 @@ class RetrievalHParams:
         one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
+        check_rate("context_dropout", self.context_dropout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +76,15 @@ class RankingHParams:
     epochs: int = 4
     early_stopping_patience: int = 1
     dropout: float = 0.1
+    context_dropout: float = 0.1  # as in RetrievalHParams
     mixed_precision: bool = False
     seed: int = 42
     # Train on logged exposures the user did not act on (the examples' ``exposures`` split,
     # from `recsys feedback build-span`) as engagement negatives, rating loss weight 0.
     use_exposures: bool = True
+
+    def __post_init__(self):
+        check_rate("context_dropout", self.context_dropout)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,3 +90,29 @@ def to_model_inputs(transformed: dict, layout: FeatureLayout) -> dict:
             value = tf.cast(value, tf.int64) + 1  # shift: 0 is reserved for padding
         out[name] = value
     return out
+
+
+# What the Transform graph gives a request without context (hour / day / hours since the
+# previous event sent as -1): index 0 of the hour and day embeddings, a recency z of 0.
+UNKNOWN_CONTEXT = {F.HOUR_OF_DAY: 0, F.DAY_OF_WEEK: 0, F.RECENCY_Z: 0.0}
+
+
+def drop_context(rate: float, seed: int):
+    """A training-batch map fn: each row's context set to ``UNKNOWN_CONTEXT`` with probability ``rate``.
+
+    Requests without context are common at serving (the client knows no time, or a batch
+    job scores offline); without this the "unknown" rows of the context embeddings are
+    never trained and such requests score with untrained weights.
+    """
+    def fn(batch: dict) -> dict:
+        if rate <= 0.0 or not all(k in batch for k in UNKNOWN_CONTEXT):
+            return batch
+        batch = dict(batch)
+        rows = tf.shape(batch[F.HOUR_OF_DAY])[0]
+        drop = tf.random.uniform([rows], seed=seed) < rate
+        for key, unknown in UNKNOWN_CONTEXT.items():
+            value = batch[key]
+            batch[key] = tf.where(drop, tf.cast(tf.fill(tf.shape(value), unknown), value.dtype), value)
+        return batch
+
+    return fn

@@ -9,7 +9,8 @@ Outputs (names from trainer/features.py):
   user_id_idx [B] int64, item_id_idx [B] int64    vocab index, OOV bucket last
   history_item_ids_idx  Sparse [B, H] int64        same vocabulary as item_id
   hour_of_day, day_of_week [B] int64               value + 1; 0 = unknown (-1 in)
-  hours_since_prev_event_z [B] float32             z-score of log1p(hours)
+  hours_since_prev_event_z [B] float32             z-score of log1p(hours); 0 (the
+                                                   train mean) when unknown (< 0 in)
   <cat>_idx [B] int64, <multi>_idx Sparse [B, M]   vocab index with OOV bucket
   <num>_z [B] float32 (NaN in -> 0), <num>_bucket [B] int64 (quantile bucket)
   <text>_tokens Sparse [B, T] int64                lower-cased word tokens
@@ -62,8 +63,11 @@ def preprocessing_fn(inputs: dict, custom_config: dict) -> dict:
     day = _dense(inputs[F.DAY_OF_WEEK], -1)
     out[F.DAY_OF_WEEK] = tf.clip_by_value(day, -1, F.DAYS_IN_WEEK - 1) + 1
     hours = _dense(inputs[F.HOURS_SINCE_PREV_EVENT], 0.0)
-    recency = tft.scale_to_z_score(tf.math.log1p(tf.maximum(tf.cast(hours, tf.float32), 0.0)))
-    out[F.RECENCY_Z] = recency
+    hours = tf.cast(hours, tf.float32)
+    recency = tft.scale_to_z_score(tf.math.log1p(tf.maximum(hours, 0.0)))
+    # Unknown (what a request without context sends, -1): the train mean, the value the
+    # trainers' context dropout trains with (trainer/model_inputs.py), not "0 hours ago".
+    out[F.RECENCY_Z] = tf.where(hours < 0.0, tf.zeros_like(recency), recency)
 
     for key, kind in sorted(side.items()):
         x = inputs[key]

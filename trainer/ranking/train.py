@@ -29,7 +29,7 @@ import tensorflow as tf
 from trainer import artifacts, features as F, raw_data, skeleton
 from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
-from trainer.model_inputs import FeatureLayout
+from trainer.model_inputs import FeatureLayout, drop_context
 from trainer.query import QueryResolver
 from trainer.ranking import export
 from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel
@@ -180,7 +180,7 @@ class RankingRecipe:
         train_rows, num_exposures = with_exposures(data, train.rows, hp.use_exposures)
         batch_size = data.batch_size(hp.batch_size)
         return Prepared(
-            train_ds=raw_data.batched(train_rows, batch_size, True, hp.seed),
+            train_ds=raw_data.batched(train_rows, batch_size, True, hp.seed, drop_context(hp.context_dropout, hp.seed)),
             eval_ds=raw_data.batched(validation.rows, batch_size, False, hp.seed) if validation else None,
             probe=lambda model, ds: model(next(iter(ds))),
             extras={"rating_mean": rating_mean, "engaged_rate": engaged_rate, "item_counts": item_counts,

@@ -20,6 +20,7 @@ import tensorflow as tf
 from trainer import artifacts, features as F, skeleton
 from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
+from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
 from trainer.retrieval import export, metrics as retrieval_metrics
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability
@@ -99,9 +100,10 @@ class RetrievalRecipe:
         for ids in train.rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
             np.add.at(counts, ids.numpy(), 1)
         sampling = add_sampling_probability(tf.constant(counts + 1))  # logQ correction
+        unknown_context = drop_context(hp.context_dropout, hp.seed)
         batch_size = data.batch_size(hp.batch_size)
         return Prepared(
-            train_ds=batched(train.rows, batch_size, True, hp.seed, sampling),
+            train_ds=batched(train.rows, batch_size, True, hp.seed, lambda b: sampling(unknown_context(b))),
             eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "

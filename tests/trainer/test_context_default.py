@@ -1,0 +1,84 @@
+"""A request without context is scored with what training saw as "unknown" context.
+
+The server and the client send -1 for hour / weekday / hours since the previous event
+when they are unknown (serving/names.py). The Transform graph maps that to index 0 of the
+hour and day embeddings and to a recency z of 0 (the train mean); the trainers' context
+dropout replaces a share of training rows' context with exactly those values, so those
+embedding rows are trained.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from serving import names
+from trainer import features as F
+from trainer.model_inputs import UNKNOWN_CONTEXT, drop_context
+
+
+def _resolve(tiny, hour, day, hours):
+    import tensorflow_transform as tft
+
+    from trainer.model_inputs import layout_from_transform
+    from trainer.query import QueryResolver
+
+    out = tft.TFTransformOutput(tiny.transform_dir)
+    layout = layout_from_transform(out, tiny.side_features)
+    user_features = {k: v for k, v in tiny.side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)}
+    state = {F.USER_ID: np.array([b"u0"], dtype=object), F.HISTORY_ITEM_IDS: np.array([[b"i1"]], dtype=object),
+             **{k: (np.array([30.0], np.float32) if kind == F.NUMERIC else np.array([b"F"], dtype=object))
+                for k, kind in user_features.items()}}
+    resolver = QueryResolver(out.transform_features_layer(), None, layout, user_features, state, tiny.history_length)
+    n = len(hour)
+    inputs = {names.USER_ID: tf.constant([b"u0"] * n), names.HISTORY_ITEM_IDS: tf.constant([[b"i1"]] * n),
+              names.HOUR_OF_DAY: tf.constant(hour, tf.int64), names.DAY_OF_WEEK: tf.constant(day, tf.int64),
+              names.HOURS_SINCE_PREV_EVENT: tf.constant(hours, tf.float32),
+              **{k: (tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n))
+                 for k, kind in user_features.items()}}
+    model_inputs, _, _ = resolver.resolve_inputs(inputs)
+    return {k: model_inputs[k].numpy() for k in UNKNOWN_CONTEXT}
+
+
+def test_transform_maps_unknown_context_to_the_trained_unknown_values(tiny_pipeline):
+    got = _resolve(tiny_pipeline, hour=[-1, 5], day=[-1, 2], hours=[-1.0, 0.0])
+    for key, unknown in UNKNOWN_CONTEXT.items():
+        assert got[key][0] == unknown, (key, got)
+    # A known context is not the unknown one: hour 5 -> index 6, weekday 2 -> 3, and
+    # "0 hours since the previous event" is below the train mean, not the mean itself.
+    assert got[F.HOUR_OF_DAY][1] == 6 and got[F.DAY_OF_WEEK][1] == 3
+    assert got[F.RECENCY_Z][1] < -0.1, got
+
+
+def _batch(n):
+    return {F.HOUR_OF_DAY: tf.fill([n], tf.constant(7, tf.int64)), F.DAY_OF_WEEK: tf.fill([n], tf.constant(3, tf.int64)),
+            F.RECENCY_Z: tf.fill([n], 1.5), F.ITEM_ID_IDX: tf.range(n, dtype=tf.int64)}
+
+
+def test_context_dropout_replaces_whole_rows_at_the_rate():
+    out = drop_context(0.3, seed=1)(_batch(4000))
+    dropped = out[F.HOUR_OF_DAY].numpy() == 0
+    assert 0.25 < dropped.mean() < 0.35
+    # The row's whole context goes at once, and nothing else changes.
+    np.testing.assert_array_equal(dropped, out[F.DAY_OF_WEEK].numpy() == 0)
+    np.testing.assert_array_equal(dropped, out[F.RECENCY_Z].numpy() == 0.0)
+    np.testing.assert_array_equal(out[F.ITEM_ID_IDX].numpy(), np.arange(4000))
+    kept = out[F.HOUR_OF_DAY].numpy()[~dropped]
+    assert np.all(kept == 7)
+
+
+def test_context_dropout_off_and_batches_without_context_are_unchanged():
+    batch = _batch(10)
+    assert drop_context(0.0, seed=1)(batch) is batch
+    no_context = {F.ITEM_ID_IDX: tf.range(3, dtype=tf.int64)}
+    assert drop_context(0.5, seed=1)(no_context) is no_context
+
+
+def test_context_dropout_rate_is_checked():
+    import pytest
+
+    from trainer.hparams import trainer_config
+    from trainer.typed_config import ConfigError
+
+    with pytest.raises(ConfigError, match="context_dropout"):
+        trainer_config({"retrieval": {"context_dropout": 1.0}})
+    with pytest.raises(ConfigError, match="context_dropout"):
+        trainer_config({"ranking": {"context_dropout": -0.1}})
