@@ -72,3 +72,56 @@ def test_leave_last_one_holds_out_each_users_last_event_and_validates_on_the_one
                                 SplitConfig("leave_last_one", 0.2, 5), SelectionConfig())
     assert sorted(zip(val.raw[F.USER_ID], val.raw[F.TIMESTAMP])) == [("a", 5), ("b", 50)]
     assert len(_row_ids(fit)) == len(train_idx) - 2
+
+
+def test_no_eval_row_reaches_early_stopping_or_the_tuner(tiny_pipeline):
+    """On ids: what the Tuner's trials and the trainers' early stopping see (the validation
+    rows, the val_loss batches, the validation recall task) is train data, never eval."""
+    from collections import Counter
+
+    import tensorflow_transform as tft
+
+    from trainer import raw_data
+    from trainer.retrieval.train import RECIPE, ValidationRetrieval
+    from trainer.tuning import Trials
+
+    examples, transform, side, hist = tiny_pipeline
+    config = trainer_config({"retrieval": {"batch_size": 64}})
+    trials = Trials("retrieval", examples, transform, side, hist, config, epochs=1,
+                    split=SplitConfig("global_time", 0.2))
+    data = trials.data
+    spec = {k: tf.io.FixedLenFeature([1], t) for k, t in
+            ((F.USER_ID, tf.string), (F.ITEM_ID, tf.string), (F.TIMESTAMP, tf.int64))}
+
+    def triples(split):
+        d = raw_data.read_numpy(raw_data.split_files(examples, split), spec)
+        return Counter(zip(*(np.ravel(d[k]).tolist() for k in (F.USER_ID, F.ITEM_ID, F.TIMESTAMP))))
+
+    def as_bytes(v):
+        return v if isinstance(v, bytes) else str(v).encode()
+
+    train, evals = triples("train"), triples("eval")
+    val = Counter(zip(map(as_bytes, data.validation.raw[F.USER_ID]), map(as_bytes, data.validation.raw[F.ITEM_ID]),
+                      data.validation.raw[F.TIMESTAMP].tolist()))
+    assert val and not (set(val) & set(evals))
+    assert all(train[t] >= n for t, n in val.items())  # every validation row is a train row
+    assert sum(val.values()) + len(data.fit.raw[F.USER_ID]) == sum(train.values())
+
+    # The batches Keras computes val_loss on (early stopping, restore) are those rows, by id.
+    out = tft.TFTransformOutput(transform)
+    user_idx = {u: i + 1 for i, u in enumerate(out.vocabulary_by_name(F.USER_VOCAB))}
+    item_idx = {u: i + 1 for i, u in enumerate(out.vocabulary_by_name(F.ITEM_VOCAB))}
+    prepared = RECIPE.datasets(data, config.retrieval, data.fit, data.validation)
+    seen = Counter()
+    for batch in prepared.eval_ds:
+        seen.update(zip(batch[F.USER_ID_IDX].numpy().tolist(), batch[F.ITEM_ID_IDX].numpy().tolist()))
+    assert seen == Counter((user_idx[u], item_idx[i]) for (u, i, _), n in val.items() for _ in range(n))
+
+    # The validation recall task: its users and truth come from the validation rows.
+    callback = ValidationRetrieval(data, RECIPE.build(data, config.retrieval, prepared), "recall@100")
+    truth = callback.task.truth.tocoo()
+    pairs = {(callback.task.user_ids[r].encode(), callback.task.item_ids[c].encode())
+             for r, c in zip(truth.row, truth.col)}
+    assert pairs and pairs <= {(u, i) for u, i, _ in val}
+    eval_only = {(u, i) for u, i, _ in evals} - {(u, i) for u, i, _ in train}
+    assert not (pairs & eval_only)
