@@ -33,9 +33,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from trainer import features as F
+from trainer.hparams import ClassicalBaselineConfig
+from trainer.retrieval.classical import TrainData, dot_product_scores, fit_als, index_train  # noqa: F401
 from trainer.retrieval.metrics import EvalTask, ScoreFn
 
 
@@ -50,7 +50,8 @@ class BaselineConfig:
         batch_size: two-tower batch size (tutorial: 8192).
         learning_rate: two-tower Adagrad learning rate (tutorial: 0.1).
         shuffle_buffer: two-tower shuffle buffer (tutorial: 100_000).
-        als_factors: ALS latent factors.
+        als_factors: ALS latent factors (capped at min(train users, train items); 0: from the
+            data, as the pipeline's default does).
         als_iterations: ALS sweeps.
         als_regularization: ALS L2 weight (implicit's default, 0.01).
         als_alpha: confidence of a positive in ALS. ``implicit`` uses the matrix values
@@ -59,6 +60,7 @@ class BaselineConfig:
             paper's setting for play counts) over-weights positives on 100K's binary
             data; alpha = 5 was chosen on a validation split carved out of the per-user
             *train* split of MovieLens-100K (sweep 1, 2, 5, 10, 20, 40), never on eval.
+            The other ALS defaults are the pipeline's (``trainer.hparams.ClassicalBaselineConfig``).
         num_threads: CPU threads for ALS / BLAS / TensorFlow.
         pipeline: the dataset's pipeline config, for plug-ins that need it (e.g.
             feature tables); None in unit tests.
@@ -71,10 +73,10 @@ class BaselineConfig:
     batch_size: int = 8192
     learning_rate: float = 0.1
     shuffle_buffer: int = 100_000
-    als_factors: int = 32
-    als_iterations: int = 15
-    als_regularization: float = 0.01
-    als_alpha: float = 5.0
+    als_factors: int = 32  # fixed (the pipeline's default derives it from the data: 0)
+    als_iterations: int = ClassicalBaselineConfig.iterations
+    als_regularization: float = ClassicalBaselineConfig.regularization
+    als_alpha: float = ClassicalBaselineConfig.alpha
     num_threads: int = 1
     pipeline: Any = None
     extra: dict = dataclasses.field(default_factory=dict)
@@ -102,80 +104,7 @@ def register(name: str) -> Callable[[ModelFn], ModelFn]:
     return deco
 
 
-# -- shared helpers -------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainData:
-    """The train split indexed against the task's catalogue.
-
-    Attributes:
-        user_ids: str array [n_train_users], the users with train events, sorted.
-        matrix: CSR float32 [n_train_users, num_items], 1 where the user interacted
-            with the item in train.
-        item_counts: float64 [num_items], train events per item (repeats included).
-        task_user_rows: int64 [task.num_users], row in ``matrix`` of each evaluated
-            user, -1 for cold users.
-        user_rows: int64 [num_train_events], per train event its row in ``matrix``.
-        item_cols: int64 [num_train_events], per train event its catalogue index
-            (events on items outside the catalogue are dropped first).
-    """
-
-    user_ids: np.ndarray
-    matrix: sp.csr_matrix
-    item_counts: np.ndarray
-    task_user_rows: np.ndarray
-    user_rows: np.ndarray
-    item_cols: np.ndarray
-
-
-def index_train(train_events: pd.DataFrame, task: EvalTask) -> TrainData:
-    items = pd.Index(task.item_ids)
-    cols = items.get_indexer(train_events[F.ITEM_ID].astype(str).to_numpy())
-    users_all = train_events[F.USER_ID].astype(str).to_numpy()
-    keep = cols >= 0
-    cols, users_all = cols[keep].astype(np.int64), users_all[keep]
-    user_index = pd.Index(np.unique(users_all))
-    rows = user_index.get_indexer(users_all).astype(np.int64)
-    m = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(user_index), task.num_items)
-    )
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return TrainData(
-        user_ids=user_index.to_numpy().astype(str),
-        matrix=m,
-        item_counts=np.bincount(cols, minlength=task.num_items).astype(np.float64),
-        task_user_rows=user_index.get_indexer(task.user_ids).astype(np.int64),
-        user_rows=rows,
-        item_cols=cols,
-    )
-
-
-def dot_product_scores(
-    user_vectors: np.ndarray, item_vectors: np.ndarray, data: TrainData
-) -> ScoreFn:
-    """Score function of a factorization model, popularity for cold users.
-
-    Args:
-        user_vectors: [n_train_users, d], row i for ``data.user_ids[i]``.
-        item_vectors: [num_items, d], row j for catalogue item j.
-        data: from ``index_train``.
-    """
-    user_vectors = np.asarray(user_vectors, dtype=np.float32)
-    item_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)  # [d, num_items]
-    pop = data.item_counts.astype(np.float32)
-
-    def score(rows: np.ndarray) -> np.ndarray:
-        urows = data.task_user_rows[rows]
-        known = urows >= 0
-        out = np.empty((len(rows), item_t.shape[1]), dtype=np.float32)
-        out[known] = user_vectors[urows[known]] @ item_t
-        out[~known] = pop
-        return out
-
-    return score
-
+# Shared helpers (TrainData, index_train, dot_product_scores) live in trainer/retrieval/classical.py.
 
 # -- models -----------------------------------------------------------------------
 
@@ -201,30 +130,19 @@ def popularity(train_events: pd.DataFrame, task: EvalTask, cfg: BaselineConfig) 
 
 @register("als")
 def als(train_events: pd.DataFrame, task: EvalTask, cfg: BaselineConfig) -> ScoreFn:
-    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from ``implicit``.
+    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from ``implicit``: the pipeline's own
+    classical baseline, ``trainer.retrieval.classical.fit_als``.
 
-    ``implicit.cpu.als.AlternatingLeastSquares`` with ``cfg.als_factors`` factors,
-    ``cfg.als_iterations`` iterations, ``cfg.als_regularization``, confidence
-    ``cfg.als_alpha`` on the binary user x item train matrix (see
-    ``BaselineConfig.als_alpha``), ``random_state=cfg.seed``; scores are
-    user_factors @ item_factors.T.
+    ``cfg.als_factors`` factors (capped by the train matrix's shape), ``cfg.als_iterations``
+    iterations, ``cfg.als_regularization``, confidence ``cfg.als_alpha`` on the binary
+    user x item train matrix (see ``BaselineConfig.als_alpha``), ``random_state=cfg.seed``,
+    ``cfg.num_threads`` threads; scores are user_factors @ item_factors.T, popularity for
+    cold users.
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):  # implicit wants 1 BLAS thread
-        from implicit.cpu.als import AlternatingLeastSquares
-
-        data = index_train(train_events, task)
-        model = AlternatingLeastSquares(
-            factors=cfg.als_factors,
-            regularization=cfg.als_regularization,
-            alpha=cfg.als_alpha,
-            iterations=cfg.als_iterations,
-            random_state=cfg.seed,
-            num_threads=cfg.num_threads,
-        )
-        model.fit(data.matrix, show_progress=False)
-    return dot_product_scores(model.user_factors, model.item_factors, data)
+    params = ClassicalBaselineConfig(factors=cfg.als_factors, iterations=cfg.als_iterations,
+                                     regularization=cfg.als_regularization, alpha=cfg.als_alpha, seed=cfg.seed,
+                                     threads=cfg.num_threads)
+    return fit_als(train_events, task, params).score
 
 
 def _configure_tf(cfg: BaselineConfig):

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 from bench import common as C
 
 PERMISSIVE_GATES = {"min_recall_at_100": 0.0, "min_auc": 0.0, "max_rmse": 1000.0, "min_lift_over_popularity": 0.0,
+                    "min_lift_over_baseline": 0.0,
                     "max_recall_drop": 1.0, "max_auc_drop": 1.0, "max_rmse_increase": 1000.0}
 
 

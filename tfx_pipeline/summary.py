@@ -1,4 +1,5 @@
-"""What a run produced, printed for people: evaluation tables, verdicts, index recall, pushes."""
+"""What a run produced, printed for people: evaluation tables (retrieval: ours, popularity
+and ALS, with a plain line wherever ours loses to a baseline), verdicts, index recall, pushes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def latest(root: Path, component: str, output: str) -> str | None:
 
 
 def print_summary(cfg: PipelineConfig) -> dict:
-    from trainer.report import ranking_table, retrieval_table, write_report
+    from trainer.report import ranking_table, retrieval_table, retrieval_verdicts, write_report
 
     root = cfg.root
     out: dict = {}
@@ -36,6 +37,8 @@ def print_summary(cfg: PipelineConfig) -> dict:
             out[label] = metrics
             print(f"\n[eval] {label} on the eval split ({cfg.examples.split.strategy} split):")
             print("\n".join("  " + r for r in table(metrics)))
+            for line in retrieval_verdicts(metrics) if label == "retrieval" else []:
+                print("  " + line)
             ws = metrics.get("warm_start") or {}
             if ws.get("taken"):
                 rows = ", ".join(f"{v['vocabulary']} {v['rows_carried']} carried / {v['new_rows']} new"
@@ -48,6 +51,15 @@ def print_summary(cfg: PipelineConfig) -> dict:
         if blessing:
             verdict = "BLESSED" if os.path.exists(os.path.join(blessing, "BLESSED")) else "NOT BLESSED"
             print(f"[gate] {gate}: {verdict} ({blessing})")
+            decision = os.path.join(blessing, verdict.replace(" ", "_"))  # the retrieval gate's decision JSON
+            if os.path.isfile(decision) and os.path.getsize(decision):
+                try:
+                    with open(decision) as fh:
+                        reasons = json.load(fh).get("reasons", [])
+                except (ValueError, AttributeError):  # not the gate's JSON (e.g. TFMA's own marker file)
+                    reasons = []
+                for r in reasons:
+                    print(f"  - {r}")
     evaluation = latest(root, ids.RANKING_GATE, "evaluation")
     if evaluation:
         print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")

@@ -1,9 +1,23 @@
 """The evaluation gates.
 
 Retrieval: ``decide``, a pure function over the metrics the retrieval trainer writes
-(``metrics.json`` beside the model): absolute floor, lift over popularity, no
-regression against the latest blessed model. TFMA has no top-K retrieval metric over
-a full catalogue with seen-item exclusion, hence this custom gate.
+(``metrics.json`` beside the model): absolute floor, lift over popularity, lift over
+the classical baseline (ALS, ``"als"``) on Recall@100 and NDCG@10, no regression
+against the latest blessed model. TFMA has no top-K retrieval metric over a full
+catalogue with seen-item exclusion, hence this custom gate.
+
+The classical baseline check (``min_lift_over_baseline``; 0 turns it off):
+
+- ALS fit and evaluated: each metric must reach ``min_lift_over_baseline`` x ALS's.
+- ALS disabled by the trainer config (``trainer.baseline.enabled: false``): not checked,
+  and the reasons say so ("not checked: baseline unavailable ...").
+- ALS unavailable otherwise (its fit failed, or a ``metrics.json`` written before the
+  baseline existed has no ``"als"``): the check fails, "baseline unavailable": a model
+  is not blessed on a comparison that could not be made. Set the factor to 0 (or
+  disable the baseline) to gate without it.
+
+The latest blessed model's ``metrics.json`` is only read for ``model.recall@100``, so
+one written before the baseline existed is still a valid baseline.
 Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA).
 """
 
@@ -27,7 +41,7 @@ def read_model_metrics(model_uri: str) -> dict:
 
 def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) -> dict:
     """Returns {"blessed": bool, "reasons": [...], "checks": {...}}."""
-    reasons, checks = [], {}
+    reasons, checks, notes = [], {}, []
 
     def check(name: str, ok: bool, detail: str) -> None:
         checks[name] = {"ok": bool(ok), "detail": detail}
@@ -40,6 +54,8 @@ def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) ->
         check("min_recall_at_100", r100 >= gate.min_recall_at_100, f"recall@100 {r100:.4f} vs floor {gate.min_recall_at_100}")
         check("lift_over_popularity", r100 >= gate.min_lift_over_popularity * pop,
               f"recall@100 {r100:.4f} vs {gate.min_lift_over_popularity} x popularity {pop:.4f}")
+        if gate.min_lift_over_baseline > 0:
+            notes += lift_over_baseline(current, gate.min_lift_over_baseline, check, checks)
         if baseline is not None:
             prev = baseline["model"]["recall@100"]
             check("no_regression", r100 >= prev - gate.max_recall_drop,
@@ -48,8 +64,41 @@ def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) ->
         raise ValueError(f"unknown model kind {kind!r}")
     if not reasons:
         reasons.append("all checks passed" + (" (first model: no baseline)" if baseline is None else ""))
+    reasons += notes
     return {"blessed": all(c["ok"] for c in checks.values()), "reasons": reasons, "checks": checks,
             "has_baseline": baseline is not None}
+
+
+# The metrics the classical baseline check compares: (metrics.json key, check name, label).
+BASELINE_METRICS = (("recall@100", "lift_over_baseline_recall_at_100", "recall@100"),
+                    ("ndcg@10", "lift_over_baseline_ndcg_at_10", "NDCG@10"))
+
+
+def lift_over_baseline(current: dict, factor: float, check, checks: dict) -> list[str]:
+    """The ALS checks of ``decide`` (see the module docstring); returns notes for the reasons."""
+    als = current.get("als")
+    name = "ALS"
+    if als is None:
+        als = {"unavailable": "metrics.json has no ALS entry (written before the baseline existed)"}
+    if "unavailable" in als:
+        why = als["unavailable"]
+        if als.get("disabled"):
+            note = f"not checked: baseline unavailable ({why})"
+            checks["lift_over_baseline"] = {"ok": True, "skipped": True, "detail": note}
+            return [f"lift_over_baseline: {note}"]
+        for _, check_name, label in BASELINE_METRICS:
+            check(check_name, False, f"baseline unavailable ({why}): cannot show the model's {label} reaches "
+                                     f"{factor} x {name}; set trainer.gate.min_lift_over_baseline: 0 to gate without it")
+        return []
+    m = current["model"]
+    for key, check_name, label in BASELINE_METRICS:
+        ours, theirs = m[key], als[key]
+        if ours >= factor * theirs:
+            check(check_name, True, f"{label} {ours:.4f} >= {factor} x {name} {theirs:.4f}")
+        else:
+            check(check_name, False, f"{label} {ours:.4f} < {factor} x {name} {theirs:.4f}: "
+                                     f"the model loses to the {name} baseline")
+    return []
 
 
 def ranking_eval_config(gate: GateConfig):

@@ -1,4 +1,6 @@
-"""The diagnosis report: curves, gradient norms, feature importance, the evaluation table.
+"""The diagnosis report: curves, gradient norms, feature importance, the evaluation table
+(retrieval: ours beside the popularity and ALS baselines, and a plain line for every
+metric where ours loses to one of them, with the gap).
 
 Built from what the trainers leave in their ModelRun artifacts (history.json,
 metrics.json, feature_importance.json); writes PNGs and a Markdown page.
@@ -43,13 +45,45 @@ def _curves(history: dict, title: str, out_png: str) -> None:
     plt.close(fig)
 
 
+RETRIEVAL_BASELINES = (("popularity", "popularity baseline"), ("als", "ALS baseline (implicit)"))
+# What the gates compare (trainer/gate.py): the lines below the table name every loss on these.
+VERDICT_METRICS = (("recall@100", "Recall@100"), ("ndcg@10", "NDCG@10"))
+
+
 def retrieval_table(m: dict) -> list[str]:
+    """Ours, popularity and ALS (when ``metrics.json`` has it) on the one eval task, as Markdown rows."""
     rows = ["| model | Recall@10 | Recall@50 | Recall@100 | NDCG@10 |", "|---|---|---|---|---|"]
-    for name in ("model", "popularity"):
-        r = m[name]
-        label = "two-tower (ours)" if name == "model" else "popularity baseline"
+    for name, label in (("model", "two-tower (ours)"), *RETRIEVAL_BASELINES):
+        r = m.get(name)
+        if r is None:
+            continue  # a metrics.json written before the ALS baseline existed
+        if "unavailable" in r:
+            rows.append(f"| {label} | unavailable: {r['unavailable']} | | | |")
+            continue
         rows.append(f"| {label} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | {r['recall@100']:.4f} | {r['ndcg@10']:.4f} |")
     return rows
+
+
+def retrieval_verdicts(m: dict) -> list[str]:
+    """Plain lines: where ours loses to a baseline (with the gap), or that it beats them all."""
+    ours, lines, compared = m["model"], [], []
+    for name, label in RETRIEVAL_BASELINES:
+        r = m.get(name)
+        if r is None or "unavailable" in r:
+            if r is not None:
+                lines.append(f"{label} unavailable ({r['unavailable']}): ours was not compared with it")
+            continue
+        compared.append(label)
+        for key, metric in VERDICT_METRICS:
+            if ours[key] < r[key]:
+                gap = r[key] - ours[key]
+                ratio = f", {ours[key] / r[key]:.2f}x" if r[key] > 0 else ""
+                lines.append(f"OURS LOSES to the {label} on {metric}: {ours[key]:.4f} vs {r[key]:.4f} "
+                             f"(-{gap:.4f}{ratio})")
+    if compared and not any(line.startswith("OURS LOSES") for line in lines):
+        lines.insert(0, f"ours beats or ties the {' and the '.join(compared)} on "
+                        f"{' and '.join(metric for _, metric in VERDICT_METRICS)}")
+    return lines
 
 
 def ranking_table(m: dict) -> list[str]:
@@ -69,8 +103,10 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
         metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
         history = _load(os.path.join(run, HISTORY_FILE)) if run else None
         lines += [f"## {title}", f"run: `{run}`", ""]
-        if metrics:
-            lines += (retrieval_table(metrics) if title == "retrieval" else ranking_table(metrics)) + [""]
+        if metrics and title == "retrieval":
+            lines += retrieval_table(metrics) + [""] + [f"- {v}" for v in retrieval_verdicts(metrics)] + [""]
+        elif metrics:
+            lines += ranking_table(metrics) + [""]
         if history:
             png = os.path.join(out_dir, f"{title}_curves.png")
             _curves(history, title, png)

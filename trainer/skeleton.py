@@ -8,6 +8,7 @@ differs, as a ``Recipe``:
     recipe.datasets(data, hp)           -> train / eval batches + what the model needs
     recipe.build(data, hp, prepared)    -> the compiled Keras model (inside the strategy scope)
     recipe.evaluate(data, model, ...)   -> the metrics (model vs baselines) + extra ModelRun files
+                                           (it gets the whole TrainerConfig, e.g. for trainer.baseline)
     recipe.export(data, model, ...)     -> the SavedModel (+ warmup requests) in serving_dir
 
 The skeleton does the rest the same way for both: seeds, the device strategy, each
@@ -90,7 +91,8 @@ class Recipe(Protocol):
 
     def build(self, data: TrainingData, hp, prepared: "Prepared") -> tf.keras.Model: ...
 
-    def evaluate(self, data: TrainingData, model: tf.keras.Model, hp, prepared: "Prepared") -> "Evaluation": ...
+    def evaluate(self, data: TrainingData, model: tf.keras.Model, hp, prepared: "Prepared",
+                 config: TrainerConfig) -> "Evaluation": ...
 
     def export(self, data: TrainingData, model: tf.keras.Model, hp, evaluation: "Evaluation",
                serving_dir: str) -> None: ...
@@ -214,11 +216,14 @@ def _build(recipe: Recipe, data: TrainingData, hp, prepared: Prepared, base_mode
 
 def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,
                      epochs: int | None = None, base_model: str | None = None, warm_start_cfg=None,
-                     log_dir: str | None = None, evaluate: bool = True, verbose: int = 2) -> Result:
+                     log_dir: str | None = None, evaluate: bool = True, verbose: int = 2,
+                     config: TrainerConfig | None = None) -> Result:
     """Builds, (warm-starts,) fits on train less validation, selects the epoch on validation,
     refits on all of train when configured, and evaluates on the eval split.
 
     ``evaluate=False`` (the Tuner's trial) stops after selection: the eval split is not read.
+    ``config``: the whole trainer config, for the recipe's evaluation (e.g. retrieval's
+    classical baseline, ``trainer.baseline``); default ``TrainerConfig()``.
     """
     selection = selection or SelectionConfig()
     validating = data.validation is not None
@@ -253,7 +258,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
         model.fit(prepared.train_ds, epochs=best, verbose=verbose)
         chosen["refit"] = True
     train_seconds = time.time() - started
-    evaluation = recipe.evaluate(data, model, hp, prepared)
+    evaluation = recipe.evaluate(data, model, hp, prepared, config or TrainerConfig())
     evaluation.metrics.update({
         "train_seconds": train_seconds,
         "epochs_run": chosen["epochs_run"],
@@ -274,7 +279,7 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
     """
     hp = getattr(cfg, recipe.kind)
     result = fit_and_evaluate(recipe, data, hp, cfg.selection, base_model=base_model,
-                              warm_start_cfg=cfg.warm_start, log_dir=log_dir)
+                              warm_start_cfg=cfg.warm_start, log_dir=log_dir, config=cfg)
     model_dir = os.path.dirname(serving_dir.rstrip("/"))
     recipe.export(data, result.model, hp, result.evaluation, serving_dir)
     save_state(result.model, data.transform_dir, model_dir)

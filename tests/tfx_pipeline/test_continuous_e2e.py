@@ -26,8 +26,8 @@ NEW_ITEMS = [f"sku-new-{i}" for i in range(4)]
 
 
 def _cfg(tmp_path, gate=None):
-    gate = {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "max_recall_drop": 1.0, "max_auc_drop": 1.0,
-            "max_rmse_increase": 10.0, **(gate or {})}
+    gate = {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "min_lift_over_baseline": 0.0, "max_recall_drop": 1.0,
+            "max_auc_drop": 1.0, "max_rmse_increase": 10.0, **(gate or {})}
     return load_config("configs/implicit_demo.yaml", {
         "name": "implicit_daily",
         "pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),

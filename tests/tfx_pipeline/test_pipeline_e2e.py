@@ -22,7 +22,8 @@ DATA_COMPONENTS = {"ExampleBuilder", "StatisticsGen", "ImportSchemaGen", "Exampl
 def _cfg(tmp_path, **over):
     base = {"pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),
             "trainer": {"retrieval": {"epochs": 2, "batch_size": 128}, "ranking": {"epochs": 1, "batch_size": 256},
-                        "gate": {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "max_recall_drop": 1.0,
+                        "gate": {"min_auc": 0.0, "min_lift_over_popularity": 0.0,
+                                 "min_lift_over_baseline": 0.0, "max_recall_drop": 1.0,
                                  "max_auc_drop": 1.0, "max_rmse_increase": 10.0}}}
     base.update(over)
     return load_config("configs/implicit_demo.yaml", base)

@@ -85,6 +85,14 @@ def test_run_writes_metrics_and_history(trained, tiny_pipeline):
         assert metrics[part]["recall@10"] > rnd["recall@10"].mean(), (part, metrics)
     saved = json.loads((out / "model" / "metrics.json").read_text())
     assert saved["model"] == metrics["model"]
+    # The ALS baseline, on the same eval task (same users), beside ours and popularity.
+    als = saved["als"]
+    assert "unavailable" not in als, als
+    assert {"recall@10", "recall@50", "recall@100", "ndcg@10", "hit_rate@10", "train_seconds", "factors",
+            "cold_users"} <= set(als)
+    assert als["num_users"] == metrics["model"]["num_users"] and 1 <= als["factors"] <= 30
+    assert all(0.0 <= als[k] <= 1.0 for k in ("recall@10", "recall@100", "ndcg@10"))
+    assert als["ndcg@10"] > np.quantile(rnd["ndcg@10"], 0.99), als
     history = json.loads((out / "run" / "history.json").read_text())
     assert len(history["loss"]) == 2 and len(history["grad_norm"]) == 2 and all(np.isfinite(history["grad_norm"]))
     assert np.load(out / "run" / "eval_queries.npy").ndim == 2

@@ -1,4 +1,5 @@
-"""ModelGate: blesses a model only if it clears absolute floors and does not regress.
+"""ModelGate: blesses a model only if it clears absolute floors, beats the popularity and
+ALS baselines by the configured lifts, and does not regress.
 
 Reads ``metrics.json`` written by the trainer beside the model (and by the latest
 blessed model, resolved from ML Metadata by LatestBlessedModelStrategy), applies

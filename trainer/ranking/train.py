@@ -198,8 +198,8 @@ class RankingRecipe:
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
         return model
 
-    def evaluate(self, data: TrainingData, model, hp, prepared: Prepared) -> Evaluation:
-        """The whole eval split: the model against the baselines on the same rows."""
+    def evaluate(self, data: TrainingData, model, hp, prepared: Prepared, config: TrainerConfig) -> Evaluation:
+        """The whole eval split: the model against the baselines on the same rows (``config``: unused)."""
         x = prepared.extras
         pred = predict_dataset(model, raw_data.batched(data.eval.rows, data.batch_size(hp.batch_size), False, hp.seed))
         rating_mean = x["rating_mean"]

@@ -5,8 +5,9 @@ custom_config: {"side_features": {key: kind}, "history_length": N,
 
 Writes to the Model artifact the brute-force retrieval SavedModel (with warmup
 requests) and, to the ModelRun artifact, what the gate, the index step and the
-report read: ``metrics.json`` (Recall/NDCG@K of the model and of the popularity
-baseline, user-level protocol of trainer/retrieval/metrics.py), ``history.json``
+report read: ``metrics.json`` (Recall/NDCG@K of the model, of the popularity baseline
+and of the classical ALS baseline, ``"als"`` (trainer/retrieval/classical.py), all on one
+eval task, user-level protocol of trainer/retrieval/metrics.py), ``history.json``
 (per-epoch losses and gradient norms), ``eval_queries.npy`` (held-out query
 embeddings), ``eval_query_users.npy`` and TensorBoard logs. File names: trainer/artifacts.py.
 """
@@ -22,7 +23,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
-from trainer.retrieval import export, metrics as retrieval_metrics
+from trainer.retrieval import classical, export, metrics as retrieval_metrics
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
@@ -120,12 +121,15 @@ class RetrievalRecipe:
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
         return model
 
-    def evaluate(self, data: TrainingData, model, hp, prepared: Prepared) -> Evaluation:
-        """User-level Recall/NDCG@K on the eval split, for the model and the popularity baseline.
+    def evaluate(self, data: TrainingData, model, hp, prepared: Prepared, config: TrainerConfig) -> Evaluation:
+        """User-level Recall/NDCG@K on the eval split, for the model, the popularity baseline
+        and the classical baseline (``config.baseline``: ALS on all of train), one eval task.
 
         Each evaluated user is queried with the features of their first eval event (its
         history is the user's latest training items); the truth is every item they
-        interacted with in eval and not in train; train items are excluded.
+        interacted with in eval and not in train; train items are excluded. ALS scores
+        cold users (no train rows) by popularity; if it cannot be fit, ``"als"`` holds
+        ``"unavailable"`` (the reason) instead of metrics and the run goes on.
         """
         candidates = export.candidate_set(data, model.candidate_tower)
         train_items = pd.Series(as_str(data.train.raw[F.ITEM_ID])).value_counts()
@@ -142,8 +146,15 @@ class RetrievalRecipe:
         model_metrics = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity = retrieval_metrics.evaluate_scores(task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
-        metrics = {"model": model_metrics, "popularity": popularity, "num_eval_users": int(task.num_users)}
+        als = classical.baseline_metrics(frame(train), task, config.baseline, ks=KS)
+        metrics = {"model": model_metrics, "popularity": popularity, "als": als,
+                   "num_eval_users": int(task.num_users)}
         log(f"retrieval: {fmt_metrics(metrics)}")
+        if "unavailable" in als:
+            log(f"retrieval: ALS baseline unavailable: {als['unavailable']}")
+        else:
+            log(f"retrieval: ALS baseline: {als['factors']} factors, {als['train_seconds']:.1f} s, "
+                f"{als['cold_users']} cold user(s) scored by popularity")
         return Evaluation(metrics=metrics,
                           run_files={artifacts.EVAL_QUERIES_FILE: q,
                                      artifacts.EVAL_QUERY_USERS_FILE: np.asarray(task.user_ids, dtype=str)},
@@ -163,7 +174,9 @@ RECIPE = RetrievalRecipe()
 
 
 def fmt_metrics(m: dict) -> str:
-    return ", ".join(f"{k} {m['model'][k]:.4f} (popularity {m['popularity'][k]:.4f})"
+    als = m.get("als") or {}
+    return ", ".join(f"{k} {m['model'][k]:.4f} (popularity {m['popularity'][k]:.4f}"
+                     + (f", ALS {als[k]:.4f})" if k in als else ")")
                      for k in ("recall@10", "recall@100", "ndcg@10"))
 
 

@@ -1,0 +1,32 @@
+"""The run summary (tfx_pipeline/summary.py) on hand-made artifacts: ALS beside ours and
+popularity, a plain line where ours loses, and the retrieval gate's reasons."""
+
+import json
+
+from tfx_pipeline import component_ids as ids
+from tfx_pipeline.config import load_config
+from trainer.gate import decide
+from trainer.hparams import GateConfig
+
+
+def test_summary_prints_als_the_loss_and_the_gate_reasons(tmp_path, capsys):
+    from tfx_pipeline.summary import print_summary
+
+    cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                      "serving_base_path": str(tmp_path / "serving")})
+    row = lambda r, n: {"recall@10": n, "recall@50": r, "recall@100": r, "ndcg@10": n}
+    metrics = {"model": row(0.2470, 0.15), "popularity": row(0.20, 0.10), "als": row(0.2510, 0.12)}
+    run = cfg.root / "artifacts" / ids.RETRIEVAL_TRAINER / "model_run" / "7"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    blessing = cfg.root / "artifacts" / ids.RETRIEVAL_GATE / "blessing" / "8"
+    blessing.mkdir(parents=True)
+    (blessing / "NOT_BLESSED").write_text(json.dumps(decide("retrieval", metrics, None, GateConfig())))
+    out = print_summary(cfg)
+    printed = capsys.readouterr().out
+    assert out["retrieval"]["als"] == metrics["als"]
+    assert "| ALS baseline (implicit) | 0.1200 | 0.2510 | 0.2510 | 0.1200 |" in printed
+    assert "OURS LOSES to the ALS baseline (implicit) on Recall@100: 0.2470 vs 0.2510 (-0.0040, 0.98x)" in printed
+    assert f"[gate] {ids.RETRIEVAL_GATE}: NOT BLESSED" in printed
+    assert ("- lift_over_baseline_recall_at_100: recall@100 0.2470 < 1.0 x ALS 0.2510: "
+            "the model loses to the ALS baseline") in printed
