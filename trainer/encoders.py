@@ -54,6 +54,9 @@ class HistoryEncoder(tf.keras.layers.Layer):
             raise ValueError(f"unknown history encoder {kind!r}: use mean, gru, attention or sasrec")
 
     def call(self, ids, training=False):
+        # A batch in which every history is empty (new users; a log without timestamps)
+        # arrives as [B, 0]; the GRU and the sequence model need one (padding) column.
+        ids = tf.pad(ids, [[0, 0], [0, tf.maximum(1 - tf.shape(ids)[1], 0)]])
         emb = self.item_embedding(ids)  # [B, H, E]
         valid = tf.not_equal(ids, 0)
         if self.kind == "mean":

@@ -35,6 +35,9 @@ def test_empty_history_gets_its_own_vector_not_nan():
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out[0], enc.sequence.empty.numpy())
     assert np.abs(out[0] - out[1]).max() > 1e-3
+    # A batch in which every history is empty may come as [B, 0].
+    none = enc(tf.zeros([3, 0], tf.int64)).numpy()
+    np.testing.assert_allclose(none, np.broadcast_to(enc.sequence.empty.numpy(), (3, 8)))
 
 
 def test_causal_mask_earlier_positions_do_not_see_later_items():

@@ -24,6 +24,9 @@ def test_history_encoders_shapes_and_padding_invariance():
         b = enc(tf.constant([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]))
         assert a.shape == (1, 4) and b.shape == (2, 4)
         np.testing.assert_allclose(a.numpy()[0], b.numpy()[0], rtol=1e-5, atol=1e-6)
+        # A batch of empty histories can come as [B, 0] (e.g. a log without timestamps).
+        empty = enc(tf.zeros([3, 0], tf.int64)).numpy()
+        assert empty.shape == (3, 4) and np.all(np.isfinite(empty)), kind
 
 
 def _softmax_xent_sum(logits):
