@@ -41,7 +41,7 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
     import tensorflow as tf
 
     from tfx_pipeline import component_ids as ids
-    from tfx_pipeline.config import load_config
+    from tfx_pipeline.config import deep_merge, load_config
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
     from trainer.artifacts import EVAL_QUERIES_FILE, EVAL_QUERY_USERS_FILE
@@ -49,8 +49,11 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
 
     base = bcfg.pipeline
     split = bcfg.extra["split"]
-    cfg = load_config(base.source_path, {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}},
-                                         "trainer": trainer_overrides})
+    # The benchmark's --set overrides, then this split and this variant's trainer settings.
+    overrides = deep_merge(bcfg.extra.get("overrides", {}),
+                           {"name": f"{base.name}_{split}", "examples": {"split": {"strategy": split}},
+                            "trainer": trainer_overrides})
+    cfg = load_config(base.source_path, overrides)
     run_local(cfg, stage="data")
     examples = latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = latest(cfg.root, ids.TRANSFORM, "transform_graph")

@@ -2,7 +2,7 @@
 
     python -m bench.quality --config configs/movielens_100k.yaml \\
         [--split per_user|global_time|leave_last_one|both|all] [--epochs N] [--out bench/results] [--smoke] \\
-        [--models popularity,als] [--plugin my_package.my_models]
+        [--models popularity,als] [--plugin my_package.my_models] [--set trainer.retrieval.epochs=4 ...]
 
 Loads the canonical tables through the config, builds the split(s):
 
@@ -38,7 +38,7 @@ import pandas as pd
 
 from bench import baselines as B
 from trainer import splits as S
-from tfx_pipeline.config import PipelineConfig, load_config, resolve_path
+from tfx_pipeline.config import PipelineConfig, load_config, overrides_from_pairs, resolve_path
 from tfx_pipeline.data.tables import catalogue, load_tables
 from trainer import features as F
 from trainer.retrieval import metrics as rm
@@ -171,6 +171,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--models", default="", help="comma-separated subset of the registered models")
     p.add_argument("--plugin", action="append", default=[],
                    help="module to import first; it registers models with bench.baselines.register")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value as the pipeline does, e.g. --set trainer.retrieval.history_encoder=sasrec")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1, help="CPU threads per model")
     return p.parse_args(argv)
@@ -181,7 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for module in args.plugin:
         importlib.import_module(module)
     models = B.get_models([m for m in args.models.split(",") if m])
-    cfg = load_config(args.config)
+    overrides = overrides_from_pairs(args.set)
+    cfg = load_config(args.config, overrides or None)
     from tfx_pipeline.data.datasets import ensure_dataset
 
     ensure_dataset(cfg)
@@ -190,7 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.smoke:
         events = subsample_users(events, SMOKE_USERS, args.seed)
     epochs = args.epochs if args.epochs is not None else (1 if args.smoke else B.BaselineConfig.epochs)
-    bcfg = B.BaselineConfig(seed=args.seed, epochs=epochs, num_threads=args.threads, pipeline=cfg)
+    bcfg = B.BaselineConfig(seed=args.seed, epochs=epochs, num_threads=args.threads, pipeline=cfg,
+                            extra={"overrides": overrides})
     out_dir = resolve_path(args.out)
     started = time.perf_counter()
     for split in BOTH if args.split == "both" else SPLITS if args.split == "all" else (args.split,):

@@ -22,19 +22,9 @@ DEFAULT_CONFIG = "configs/movielens_100k.yaml"
 
 
 def _load(args):
-    from tfx_pipeline.config import load_config
+    from tfx_pipeline.config import load_config, overrides_from_pairs
 
-    overrides = {}
-    for item in getattr(args, "set", None) or []:
-        key, _, value = item.partition("=")
-        import yaml
-
-        node = overrides
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return load_config(args.config, overrides or None)
+    return load_config(args.config, overrides_from_pairs(getattr(args, "set", None)) or None)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

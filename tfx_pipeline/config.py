@@ -210,6 +210,30 @@ def load_config(path: str | os.PathLike, overrides: Optional[dict] = None) -> Pi
     return parse_config(raw, str(p))
 
 
+def overrides_from_pairs(pairs) -> dict:
+    """``["trainer.retrieval.epochs=2", ...]`` (the CLIs' ``--set``) -> a nested override mapping.
+
+    Values are YAML (``2`` is an int, ``[a, b]`` a list, ``true`` a bool).
+    """
+    overrides: dict = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set trainer.retrieval.epochs=2")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
+        node = overrides
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set to a value and used as a section")
+        node[parts[-1]] = parsed
+    return overrides
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():

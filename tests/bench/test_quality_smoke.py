@@ -155,3 +155,21 @@ def test_rank_auc_matches_hand_count():
     # pairs (pos, neg): (0.9,0.1) win, (0.9,0.5) win, (0.4,0.1) win, (0.4,0.5) loss -> 3/4
     assert auc([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5]) == 0.75
     assert auc([1, 0], [0.5, 0.5]) == 0.5  # a tie counts half
+
+
+def test_set_overrides_reach_the_config_and_the_report(tmp_path):
+    """--set works as in the pipeline CLI: the split rule here comes from the override."""
+    import pytest
+
+    from tfx_pipeline.config import ConfigError
+
+    argv = ["--config", "configs/implicit_demo.yaml", "--smoke", "--split", "per_user", "--models", "popularity",
+            "--out", str(tmp_path)]
+    assert Q.main([*argv, "--set", "examples.split.min_user_events=40"]) == 0
+    report = json.loads((tmp_path / "quality_implicit_demo_per_user_smoke.json").read_text())
+    assert report["min_user_events"] == 40 and report["num_eval_users"] == 0  # 25 events per user < 40
+    assert report["baseline_config"]["extra"]["overrides"] == {"examples": {"split": {"min_user_events": 40}}}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        Q.main([*argv, "--set", "trainer.retrieval.epochs"])
+    with pytest.raises(ConfigError, match="unknown"):
+        Q.main([*argv, "--set", "trainer.retrieval.epoch=2"])
