@@ -130,8 +130,10 @@ class CausalSequence(tf.keras.layers.Layer):
         return tf.where((lengths > 0)[:, None], last, tf.broadcast_to(self.empty, tf.shape(last)))
 
 
-def embedding(rows: int, dim: int, name: str) -> tf.keras.layers.Embedding:
-    return tf.keras.layers.Embedding(rows, dim, name=name, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05))
+def embedding(rows: int, dim: int, name: str, l2: float = 0.0) -> tf.keras.layers.Embedding:
+    """An embedding table; ``l2`` > 0 adds l2 x sum(table^2) to the loss (TFRS adds ``model.losses``)."""
+    return tf.keras.layers.Embedding(rows, dim, name=name, embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+                                     embeddings_regularizer=tf.keras.regularizers.l2(l2) if l2 > 0 else None)
 
 
 def mlp(units, out_dim: int, dropout: float, name: str) -> tf.keras.Sequential:
@@ -175,7 +177,7 @@ class QueryEncoder(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.layout, self.hp = layout, hp
         d = hp.feature_embedding_dim
-        self.user_embedding = embedding(layout.num_users, hp.id_embedding_dim, "emb_user_id")
+        self.user_embedding = embedding(layout.num_users, hp.id_embedding_dim, "emb_user_id", hp.embedding_l2)
         names = (*layout.user_cats, *[k + F.BUCKET_SUFFIX for k in layout.user_nums])
         self.embeddings = {n: embedding(layout.sizes[n], d, f"emb_{n}") for n in names}
         self.hour = embedding(F.HOURS_IN_DAY + 1, d, "emb_hour")

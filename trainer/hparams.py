@@ -53,6 +53,8 @@ class RetrievalHParams:
     epochs: int = 8
     early_stopping_patience: int = 2
     dropout: float = 0.1
+    # L2 weight of the user and item id embedding tables (added to the loss; 0 = off).
+    embedding_l2: float = 0.0
     mixed_precision: bool = False  # only applied on GPU
     seed: int = 42
     max_k: int = 100  # largest k the exported recommend signature serves

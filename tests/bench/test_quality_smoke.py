@@ -118,9 +118,12 @@ def test_ablation_smoke(tmp_path, capsys):
                         "--epochs", "1", "--out", str(tmp_path)])
     assert rc == 0
     rows = json.loads((tmp_path / "ablation_implicit_demo_per_user.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["ids_only", "popularity"]
+    assert [r["variant"] for r in rows] == ["ids_only", "popularity", "als"]
     assert all(0.0 <= r["recall@100"] <= 1.0 for r in rows)
-    ours, popularity = rows
+    ours, popularity, als = rows
+    assert als["num_users"] == ours["num_users"]
+    # The selection figure (validation, carved from train) is reported beside the eval figures.
+    assert ours["validation_metric"] == "val_recall@100" and 0.0 <= ours["validation"] <= 1.0
     assert ours["num_users"] == popularity["num_users"] > 0  # one eval task for both rows
     for r in rows:
         assert r["recall@10"] <= r["recall@50"] <= r["recall@100"] and r["hit_rate@10"] >= r["recall@10"], r

@@ -26,7 +26,7 @@ class Tower(tf.keras.Model):
 
 
 def build_towers(layout: FeatureLayout, hp, history_len: int) -> tuple[Tower, Tower]:
-    item_embedding = embedding(layout.num_items, hp.id_embedding_dim, "emb_item_id")
+    item_embedding = embedding(layout.num_items, hp.id_embedding_dim, "emb_item_id", hp.embedding_l2)
     query = Tower(QueryEncoder(layout, item_embedding, hp, history_len), hp, "query_tower")
     candidate = Tower(ItemEncoder(layout, item_embedding, hp.feature_embedding_dim, hp.use_item_id,
                                   hp.use_content_features), hp, "candidate_tower")
