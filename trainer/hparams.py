@@ -50,7 +50,11 @@ class RetrievalHParams:
     temperature: float = 0.05  # logits are cosine similarities / temperature
     batch_size: int = 512
     learning_rate: float = 0.003
-    epochs: int = 8
+    # 0 = derived from the data: at least 8, raised on a small log until training takes
+    # ``min_train_steps`` optimizer steps (at most 50; early stopping on validation still
+    # ends it). A number > 0 is used as given.
+    epochs: int = 0
+    min_train_steps: int = 1200
     early_stopping_patience: int = 2
     dropout: float = 0.1
     # L2 weight of the user and item id embedding tables (added to the loss; 0 = off).
@@ -65,6 +69,8 @@ class RetrievalHParams:
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)
+        if self.epochs < 0 or self.min_train_steps < 0 or self.embedding_l2 < 0:
+            raise ConfigError("epochs, min_train_steps and embedding_l2 must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

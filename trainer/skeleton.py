@@ -214,6 +214,23 @@ def _build(recipe: Recipe, data: TrainingData, hp, prepared: Prepared, base_mode
     return model, warm, epochs
 
 
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 8, 50
+
+
+def epochs_for_steps(epochs: int, min_steps: int, rows: int, batch_size: int, kind: str = "") -> int:
+    """``epochs`` when given (> 0); for 0 (the default), derived from the data: at least
+    ``AUTO_MIN_EPOCHS``, raised until training takes ``min_steps`` optimizer steps (at most
+    ``AUTO_MAX_EPOCHS``), so a small log gets as many updates as a larger one; early
+    stopping on the validation split still ends training when it stops improving."""
+    if epochs > 0:
+        return epochs
+    steps = max(1, rows // max(1, batch_size))  # the training batches drop the remainder
+    chosen = min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, -(-max(min_steps, 0) // steps)))
+    log(f"{kind}: epochs derived from the data: {chosen} ({rows:,} rows = {steps} step(s) an epoch; "
+        f"min_train_steps {min_steps})")
+    return chosen
+
+
 def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,
                      epochs: int | None = None, base_model: str | None = None, warm_start_cfg=None,
                      log_dir: str | None = None, evaluate: bool = True, verbose: int = 2,
@@ -231,7 +248,9 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
     prepared = recipe.datasets(data, hp, fit_split, data.validation)
     started = time.time()
     model, warm, warm_epochs = _build(recipe, data, hp, prepared, base_model, warm_start_cfg)
-    epochs = epochs or warm_epochs
+    if epochs is None:
+        epochs = epochs_for_steps(warm_epochs, getattr(hp, "min_train_steps", 0), len(fit_split.raw[F.USER_ID]),
+                                  data.batch_size(hp.batch_size), recipe.kind)
     monitor, mode, selection_callback = (recipe.selection_monitor(data, model, hp, selection, prepared)
                                          if validating else (None, "min", None))
     callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,

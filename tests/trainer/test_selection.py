@@ -125,3 +125,15 @@ def test_no_eval_row_reaches_early_stopping_or_the_tuner(tiny_pipeline):
     assert pairs and pairs <= {(u, i) for u, i, _ in val}
     eval_only = {(u, i) for u, i, _ in evals} - {(u, i) for u, i, _ in train}
     assert not (pairs & eval_only)
+
+
+def test_epochs_derived_from_the_data_only_when_not_given():
+    from trainer.skeleton import AUTO_MAX_EPOCHS, AUTO_MIN_EPOCHS, epochs_for_steps
+
+    assert epochs_for_steps(5, 1200, 100, 512) == 5  # given: used as is, even on tiny data
+    assert epochs_for_steps(0, 1200, 80_000, 512) == AUTO_MIN_EPOCHS  # 156 steps an epoch: 8 is enough
+    assert epochs_for_steps(0, 1200, 30_200, 512) == 21  # 58 steps an epoch
+    assert epochs_for_steps(0, 1200, 100, 512) == AUTO_MAX_EPOCHS  # one step an epoch: capped
+    assert epochs_for_steps(0, 0, 100, 512) == AUTO_MIN_EPOCHS
+    with pytest.raises(ValueError, match="epochs"):
+        trainer_config({"retrieval": {"epochs": -1}})
