@@ -172,11 +172,15 @@ class TuningConfig:
     epochs_per_trial: int = 2  # training epochs of each trial (early stopping still applies)
     algorithm: str = "random"  # random | bayesian (KerasTuner oracles)
     seed: int = 0  # the oracle's sampling seed
+    # Wall-clock budget of one model's search: no trial starts after it (0 = no limit).
+    time_budget_s: float = 3600.0
 
     def __post_init__(self):
         one_of("algorithm", self.algorithm, TUNING_ALGORITHMS)
         if self.max_trials < 1 or self.epochs_per_trial < 1:
             raise ConfigError("max_trials and epochs_per_trial must be >= 1")
+        if self.time_budget_s < 0:
+            raise ConfigError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ the trainer config by trainer/skeleton.py ``run_fn`` with ``hparams.with_tuned_v
 (trainer/hparams.py ``TuningConfig``)::
 
     trainer:
-      tuning: {enabled: true, max_trials: 4, epochs_per_trial: 2, algorithm: random|bayesian, seed: 0}
+      tuning: {enabled: true, max_trials: 4, epochs_per_trial: 2, algorithm: random|bayesian, seed: 0,
+               time_budget_s: 3600}
 
 Search spaces (the defaults are the trainer defaults of trainer/hparams.py; every
 other hyper-parameter keeps its configured value):
@@ -16,7 +17,7 @@ retrieval (two-tower, ``trainer.retrieval``)
     learning_rate    float in [3e-4, 1e-2], log-uniform
     temperature      one of 0.02, 0.05, 0.1, 0.2 (in-batch softmax over cosine / temperature)
     embedding_dim    one of 32, 64, 128 (tower output size)
-    history_encoder  one of mean, gru, attention
+    history_encoder  one of mean, gru, attention, sasrec
 
 ranking (DCN-v2 multitask, ``trainer.ranking``)
     learning_rate     float in [3e-4, 1e-2], log-uniform
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from typing import Any, Callable
 
 # KerasTuner (which imports Keras 3) and the model recipes are imported where used: the
@@ -68,7 +70,7 @@ def retrieval_search_space():
     hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=RetrievalHParams.learning_rate)
     hp.Choice("temperature", [0.02, 0.05, 0.1, 0.2], default=RetrievalHParams.temperature)
     hp.Choice("embedding_dim", [32, 64, 128], default=RetrievalHParams.embedding_dim)
-    hp.Choice("history_encoder", ["mean", "gru", "attention"], default=RetrievalHParams.history_encoder)
+    hp.Choice("history_encoder", ["mean", "gru", "attention", "sasrec"], default=RetrievalHParams.history_encoder)
     return hp
 
 
@@ -102,9 +104,23 @@ def _trial_tuner_class():
         A failing trial stops the search (``FatalError``) instead of being skipped.
         """
 
-        def __init__(self, oracle, trial_fn: Callable[[dict], dict], **kwargs):
+        def __init__(self, oracle, trial_fn: Callable[[dict], dict], time_budget_s: float = 0.0, **kwargs):
             super().__init__(oracle=oracle, hypermodel=None, **kwargs)
-            self.trial_fn = trial_fn
+            self.trial_fn, self.time_budget_s, self.started = trial_fn, time_budget_s, None
+
+        def on_search_begin(self):
+            super().on_search_begin()
+            self.started = time.monotonic()
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            elapsed = time.monotonic() - (self.started or time.monotonic())
+            done = len(self.oracle.trials)
+            if self.time_budget_s and elapsed >= self.time_budget_s and done < self.oracle.max_trials:
+                # The oracle ends the search when max_trials trials exist: no new trial starts.
+                log(f"tuning: time budget {self.time_budget_s:.0f} s spent after {done} trial(s) "
+                    f"({elapsed:.0f} s); stopping the search with the best so far")
+                self.oracle.max_trials = done
 
         def run_trial(self, trial, *fit_args, **fit_kwargs) -> dict:
             try:
@@ -121,9 +137,13 @@ def _trial_tuner_class():
     return TrialTuner
 
 
-def make_tuner(oracle, trial_fn: Callable[[dict], dict], **kwargs):
-    """A ``TrialTuner`` (a KerasTuner ``BaseTuner``): each trial is ``trial_fn(values) -> metrics``."""
-    return _trial_tuner_class()(oracle, trial_fn, **kwargs)
+def make_tuner(oracle, trial_fn: Callable[[dict], dict], time_budget_s: float = 0.0, **kwargs):
+    """A ``TrialTuner`` (a KerasTuner ``BaseTuner``): each trial is ``trial_fn(values) -> metrics``.
+
+    ``time_budget_s`` > 0: no trial starts once the search has run that long (a running
+    trial finishes); the best trial so far is the result.
+    """
+    return _trial_tuner_class()(oracle, trial_fn, time_budget_s=time_budget_s, **kwargs)
 
 
 def make_oracle(tuning: TuningConfig, kind: str):
@@ -193,8 +213,8 @@ def build_tuner(kind: str, examples_uri: str, transform_dir: str, side_features:
                     tuning.epochs_per_trial, split)
     log(f"tuning {kind}: {tuning.algorithm} search, {tuning.max_trials} trial(s) of {tuning.epochs_per_trial} "
         f"epoch(s), objective {OBJECTIVES[kind][0]} ({OBJECTIVES[kind][1]})")
-    return make_tuner(make_oracle(tuning, kind), trials, directory=directory, project_name=f"{kind}_tuning",
-                      overwrite=True)
+    return make_tuner(make_oracle(tuning, kind), trials, time_budget_s=tuning.time_budget_s, directory=directory,
+                      project_name=f"{kind}_tuning", overwrite=True)
 
 
 def _tuner_fn(fn_args, kind: str):

@@ -210,3 +210,23 @@ def test_tuning_section_does_not_change_trainer_config(tmp_path):
     assert a["RetrievalTrainer"].exec_properties == b["RetrievalTrainer"].exec_properties
     assert a["RetrievalTuner"].exec_properties != b["RetrievalTuner"].exec_properties
 
+
+
+def test_time_budget_stops_starting_trials(tmp_path):
+    """No trial starts once the budget is spent; without a budget every trial runs."""
+    import time as _time
+
+    def trial_fn(values):
+        _time.sleep(0.05)
+        return {"val_selection": float(values["learning_rate"])}
+
+    def run(budget, name):
+        tuner = tuning.make_tuner(tuning.make_oracle(TuningConfig(max_trials=4, seed=0), "retrieval"), trial_fn,
+                                  time_budget_s=budget, directory=str(tmp_path), project_name=name, overwrite=True)
+        tuner.search()
+        return len(tuner.oracle.trials)
+
+    assert run(0.01, "budget") == 1
+    assert run(0.0, "no_budget") == 4
+    with pytest.raises(ValueError, match="time_budget_s"):
+        trainer_config({"tuning": {"time_budget_s": -1}})
