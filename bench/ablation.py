@@ -36,6 +36,10 @@ VARIANTS: dict[str, dict] = {
     "sasrec_history_only": dict(history_encoder="sasrec", use_user_id=False, use_content_features=False,
                                 use_context=False),
     "full_no_user_id": dict(use_user_id=False),
+    "full_mixed_negatives": dict(uniform_negatives=256),
+    "full_embedding_l2": dict(embedding_l2=1e-5),
+    "full_8_epochs": dict(epochs=8),
+    "sasrec_mixed_negatives": dict(history_encoder="sasrec", uniform_negatives=256),
     # Leave-one-out from the default: what each part contributes on top of the rest.
     "full_no_logq": dict(logq_correction=False),
     "full_no_accidental_hits": dict(remove_accidental_hits=False),

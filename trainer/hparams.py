@@ -47,6 +47,9 @@ class RetrievalHParams:
     logq_correction: bool = True  # subtract log(sampling probability) from in-batch logits
     remove_accidental_hits: bool = True
     num_hard_negatives: int = 0  # >0: keep only the top-n scoring in-batch negatives per row
+    # >0: this many catalogue items drawn uniformly per batch join the in-batch negatives
+    # (mixed negative sampling; logQ-corrected for the mixture).
+    uniform_negatives: int = 0
     temperature: float = 0.05  # logits are cosine similarities / temperature
     batch_size: int = 512
     learning_rate: float = 0.003
@@ -69,8 +72,8 @@ class RetrievalHParams:
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)
-        if self.epochs < 0 or self.min_train_steps < 0 or self.embedding_l2 < 0:
-            raise ConfigError("epochs, min_train_steps and embedding_l2 must be >= 0")
+        if self.epochs < 0 or self.min_train_steps < 0 or self.embedding_l2 < 0 or self.uniform_negatives < 0:
+            raise ConfigError("epochs, min_train_steps, embedding_l2 and uniform_negatives must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -184,3 +184,33 @@ def test_exact_topk_orders_by_score():
     q = np.array([[1.0, 0.0]])
     e = np.array([[0.1, 0.0], [0.9, 0.0], [0.5, 0.0]])
     assert exact_topk(q, e, 2).tolist() == [[1, 2]]
+
+
+def test_mixed_negatives_add_catalogue_candidates_with_mixture_logq():
+    """uniform_negatives: N catalogue items join the in-batch candidates (training only), and the
+    logQ correction uses each candidate's probability under the mixture, (B p + N / size) / (B + N)."""
+    import dataclasses
+
+    from trainer import features as F
+    from trainer.retrieval.model import SAMPLING_PROBABILITY, RetrievalModel, item_probabilities
+
+    base = _retrieval_models(plain=dict(logq_correction=True, remove_accidental_hits=False))["plain"]
+    counts = np.array([0, 50, 10, 40, 1, 1, 1, 5, 1, 1, 1, 0])
+    probs = item_probabilities(tf.constant(counts)).numpy()
+    catalogue = {F.ITEM_ID_IDX: tf.constant([7], tf.int64)}  # a one-item catalogue: the draw is known
+    n = 2
+    mixed = RetrievalModel(base.query_tower, base.candidate_tower, dataclasses.replace(base.hp, uniform_negatives=n),
+                           catalogue, probs)
+    batch = _batch([1, 2, 3], counts)
+    q = base.query_tower(batch).numpy()
+    cands = np.concatenate([base.candidate_tower(batch).numpy(), np.repeat(base.candidate_tower(catalogue).numpy(), n, 0)])
+    logits = q @ cands.T / base.hp.temperature
+    p = (3 * np.concatenate([batch[SAMPLING_PROBABILITY].numpy(), [probs[7]] * n]) + n / 1) / (3 + n)
+    np.testing.assert_allclose(float(mixed.compute_loss(batch, training=True)),
+                               _softmax_xent_sum(logits - np.log(p)[None, :]), rtol=1e-5)
+    # Not in evaluation (val_loss stays the in-batch loss), and the catalogue is required.
+    np.testing.assert_allclose(float(mixed.compute_loss(batch)), float(base.compute_loss(batch)), rtol=1e-6)
+    import pytest
+
+    with pytest.raises(ValueError, match="uniform_negatives"):
+        RetrievalModel(base.query_tower, base.candidate_tower, dataclasses.replace(base.hp, uniform_negatives=2))

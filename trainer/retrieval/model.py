@@ -6,7 +6,11 @@ Loss: ``tfrs.tasks.Retrieval`` over in-batch negatives, with
   their logits removes that bias (Yi et al., 2019);
 - accidental-hit removal: an in-batch "negative" that is the positive item itself
   (the same item twice in a batch) is not penalized;
-- optional hard negatives: the top-n scoring in-batch negatives only.
+- optional hard negatives: the top-n scoring in-batch negatives only;
+- optional mixed negatives (Yang et al., 2020): ``uniform_negatives`` catalogue items
+  drawn uniformly per batch join the in-batch candidates, so items that are rarely in a
+  batch (the tail) are negatives too; the logQ correction then uses each candidate's
+  probability under the mixture, (B p(item) + N / catalogue size) / (B + N).
 Top-K metrics are computed at evaluation by trainer/retrieval/metrics.py, never
 per training step.
 """
@@ -23,11 +27,20 @@ SAMPLING_PROBABILITY = "sampling_probability"
 
 
 class RetrievalModel(tfrs.Model):
-    def __init__(self, query_tower: Tower, candidate_tower: Tower, hp):
+    def __init__(self, query_tower: Tower, candidate_tower: Tower, hp, catalogue: dict | None = None,
+                 item_probabilities=None):
+        """``catalogue``: every item's candidate-tower inputs and ``item_probabilities`` [num_items]
+        (p(item) by item index), both needed when ``hp.uniform_negatives`` > 0."""
         super().__init__()
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.hp = hp
+        self.uniform_negatives = int(getattr(hp, "uniform_negatives", 0))
+        if self.uniform_negatives and (catalogue is None or item_probabilities is None):
+            raise ValueError("uniform_negatives needs the catalogue's candidate inputs and item probabilities")
+        self.catalogue = catalogue
+        self.item_probabilities = (tf.constant(item_probabilities, tf.float32)
+                                   if item_probabilities is not None else None)
         self.task = tfrs.tasks.Retrieval(
             temperature=hp.temperature,
             remove_accidental_hits=hp.remove_accidental_hits,
@@ -37,19 +50,38 @@ class RetrievalModel(tfrs.Model):
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.query_tower(inputs, training=training)
         candidate = self.candidate_tower(inputs, training=training)
+        probability, ids = inputs.get(SAMPLING_PROBABILITY), inputs[F.ITEM_ID_IDX]
+        if self.uniform_negatives and training:
+            size = tf.shape(next(iter(self.catalogue.values())))[0]
+            pick = tf.random.uniform([self.uniform_negatives], 0, size, dtype=tf.int32)
+            extra_inputs = {k: tf.gather(v, pick) for k, v in self.catalogue.items()}
+            extra_ids = tf.cast(extra_inputs[F.ITEM_ID_IDX], ids.dtype)
+            candidate = tf.concat([candidate, self.candidate_tower(extra_inputs, training=training)], axis=0)
+            if probability is not None:
+                # P(a draw of the mixed sample is this item): (B p + N / size) / (B + N), <= 1 as
+                # TFRS's correction requires (it clips at 1); a common factor would not matter.
+                b, n = tf.cast(tf.shape(query)[0], tf.float32), float(self.uniform_negatives)
+                probability = tf.concat([probability, tf.gather(self.item_probabilities, extra_ids)], 0)
+                probability = (b * probability + n / tf.cast(size, tf.float32)) / (b + n)
+            ids = tf.concat([ids, extra_ids], axis=0)
         return self.task(
             query,
             candidate,
-            candidate_sampling_probability=inputs[SAMPLING_PROBABILITY] if self.hp.logq_correction else None,
-            candidate_ids=inputs[F.ITEM_ID_IDX] if self.hp.remove_accidental_hits else None,
+            candidate_sampling_probability=probability if self.hp.logq_correction else None,
+            candidate_ids=ids if self.hp.remove_accidental_hits else None,
             compute_metrics=False,
         )
 
 
+def item_probabilities(item_counts) -> tf.Tensor:
+    """p(item) = count / total by item index (at least 1e-9)."""
+    probs = tf.cast(item_counts, tf.float32) / tf.cast(tf.reduce_sum(item_counts), tf.float32)
+    return tf.maximum(probs, 1e-9)
+
+
 def add_sampling_probability(item_counts: tf.Tensor):
     """A dataset map fn adding p(item) = count / total for the batch's positives."""
-    probs = tf.cast(item_counts, tf.float32) / tf.cast(tf.reduce_sum(item_counts), tf.float32)
-    probs = tf.maximum(probs, 1e-9)
+    probs = item_probabilities(item_counts)
 
     def fn(batch: dict) -> dict:
         batch = dict(batch)

@@ -24,7 +24,7 @@ from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
 from trainer.retrieval import classical, export, metrics as retrieval_metrics
-from trainer.retrieval.model import RetrievalModel, add_sampling_probability
+from trainer.retrieval.model import RetrievalModel, add_sampling_probability, item_probabilities
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
 from trainer.skeleton import Evaluation, Prepared, SplitData, TrainingData
@@ -107,6 +107,7 @@ class RetrievalRecipe:
             train_ds=batched(train.rows, batch_size, True, hp.seed, lambda b: sampling(unknown_context(b))),
             eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
+            extras={"item_counts": counts + 1},
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "
                       f"{data.layout.num_users - 2} users"))
 
@@ -117,7 +118,11 @@ class RetrievalRecipe:
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         query_tower, candidate_tower = build_towers(data.layout, hp, data.history_length)
-        model = RetrievalModel(query_tower, candidate_tower, hp)
+        catalogue, probabilities = None, None
+        if hp.uniform_negatives:  # mixed negatives: the catalogue's candidate inputs, by item index
+            catalogue = export.item_model_inputs(data)
+            probabilities = item_probabilities(tf.constant(prepared.extras["item_counts"])).numpy()
+        model = RetrievalModel(query_tower, candidate_tower, hp, catalogue, probabilities)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
         return model
 
