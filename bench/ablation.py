@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[ablation] {name}: recall@100 {rows[-1]['recall@100']:.4f} ndcg@10 {rows[-1]['ndcg@10']:.4f}", flush=True)
     rows.append({"variant": "popularity", **popularity, "seconds": 0.0, "epochs_run": 0})
     if "recall@100" in als:  # the trainer's classical baseline, on the same eval task
-        rows.append({"variant": "als", **{k: v for k, v in als.items() if "@" in k},
+        rows.append({"variant": "als", **{k: v for k, v in als.items() if "@" in k or k == "num_users"},
                      "seconds": float(als.get("train_seconds", 0.0)), "epochs_run": 0})
 
     out = Path(args.out)
