@@ -42,6 +42,7 @@ class EncoderHParams:
     dropout: float
     history_encoder: str = "mean"
     attention_heads: int = 2
+    sequence_blocks: int = 2
     use_user_id: bool = True
     use_content_features: bool = True
     use_history: bool = True
