@@ -13,6 +13,7 @@ KNOWN_ERRORS = (
     ("tfx_pipeline.data.tables", "DataError"),
     ("tfx_pipeline.data.validation", "DataValidationError"),
     ("trainer.retrieval.index", "IndexRecallError"),
+    ("trainer.skeleton", "TrainingDataError"),
 )
 
 

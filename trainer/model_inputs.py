@@ -80,7 +80,12 @@ def to_model_inputs(transformed: dict, layout: FeatureLayout) -> dict:
                 value = value.to_sparse()
             if isinstance(value, tf.SparseTensor):
                 value = tf.sparse.to_dense(value, default_value=tf.constant(-1, value.dtype))
-            out[name] = tf.cast(value, tf.int64) + 1  # -1 padding -> 0
+            value = tf.cast(value, tf.int64) + 1  # -1 padding -> 0
+            # At least one (padding) column: when no row of a batch has a value (every history
+            # empty, e.g. a log whose timestamps are all equal) the list is [B, 0], and
+            # tf.data's unbatch() crashes the process (SIGSEGV in TF 2.16) on a zero-size
+            # component; the encoders mask index 0, so the column changes no result.
+            out[name] = tf.pad(value, [[0, 0], [0, tf.maximum(1 - tf.shape(value)[1], 0)]])
             continue
         if isinstance(value, tf.SparseTensor):
             value = tf.sparse.to_dense(value)

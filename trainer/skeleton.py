@@ -43,6 +43,10 @@ from trainer.training_logs import GradientNormLogger, log
 from trainer.warm_start import maybe_warm_start, save_state
 
 
+class TrainingDataError(ValueError):
+    """The examples cannot train or evaluate a model (e.g. an empty split); the message says what to change."""
+
+
 @dataclasses.dataclass
 class SplitData:
     """One interaction split, read once: transformed model-input rows + the raw columns asked for."""
@@ -75,6 +79,19 @@ class TrainingData:
 
     def batch_size(self, per_replica: int) -> int:
         return per_replica * self.replicas
+
+    def fit_batch_size(self, per_replica: int, rows: int, kind: str) -> int:
+        """The training batch (``per_replica`` x replicas), cut to fit ``rows`` when the split is smaller.
+
+        Training batches drop the remainder, so a batch larger than the rows would give no
+        step at all (and nothing to build the model's variables from).
+        """
+        wanted = self.batch_size(per_replica)
+        if rows >= wanted:
+            return wanted
+        fitted = max(1, rows // self.replicas) * self.replicas
+        log(f"{kind}: batch size {wanted} is larger than the {rows} training rows: batch {fitted} instead")
+        return fitted
 
 
 class Recipe(Protocol):
@@ -134,6 +151,7 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
     strategy, replicas = choose_strategy(mixed_precision)
     keys = {k: list(v) for k, v in raw_keys.items()}
     keys[artifacts.TRAIN] = sorted({*keys.get(artifacts.TRAIN, ()), F.USER_ID, F.ITEM_ID, F.TIMESTAMP})
+    keys[artifacts.EVAL] = sorted({*keys.get(artifacts.EVAL, ()), F.USER_ID})  # to count its rows
     splits = {name: raw_data.read_split(raw_data.split_files(examples_uri, name), spec, tft_layer, layout,
                                         keys.get(name, ()))
               for name in (artifacts.TRAIN, artifacts.EVAL)}
@@ -142,6 +160,11 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
     users = raw_data.read_numpy(raw_data.split_files(examples_uri, artifacts.USER_STATE_SPLIT),
                                 raw_data.subset_spec(spec, raw_data.user_state_keys(spec)))
     train = SplitData(*splits[artifacts.TRAIN])
+    for name in (artifacts.TRAIN, artifacts.EVAL):
+        if not len(splits[name][1][F.USER_ID]):
+            raise TrainingDataError(
+                f"the {name} split of {examples_uri} has no rows: nothing to {'train on' if name == artifacts.TRAIN else 'evaluate on'}"
+                f"; check examples.split (strategy, eval_fraction, min_user_events) against the log")
     fit, validation = carve_validation(train, split, selection)
     return TrainingData(
         examples_uri=examples_uri, transform_dir=transform_dir, history_length=history_length,

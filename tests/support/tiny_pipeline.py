@@ -102,6 +102,36 @@ def sequential_tables(num_users: int = 40, num_items: int = 60, events_per_user:
     return events, users, items
 
 
+def degenerate_tables(num_users: int = 60, num_items: int = 400, num_events: int = 150, seed: int = 0):
+    """The shape of a log without times (bench/degenerate_log.py, scaled down): one constant
+    timestamp (every history empty, hour / weekday / recency constant), 1-4 events per user,
+    a catalogue far larger than the events (most items never seen, most seen ones once), and
+    side features that are all constant (numeric, categorical, text, multi-valued)."""
+    rng = np.random.default_rng(seed)
+    user_ids = [f"u{i}" for i in range(num_users)]
+    item_ids = [f"i{i}" for i in range(num_items)]
+    users = pd.DataFrame({
+        F.user_feature("age"): np.full(num_users, 30.0),
+        F.user_feature("gender"): "F",
+        F.user_feature("occupation"): "student",
+    }, index=user_ids)
+    items = pd.DataFrame({
+        F.item_feature("title"): "the same title",
+        F.item_feature("release_year"): np.full(num_items, 1990.0),
+        F.item_feature("genres"): [["drama"] for _ in item_ids],
+    }, index=item_ids)
+    u = np.concatenate([np.arange(num_users), rng.integers(0, num_users, num_events - num_users)])
+    weights = 1.0 / (np.arange(num_items) + 10.0) ** 1.05
+    i = rng.choice(num_items, size=num_events, p=weights / weights.sum())
+    events = pd.DataFrame({
+        F.USER_ID: [user_ids[a] for a in rng.permutation(u)],
+        F.ITEM_ID: [item_ids[b] for b in i],
+        F.TIMESTAMP: np.full(num_events, 1_600_000_000, dtype=np.int64),
+        F.RATING_LABEL: rng.choice([1.0, 2.0, 3.0, 4.0, 5.0], num_events),
+    })
+    return events, users, items
+
+
 def raw_feature_spec(side_features: dict) -> dict:
     """The raw example spec the curated schemas give (scalars [1], lists variable-length)."""
     import tensorflow as tf
@@ -151,7 +181,7 @@ def run_transform(examples_uri: str, transform_dir: str, side_features: dict, te
 
 
 def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables) -> TinyPipeline:
-    """``make_tables``: ``tables`` (the default) or ``sequential_tables``."""
+    """``make_tables``: ``tables`` (the default), ``sequential_tables`` or ``degenerate_tables``."""
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
     from tfx_pipeline.data.example_builder import build_examples
 

@@ -202,6 +202,33 @@ def _usable_exposures(exposures: pd.DataFrame | None, events: pd.DataFrame,
     return out
 
 
+def check_split(events: pd.DataFrame, split: pd.Series, split_cfg) -> None:
+    """Refuses a split that leaves train or eval empty (DataError: what happened, what to change);
+    says what a log whose events all share one time gets (empty histories, constant context)."""
+    from tfx_pipeline.data.tables import DataError
+
+    n_train, n_eval = int((split == splits.TRAIN).sum()), int((split == splits.EVAL).sum())
+    how = f"examples.split {split_cfg.strategy!r}"
+    if n_eval == 0:
+        if split_cfg.strategy in ("per_user", "leave_last_one"):
+            most = int(events.groupby(F.USER_ID).size().max()) if len(events) else 0
+            raise DataError(
+                f"{how} left no eval rows: only users with at least examples.split.min_user_events "
+                f"({split_cfg.min_user_events}) events get an eval event, and the most any user has is {most}; "
+                f"lower min_user_events (>= 2 keeps a train event per user) or use strategy global_time")
+        raise DataError(f"{how} left no eval rows out of {len(events)} events; the log is too small to evaluate on")
+    if n_train == 0:
+        raise DataError(f"{how} left no train rows ({n_eval} eval, {len(events)} events in all): "
+                        f"the log needs more events, or a smaller examples.split.eval_fraction")
+    times = events[F.TIMESTAMP]
+    if len(times) > 1 and times.nunique() == 1:
+        print(f"[ExampleBuilder] every one of the {len(events):,} events has the same timestamp "
+              f"({int(times.iloc[0])}): histories are empty (events at the same time are not each other's "
+              f"history), hour, weekday and recency are constant, and the {split_cfg.strategy} split orders "
+              f"events by their row in the file ({n_train:,} train / {n_eval:,} eval): give real times for "
+              f"history features and a split by time", flush=True)
+
+
 def build_examples(
     events: pd.DataFrame,
     users: pd.DataFrame | None,
@@ -223,6 +250,7 @@ def build_examples(
     split = splits.assign_splits(
         events, ex_cfg.split.strategy, ex_cfg.split.eval_fraction, ex_cfg.split.min_user_events
     )
+    check_split(events, split, ex_cfg.split)
     shown = _usable_exposures(exposures, events, items)
     has_spans = SPAN_COLUMN in events.columns
     latest = (events[SPAN_COLUMN] == events[SPAN_COLUMN].max()) if has_spans else pd.Series(False, index=events.index)

@@ -145,7 +145,8 @@ def train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, flo
         engaged += float(np.sum(engaged_labels.numpy()))
         n += int(ratings.shape[0])
     if n == 0:
-        raise ValueError("ranking: the train split is empty")
+        raise skeleton.TrainingDataError("ranking: the train split is empty (after carving validation off it): "
+                                         "nothing to train on")
     return total / n, engaged / n, counts, n
 
 
@@ -179,8 +180,9 @@ class RankingRecipe:
         rating_mean, engaged_rate, item_counts, num_train = train_stats(train.rows, data.layout.num_items)
         train_rows, num_exposures = with_exposures(data, train.rows, hp.use_exposures)
         batch_size = data.batch_size(hp.batch_size)
+        fit_batch = data.fit_batch_size(hp.batch_size, num_train + num_exposures, self.kind)
         return Prepared(
-            train_ds=raw_data.batched(train_rows, batch_size, True, hp.seed, drop_context(hp.context_dropout, hp.seed)),
+            train_ds=raw_data.batched(train_rows, fit_batch, True, hp.seed, drop_context(hp.context_dropout, hp.seed)),
             eval_ds=raw_data.batched(validation.rows, batch_size, False, hp.seed) if validation else None,
             probe=lambda model, ds: model(next(iter(ds))),
             extras={"rating_mean": rating_mean, "engaged_rate": engaged_rate, "item_counts": item_counts,

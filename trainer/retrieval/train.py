@@ -103,8 +103,12 @@ class RetrievalRecipe:
         sampling = add_sampling_probability(tf.constant(counts + 1))  # logQ correction
         unknown_context = drop_context(hp.context_dropout, hp.seed)
         batch_size = data.batch_size(hp.batch_size)
+        if not counts.sum():
+            raise skeleton.TrainingDataError("retrieval: the train split is empty (after carving validation off "
+                                             "it): nothing to train on")
+        fit_batch = data.fit_batch_size(hp.batch_size, int(counts.sum()), self.kind)
         return Prepared(
-            train_ds=batched(train.rows, batch_size, True, hp.seed, lambda b: sampling(unknown_context(b))),
+            train_ds=batched(train.rows, fit_batch, True, hp.seed, lambda b: sampling(unknown_context(b))),
             eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
             extras={"item_counts": counts + 1},
