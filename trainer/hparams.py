@@ -214,12 +214,17 @@ class SelectionConfig:
     validation_fraction: float = 0.0
     # What retrieval's early stopping keeps the best epoch of: user-level, on validation.
     retrieval_metric: str = "recall@100"
+    # Retrieval's per-epoch validation ranks the whole catalogue for at most this many
+    # validation users (a seeded sample; 0 = all): its cost grows with users x items.
+    max_validation_users: int = 20000
     # After selection, train again on all of train for the selected number of epochs
     # (the validation rows are the most recent: a model without them is a stale one).
     refit: bool = True
 
     def __post_init__(self):
         one_of("retrieval_metric", self.retrieval_metric, SELECTION_METRICS)
+        if self.max_validation_users < 0:
+            raise ConfigError(f"max_validation_users must be >= 0 (0 = all), got {self.max_validation_users}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 

@@ -137,3 +137,25 @@ def test_epochs_derived_from_the_data_only_when_not_given():
     assert epochs_for_steps(0, 0, 100, 512) == AUTO_MIN_EPOCHS
     with pytest.raises(ValueError, match="epochs"):
         trainer_config({"retrieval": {"epochs": -1}})
+
+
+def test_validation_recall_on_a_seeded_sample_of_users(tiny_pipeline):
+    from trainer import skeleton
+    from trainer.retrieval.train import RECIPE, ValidationRetrieval
+
+    examples, transform, side, hist = tiny_pipeline
+    config = trainer_config({"retrieval": {"batch_size": 64}})
+    data = skeleton.load_data(examples, transform, side, hist, RECIPE.raw_keys(side), 0, False,
+                              SplitConfig("global_time", 0.2), config.selection)
+    prepared = RECIPE.datasets(data, config.retrieval, data.fit, data.validation)
+    model = RECIPE.build(data, config.retrieval, prepared)
+    full = ValidationRetrieval(data, model, "recall@100")
+    a, b = (ValidationRetrieval(data, model, "recall@100", max_users=5, seed=3) for _ in range(2))
+    assert full.task.num_users > 5 and a.task.num_users == 5
+    assert list(a.task.user_ids) == list(b.task.user_ids) and set(a.task.user_ids) <= set(full.task.user_ids)
+    # The sampled users' queries are theirs: the same rows as in the full task.
+    logs = {}
+    a.on_epoch_end(0, logs)
+    assert 0.0 <= logs["val_recall@100"] <= 1.0
+    with pytest.raises(ValueError, match="max_validation_users"):
+        trainer_config({"selection": {"max_validation_users": -1}})

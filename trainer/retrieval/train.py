@@ -58,19 +58,31 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
     queried with their first validation event's features (model inputs, no stored state).
     """
 
-    def __init__(self, data: TrainingData, model, metric: str):
+    def __init__(self, data: TrainingData, model, metric: str, max_users: int = 0, seed: int = 0):
+        """``max_users`` > 0: a seeded sample of that many validation users (the whole
+        catalogue is still ranked for each); 0 = every validation user."""
         super().__init__()
         self.key, self.metric, self.retrieval = f"val_{metric}", metric, model
         self.k = int(metric.split("@")[1])
         self.item_inputs = export.item_model_inputs(data)
         self.item_ids = export.candidate_ids(data)
         frame = lambda d: pd.DataFrame({F.USER_ID: as_str(d[F.USER_ID]), F.ITEM_ID: as_str(d[F.ITEM_ID])})
-        self.task = retrieval_metrics.build_eval_task(frame(data.fit.raw), frame(data.validation.raw), self.item_ids)
+        fit, validation = frame(data.fit.raw), frame(data.validation.raw)
+        self.task = retrieval_metrics.build_eval_task(fit, validation, self.item_ids)
+        users = self.task.user_ids  # the users with something to find
+        if max_users and len(users) > max_users:
+            sample = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+            self.task = retrieval_metrics.build_eval_task(
+                fit, validation[validation[F.USER_ID].isin(sample)], self.item_ids)
+            log(f"retrieval: validation scored on {max_users:,} of {len(users):,} users "
+                f"(trainer.selection.max_validation_users)")
         rows = first_rows(data.validation.raw, self.task.user_ids)
         # The query rows, in ``rows`` order: gathered once from the validation rows.
-        wanted = tf.constant(np.sort(rows))
+        keep = np.zeros(len(data.validation.raw[F.USER_ID]), bool)
+        keep[rows] = True
+        keep = tf.constant(keep)
         picked = (data.validation.rows.enumerate()
-                  .filter(lambda i, row: tf.reduce_any(tf.equal(i, wanted))).map(lambda i, row: row))
+                  .filter(lambda i, row: tf.gather(keep, i)).map(lambda i, row: row))
         self.queries = next(iter(picked.padded_batch(max(len(rows), 1))), None)
         self.position = np.searchsorted(np.sort(rows), rows)  # task user -> row of self.queries
 
@@ -117,7 +129,8 @@ class RetrievalRecipe:
 
     def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
         """User-level ``selection.retrieval_metric`` on the validation split, after every epoch."""
-        callback = ValidationRetrieval(data, model, selection.retrieval_metric)
+        callback = ValidationRetrieval(data, model, selection.retrieval_metric, selection.max_validation_users,
+                                       hp.seed)
         return callback.key, "max", callback
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
