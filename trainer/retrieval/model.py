@@ -35,7 +35,7 @@ class RetrievalModel(tfrs.Model):
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.hp = hp
-        self.uniform_negatives = int(getattr(hp, "uniform_negatives", 0))
+        self.uniform_negatives = int(hp.uniform_negatives)
         if self.uniform_negatives and (catalogue is None or item_probabilities is None):
             raise ValueError("uniform_negatives needs the catalogue's candidate inputs and item probabilities")
         self.catalogue = catalogue

@@ -41,6 +41,11 @@ def as_str(a: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object)
 
 
+def interactions(raw: dict) -> pd.DataFrame:
+    """The (user_id, item_id) string columns of a split's raw columns, as the eval task takes them."""
+    return pd.DataFrame({F.USER_ID: as_str(raw[F.USER_ID]), F.ITEM_ID: as_str(raw[F.ITEM_ID])})
+
+
 def first_rows(raw: dict, user_ids) -> np.ndarray:
     """Index of each user's first (earliest) row in ``raw`` (user_id, timestamp columns), in ``user_ids`` order."""
     users = as_str(raw[F.USER_ID])
@@ -66,8 +71,7 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         self.k = int(metric.split("@")[1])
         self.item_inputs = export.item_model_inputs(data)
         self.item_ids = export.candidate_ids(data)
-        frame = lambda d: pd.DataFrame({F.USER_ID: as_str(d[F.USER_ID]), F.ITEM_ID: as_str(d[F.ITEM_ID])})
-        fit, validation = frame(data.fit.raw), frame(data.validation.raw)
+        fit, validation = interactions(data.fit.raw), interactions(data.validation.raw)
         self.task = retrieval_metrics.build_eval_task(fit, validation, self.item_ids)
         users = self.task.user_ids  # the users with something to find
         if max_users and len(users) > max_users:
@@ -154,13 +158,13 @@ class RetrievalRecipe:
         ``"unavailable"`` (the reason) instead of metrics and the run goes on.
         """
         candidates = export.candidate_set(data, model.candidate_tower)
-        train_items = pd.Series(as_str(data.train.raw[F.ITEM_ID])).value_counts()
+        train = interactions(data.train.raw)  # all of train is excluded and known, as served
+        train_items = train[F.ITEM_ID].value_counts()
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
                                  data.history_length)
-        train, ev = data.train.raw, data.eval.raw  # all of train is excluded and known, as served
-        frame = lambda d: pd.DataFrame({F.USER_ID: as_str(d[F.USER_ID]), F.ITEM_ID: as_str(d[F.ITEM_ID])})
-        task = retrieval_metrics.build_eval_task(frame(train), frame(ev), candidates["ids"])
+        ev = data.eval.raw
+        task = retrieval_metrics.build_eval_task(train, interactions(ev), candidates["ids"])
         rows = first_rows(ev, task.user_ids)  # the first eval event of every evaluated user
         query = {k: tf.constant(ev[k][rows]) for k in [*QUERY_KEYS, *sorted(data.user_features)]}
         q = resolver.resolve(query, fallback=False)[0].numpy()
@@ -168,7 +172,7 @@ class RetrievalRecipe:
         model_metrics = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity = retrieval_metrics.evaluate_scores(task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
-        als = classical.baseline_metrics(frame(train), task, config.baseline, ks=KS)
+        als = classical.baseline_metrics(train, task, config.baseline, ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
                    "num_eval_users": int(task.num_users)}
         log(f"retrieval: {fmt_metrics(metrics)}")
