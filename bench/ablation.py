@@ -39,6 +39,14 @@ VARIANTS: dict[str, dict] = {
     "full_mixed_negatives": dict(uniform_negatives=256),
     "full_embedding_l2": dict(embedding_l2=1e-5),
     "full_8_epochs": dict(epochs=8),
+    # Capacity and regularization of the id embeddings (the data-derived default's evidence).
+    "full_id_dim_8": dict(id_embedding_dim=8),
+    "full_id_dim_16": dict(id_embedding_dim=16),
+    "full_id_dim_24": dict(id_embedding_dim=24),
+    "full_id_dim_48": dict(id_embedding_dim=48),
+    "full_id_dim_64": dict(id_embedding_dim=64),
+    "full_embedding_l2_1e-4": dict(embedding_l2=1e-4),
+    "full_dropout_0.3": dict(dropout=0.3),
     "sasrec_mixed_negatives": dict(history_encoder="sasrec", uniform_negatives=256),
     # Leave-one-out from the default: what each part contributes on top of the rest.
     "full_no_logq": dict(logq_correction=False),
