@@ -166,7 +166,7 @@ class ItemEncoder(tf.keras.layers.Layer):
                 parts.append(self.pool(self.embeddings[n](x[n]), x[n]))
             for k in self.layout.item_nums:
                 parts.append(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX]))
-                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], tf.float32), -1))
+                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], self.compute_dtype), -1))
         return tf.concat(parts, axis=-1)
 
 
@@ -194,10 +194,10 @@ class QueryEncoder(tf.keras.layers.Layer):
                 parts.append(self.embeddings[n](x[n]))
             for k in self.layout.user_nums:
                 parts.append(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX]))
-                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], tf.float32), -1))
+                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], self.compute_dtype), -1))
         if self.hp.use_history:
             parts.append(self.history(x[F.HISTORY_IDX], training=training))
         if self.hp.use_context:
             parts += [self.hour(x[F.HOUR_OF_DAY]), self.day(x[F.DAY_OF_WEEK]),
-                      tf.expand_dims(tf.cast(x[F.RECENCY_Z], tf.float32), -1)]
+                      tf.expand_dims(tf.cast(x[F.RECENCY_Z], self.compute_dtype), -1)]
         return tf.concat(parts, axis=-1)

@@ -25,12 +25,14 @@ def check_rate(name: str, value: float) -> None:
 
 
 HISTORY_ENCODERS = ("mean", "gru", "attention", "sasrec")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalHParams:
     embedding_dim: int = 64  # tower output size; 64 is TFRS's usual default
-    id_embedding_dim: int = 48  # user/item id embeddings
+    # User/item id embeddings; 0 = derived from the data's events per id (trainer/data_defaults.py).
+    id_embedding_dim: int = 0
     feature_embedding_dim: int = 16  # small vocabularies (genres, occupation, buckets)
     hidden_units: tuple[int, ...] = (128,)
     # mean | gru | attention | sasrec; gru had the best validation figure on every split measured
@@ -64,18 +66,22 @@ class RetrievalHParams:
     dropout: float = 0.1
     # L2 weight of the user and item id embedding tables (added to the loss; 0 = off).
     embedding_l2: float = 0.0
-    mixed_precision: bool = False  # only applied on GPU
+    mixed_precision: bool = False  # mixed_float16, only applied on GPU
+    # Keras dtype policy on any device: float32 | mixed_float16 | mixed_bfloat16 (e.g. on CPUs
+    # with bfloat16 units or TPUs); overrides mixed_precision when not float32.
+    precision: str = "float32"
     seed: int = 42
     max_k: int = 100  # largest k the exported recommend signature serves
     exclusion_pad: int = 100  # extra candidates fetched from ScaNN to drop history items
 
     def __post_init__(self):
         one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
+        one_of("precision", self.precision, PRECISIONS)
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)
-        if self.epochs < 0 or self.min_train_steps < 0 or self.embedding_l2 < 0 or self.uniform_negatives < 0:
-            raise ConfigError("epochs, min_train_steps, embedding_l2 and uniform_negatives must be >= 0")
+        if min(self.epochs, self.min_train_steps, self.embedding_l2, self.uniform_negatives, self.id_embedding_dim) < 0:
+            raise ConfigError("epochs, min_train_steps, embedding_l2, uniform_negatives and id_embedding_dim must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +97,8 @@ class RankingHParams:
     early_stopping_patience: int = 1
     dropout: float = 0.1
     context_dropout: float = 0.1  # as in RetrievalHParams
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # as in RetrievalHParams
+    precision: str = "float32"  # as in RetrievalHParams
     seed: int = 42
     # Train on logged exposures the user did not act on (the examples' ``exposures`` split,
     # from `recsys feedback build-span`) as engagement negatives, rating loss weight 0.
@@ -99,6 +106,7 @@ class RankingHParams:
 
     def __post_init__(self):
         check_rate("context_dropout", self.context_dropout)
+        one_of("precision", self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)

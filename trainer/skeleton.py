@@ -32,8 +32,8 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import artifacts, features as F, raw_data
-from trainer.distribute import choose_strategy
+from trainer import artifacts, data_defaults, features as F, raw_data
+from trainer.distribute import choose_strategy, precision_scope
 from trainer.hparams import (SelectionConfig, TrainerConfig, hyperparameter_values, trainer_config,
                              with_tuned_values)
 from trainer.splits import SplitConfig, assign_splits
@@ -134,7 +134,7 @@ class Evaluation:
 
 
 def load_data(examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-              raw_keys: dict[str, list[str]], seed: int, mixed_precision: bool,
+              raw_keys: dict[str, list[str]], seed: int,
               split: SplitConfig | None = None, selection: SelectionConfig | None = None) -> TrainingData:
     """Transform output, layout, strategy, and every split read once.
 
@@ -148,7 +148,7 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
     tft_layer = tft_out.transform_features_layer()
     layout = layout_from_transform(tft_out, side_features)
     spec = tft_out.raw_feature_spec()
-    strategy, replicas = choose_strategy(mixed_precision)
+    strategy, replicas = choose_strategy()
     keys = {k: list(v) for k, v in raw_keys.items()}
     keys[artifacts.TRAIN] = sorted({*keys.get(artifacts.TRAIN, ()), F.USER_ID, F.ITEM_ID, F.TIMESTAMP})
     keys[artifacts.EVAL] = sorted({*keys.get(artifacts.EVAL, ()), F.USER_ID})  # to count its rows
@@ -224,11 +224,12 @@ class Result:
     history: dict  # Keras' per-epoch history (+ grad_norm)
     evaluation: Evaluation | None
     selection: dict  # what selected the epochs: metric, best epoch, its validation value
+    hp: object = None  # the hyper-parameters used, data-derived fields filled in (trainer/data_defaults.py)
 
 
 def _build(recipe: Recipe, data: TrainingData, hp, prepared: Prepared, base_model, warm_start_cfg):
     tf.keras.utils.set_random_seed(hp.seed)  # every model (and every trial) starts from the same seed
-    with data.strategy.scope():
+    with data.strategy.scope(), precision_scope(hp, recipe.kind):
         model = recipe.build(data, hp, prepared)
         warm, epochs = ({"taken": False, "reason": "warm start not requested"}, hp.epochs)
         if warm_start_cfg is not None:
@@ -254,6 +255,12 @@ def epochs_for_steps(epochs: int, min_steps: int, rows: int, batch_size: int, ki
     return chosen
 
 
+def resolved(data: TrainingData, hp, kind: str = ""):
+    """``hp`` with the fields the config left to the data filled in (trainer/data_defaults.py)."""
+    return data_defaults.resolve(hp, len(data.train.raw[F.USER_ID]), data.layout.num_users, data.layout.num_items,
+                                 kind)
+
+
 def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,
                      epochs: int | None = None, base_model: str | None = None, warm_start_cfg=None,
                      log_dir: str | None = None, evaluate: bool = True, verbose: int = 2,
@@ -266,6 +273,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
     classical baseline, ``trainer.baseline``); default ``TrainerConfig()``.
     """
     selection = selection or SelectionConfig()
+    hp = resolved(data, hp, recipe.kind)
     validating = data.validation is not None
     fit_split = data.fit if validating else data.train
     prepared = recipe.datasets(data, hp, fit_split, data.validation)
@@ -291,7 +299,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
     if validating:
         log(f"{recipe.kind}: selected epoch {best} of {chosen['epochs_run']} ({monitor} {chosen['best_value']:.4f})")
     if not evaluate:
-        return Result(metrics={}, model=model, history=history, evaluation=None, selection=chosen)
+        return Result(metrics={}, model=model, history=history, evaluation=None, selection=chosen, hp=hp)
     if validating and selection.refit:
         # The validation rows are the most recent ones: train again on all of train, as long as selected.
         prepared = recipe.datasets(data, hp, data.train, None)
@@ -308,8 +316,10 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
         "selection": chosen,
         "warm_start": warm,
     })
+    if getattr(hp, "id_embedding_dim", None) is not None:
+        evaluation.metrics["id_embedding_dim"] = hp.id_embedding_dim
     return Result(metrics=evaluation.metrics, model=model, history=history, evaluation=evaluation,
-                  selection=chosen)
+                  selection=chosen, hp=hp)
 
 
 def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: str, run_dir: str,
@@ -323,7 +333,7 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
     result = fit_and_evaluate(recipe, data, hp, cfg.selection, base_model=base_model,
                               warm_start_cfg=cfg.warm_start, log_dir=log_dir, config=cfg)
     model_dir = os.path.dirname(serving_dir.rstrip("/"))
-    recipe.export(data, result.model, hp, result.evaluation, serving_dir)
+    recipe.export(data, result.model, result.hp, result.evaluation, serving_dir)
     save_state(result.model, data.transform_dir, model_dir)
 
     os.makedirs(run_dir, exist_ok=True)
@@ -367,7 +377,7 @@ def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serv
     """
     hp = getattr(cfg, recipe.kind)
     data = load_data(examples_uri, transform_dir, side_features, history_length,
-                     recipe.raw_keys(side_features), hp.seed, hp.mixed_precision,
+                     recipe.raw_keys(side_features), hp.seed,
                      split or SplitConfig(), cfg.selection)
     return train(recipe, data, cfg, serving_dir, run_dir, log_dir=log_dir, base_model=base_model)
 

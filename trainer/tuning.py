@@ -174,7 +174,7 @@ class Trials:
         self.recipe = _recipe(kind)
         hp = getattr(config, kind)
         self.data = skeleton.load_data(examples_uri, transform_dir, side_features, history_length,
-                                       self.recipe.raw_keys(side_features), hp.seed, hp.mixed_precision,
+                                       self.recipe.raw_keys(side_features), hp.seed,
                                        split or SplitConfig(), config.selection)
         if self.data.validation is None:
             raise ConfigError("tuning needs a validation split (trainer.selection.validation true, and a train "

@@ -145,7 +145,7 @@ def test_validation_recall_on_a_seeded_sample_of_users(tiny_pipeline):
 
     examples, transform, side, hist = tiny_pipeline
     config = trainer_config({"retrieval": {"batch_size": 64}})
-    data = skeleton.load_data(examples, transform, side, hist, RECIPE.raw_keys(side), 0, False,
+    data = skeleton.load_data(examples, transform, side, hist, RECIPE.raw_keys(side), 0,
                               SplitConfig("global_time", 0.2), config.selection)
     prepared = RECIPE.datasets(data, config.retrieval, data.fit, data.validation)
     model = RECIPE.build(data, config.retrieval, prepared)

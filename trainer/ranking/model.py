@@ -92,8 +92,9 @@ class RankingModel(tfrs.Model):
         for cross in self.cross_layers:
             x = cross(x0, x)
         h = self.deep(x, training=training)
-        return {RATING: tf.squeeze(self.rating_head(h), -1),
-                ENGAGEMENT_LOGIT: tf.squeeze(self.engagement_head(h), -1)}
+        # Heads in float32 under a mixed policy: the losses, metrics and signatures are float32.
+        return {RATING: tf.squeeze(tf.cast(self.rating_head(h), tf.float32), -1),
+                ENGAGEMENT_LOGIT: tf.squeeze(tf.cast(self.engagement_head(h), tf.float32), -1)}
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         out = self(inputs, training=training)

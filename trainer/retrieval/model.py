@@ -21,6 +21,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer import features as F
+from trainer.distribute import policy_scope
 from trainer.retrieval.towers import Tower
 
 SAMPLING_PROBABILITY = "sampling_probability"
@@ -64,13 +65,16 @@ class RetrievalModel(tfrs.Model):
                 probability = tf.concat([probability, tf.gather(self.item_probabilities, extra_ids)], 0)
                 probability = (b * probability + n / tf.cast(size, tf.float32)) / (b + n)
             ids = tf.concat([ids, extra_ids], axis=0)
-        return self.task(
-            query,
-            candidate,
-            candidate_sampling_probability=probability if self.hp.logq_correction else None,
-            candidate_ids=ids if self.hp.remove_accidental_hits else None,
-            compute_metrics=False,
-        )
+        # The loss in float32 under a mixed policy (the towers' outputs are float32 already):
+        # TFRS builds its correction layers when called, under the global policy of that moment.
+        with policy_scope("float32"):
+            return self.task(
+                query,
+                candidate,
+                candidate_sampling_probability=probability if self.hp.logq_correction else None,
+                candidate_ids=ids if self.hp.remove_accidental_hits else None,
+                compute_metrics=False,
+            )
 
 
 def item_probabilities(item_counts) -> tf.Tensor:

@@ -22,7 +22,9 @@ class Tower(tf.keras.Model):
 
     def call(self, x, training=False):
         kwargs = {"training": training} if isinstance(self.encoder, QueryEncoder) else {}
-        return tf.math.l2_normalize(self.mlp(self.encoder(x, **kwargs), training=training), axis=-1)
+        # float32 out under a mixed policy: the logits, the logQ correction and the index are float32.
+        out = tf.cast(self.mlp(self.encoder(x, **kwargs), training=training), tf.float32)
+        return tf.math.l2_normalize(out, axis=-1)
 
 
 def build_towers(layout: FeatureLayout, hp, history_len: int) -> tuple[Tower, Tower]:

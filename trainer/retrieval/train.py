@@ -138,6 +138,7 @@ class RetrievalRecipe:
         return callback.key, "max", callback
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
+        hp = skeleton.resolved(data, hp, self.kind)  # a no-op when fit_and_evaluate resolved it
         query_tower, candidate_tower = build_towers(data.layout, hp, data.history_length)
         catalogue, probabilities = None, None
         if hp.uniform_negatives:  # mixed negatives: the catalogue's candidate inputs, by item index
