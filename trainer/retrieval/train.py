@@ -7,7 +7,8 @@ Writes to the Model artifact the brute-force retrieval SavedModel (with warmup
 requests) and, to the ModelRun artifact, what the gate, the index step and the
 report read: ``metrics.json`` (Recall/NDCG@K of the model, of the popularity baseline
 and of the classical ALS baseline, ``"als"`` (trainer/retrieval/classical.py), all on one
-eval task, user-level protocol of trainer/retrieval/metrics.py), ``history.json``
+eval task, user-level protocol of trainer/retrieval/metrics.py; with ``trainer.evaluation``
+also ``"beyond_accuracy"`` and ``"slices"`` from the same ranked lists, trainer/retrieval/slices.py), ``history.json``
 (per-epoch losses and gradient norms), ``eval_queries.npy`` (held-out query
 embeddings), ``eval_query_users.npy`` and TensorBoard logs. File names: trainer/artifacts.py.
 """
