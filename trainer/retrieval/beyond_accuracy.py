@@ -130,7 +130,7 @@ def _pair_mean(dist: np.ndarray, valid: np.ndarray, ks: Sequence[int]) -> dict[i
     out = {}
     for k in ks:
         kk = min(k, width)
-        num = weighted[:, :kk, :kk].sum(axis=(1, 2))
+        num = weighted[:, :kk, :kk].sum(axis=(1, 2), dtype=np.float64)
         den = pair[:, :kk, :kk].sum(axis=(1, 2))
         out[k] = np.divide(num, den, out=np.full(n, np.nan), where=den > 0)
     return out
@@ -176,7 +176,7 @@ def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int
         for b, name in enumerate(BUCKETS):
             out[f"{name}_share@{k}"] = mean_of((items.buckets == b).astype(np.float64))
     if items.embeddings is not None:
-        emb = np.asarray(items.embeddings, dtype=np.float64)
+        emb = np.asarray(items.embeddings, dtype=np.float32)  # float32: half the memory traffic of the pairs
         if emb.shape[0] != items.num_items:
             raise ValueError(f"embeddings have {emb.shape[0]} rows for {items.num_items} catalogue items")
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
@@ -184,7 +184,7 @@ def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int
         parts = {k: [] for k in ks}
         for s in _batches(n, batch_size):
             e = unit[safe[s]]  # [b, L, D]
-            cos = np.einsum("bld,bmd->blm", e, e)
+            cos = np.matmul(e, e.transpose(0, 2, 1))  # batched BLAS; np.einsum here is ~10x slower
             for k, v in _pair_mean(1.0 - cos, valid[s], ks).items():
                 parts[k].append(v)
         for k in ks:
@@ -198,7 +198,7 @@ def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int
         parts = {k: [] for k in ks}
         for s in _batches(n, batch_size):
             m = dense[safe[s]]  # [b, L, V]
-            inter = np.einsum("blv,bmv->blm", m, m)
+            inter = np.matmul(m, m.transpose(0, 2, 1))
             size = sizes[safe[s]]
             union = size[:, :, None] + size[:, None, :] - inter
             jaccard = 1.0 - np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
