@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from trainer.artifacts import HISTORY_FILE, IMPORTANCE_FILE, METRICS_FILE
+from trainer.artifacts import HISTORY_FILE, IMPORTANCE_FILE, IMPORTANCE_SAMPLE_FILE, METRICS_FILE
 
 import matplotlib
 
@@ -216,6 +216,19 @@ def ranking_table(m: dict) -> list[str]:
     return rows
 
 
+def importance_heading(sample: dict, metrics: dict | None) -> str:
+    """What the permutation importance was computed on, and its base RMSE/AUC beside the whole eval split's."""
+    if not sample:  # a run from before feature_importance_sample.json
+        return "Permutation feature importance (eval split):"
+    whole = (metrics or {}).get("model") or {}
+    line = (f"Permutation feature importance on {sample['rows']:,} of {sample.get('eval_rows', 0):,} eval rows "
+            f"({sample['selection']}): RMSE {sample['rmse']:.4f}, AUC {sample['auc']:.4f} on them")
+    if "rmse" in whole:
+        line += (f" vs {whole['rmse']:.4f} / {whole['auc']:.4f} on the whole eval split (the table above): "
+                 "the increases below are against the sample's own figures")
+    return line + ":"
+
+
 def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | None, index_report: str | None) -> str:
     os.makedirs(out_dir, exist_ok=True)
     lines = ["# Training diagnosis report", ""]
@@ -244,7 +257,8 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
             lines += [f"![{title} curves]({os.path.basename(png)})", ""]
         importance = _load(os.path.join(run, IMPORTANCE_FILE)) if run else None
         if importance:
-            lines += ["Permutation feature importance (eval split):", "", "| feature | " + " | ".join(
+            sample = _load(os.path.join(run, IMPORTANCE_SAMPLE_FILE)) or {}
+            lines += [importance_heading(sample, metrics), "", "| feature | " + " | ".join(
                 next(iter(importance.values())).keys()) + " |", "|---|" + "---|" * len(next(iter(importance.values())))]
             for feat, vals in sorted(importance.items(), key=lambda kv: -abs(list(kv[1].values())[0])):
                 lines.append(f"| {feat} | " + " | ".join(f"{v:.4f}" for v in vals.values()) + " |")

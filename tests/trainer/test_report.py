@@ -111,3 +111,20 @@ def test_report_carries_the_beyond_accuracy_sections_only_when_there(tmp_path):
     assert "| catalogue coverage@10 | 0.3100 | 0.0100 | 0.2000 |  |" in text
     (run / "metrics.json").write_text(json.dumps(_m(0.30, 0.15)))
     assert "Beyond accuracy" not in open(write_report(str(tmp_path / "report2"), str(run), None, None)).read()
+
+
+def test_importance_says_which_rows_and_their_base_rmse(tmp_path):
+    run = tmp_path / "ranking"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"model": {"rmse": 0.942, "auc": 0.80},
+                                                  "baseline": {"rmse": 1.1, "auc": 0.6}}))
+    (run / "feature_importance.json").write_text(json.dumps({"item_id": {"rmse_increase": 0.05, "auc_drop": 0.02}}))
+    text = open(write_report(str(tmp_path / "r1"), None, str(run), None)).read()
+    assert "Permutation feature importance (eval split):" in text  # a run without the sample file
+    (run / "feature_importance_sample.json").write_text(json.dumps(
+        {"rows": 20000, "max_rows": 20000, "selection": "the first rows of the eval split, in file order",
+         "rmse": 0.995, "auc": 0.79, "seed": 42, "eval_rows": 200042}))
+    text = open(write_report(str(tmp_path / "r2"), None, str(run), None)).read()
+    assert ("Permutation feature importance on 20,000 of 200,042 eval rows (the first rows of the eval split, in "
+            "file order): RMSE 0.9950, AUC 0.7900 on them vs 0.9420 / 0.8000 on the whole eval split") in text
+    assert "| item_id | 0.0500 | 0.0200 |" in text
