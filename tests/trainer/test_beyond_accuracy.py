@@ -224,3 +224,30 @@ def test_bad_shapes_are_errors(task, items):
         slices.analyse(task, {"model": OURS[:2]}, items, np.array([1, 2, 3]), {}, ks=(2,))
     with pytest.raises(ValueError, match="embeddings have 2 rows"):
         ba.per_user_list_metrics(OURS, ba.ItemContext(COUNTS, items.buckets, embeddings=EMB[:2]), ks=(2,))
+
+
+def test_config_names_unknown_features_when_loaded():
+    from tfx_pipeline.config import ConfigError, load_config
+
+    cfg = load_config("configs/movielens_1m.yaml", {"trainer": {"evaluation": {"user_features": ["gender", "age"]}}})
+    assert cfg.trainer.evaluation.user_features == ("gender", "age")
+    with pytest.raises(ConfigError, match=r"movielens_1m.yaml: trainer.evaluation.user_features: 'height'"):
+        load_config("configs/movielens_1m.yaml", {"trainer": {"evaluation": {"user_features": ["height"]}}})
+    with pytest.raises(ConfigError, match="'title' is not a categorical or multi-valued item feature"):
+        load_config("configs/movielens_1m.yaml", {"trainer": {"evaluation": {"item_feature": "title"}}})
+    with pytest.raises(ConfigError, match="head_share < tail_share"):
+        load_config("configs/movielens_1m.yaml", {"trainer": {"evaluation": {"head_share": 0.9}}})
+
+
+def test_evaluation_section_reaches_the_retrieval_trainer(tmp_path):
+    import json
+
+    from tfx_pipeline.config import load_config
+    from tfx_pipeline.wiring.pipeline import create_pipeline
+
+    cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                     "serving_base_path": str(tmp_path / "serving"),
+                                                     "trainer": {"evaluation": {"cold_user_max_events": 7}}})
+    trainer = {c.id: c for c in create_pipeline(cfg).components}["RetrievalTrainer"]
+    cc = json.loads(trainer.exec_properties["custom_config"])
+    assert cc["trainer"]["evaluation"]["cold_user_max_events"] == 7
