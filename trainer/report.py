@@ -93,9 +93,10 @@ BA_MODELS = (("model", "ours"), ("popularity", "popularity"), ("als", "ALS"))
 
 def report_k(m: dict) -> int | None:
     """The K of the beyond-accuracy and slice tables: the configured one, else the smallest evaluated."""
-    params = (m.get("beyond_accuracy") or {}).get("params") or {}
+    ba = m.get("beyond_accuracy") or {}
+    params = ba.get("params") or {}
     ks = params.get("ks") or []
-    if not ks:
+    if not ks or not any(name in ba for name, _ in BA_MODELS):  # no evaluated user: nothing to show
         return None
     return params.get("report_k") if params.get("report_k") in ks else min(ks)
 

@@ -251,3 +251,14 @@ def test_evaluation_section_reaches_the_retrieval_trainer(tmp_path):
     trainer = {c.id: c for c in create_pipeline(cfg).components}["RetrievalTrainer"]
     cc = json.loads(trainer.exec_properties["custom_config"])
     assert cc["trainer"]["evaluation"]["cold_user_max_events"] == 7
+
+
+def test_no_evaluated_user_gives_empty_groups_not_an_error(items):
+    seen_only = rm.build_eval_task(pd.DataFrame({"user_id": ["u"], "item_id": ["a"]}),
+                                   pd.DataFrame({"user_id": ["u"], "item_id": ["a"]}), ITEMS)
+    _, ranked = rm.evaluate_and_rank(seen_only, lambda r: np.zeros((len(r), 5)), ks=(2,))
+    out = slices.analyse(seen_only, {"model": ranked}, items, np.zeros(0), {"user_gender": np.array([], object)},
+                         ks=(2,))
+    assert out["beyond_accuracy"]["num_users"] == 0 and "model" not in out["beyond_accuracy"]
+    assert out["slices"]["user_activity"]["groups"] == {"cold": {"num_users": 0}, "warm": {"num_users": 0}}
+    assert out["slices"]["item_popularity"]["groups"]["tail"]["num_users"] == 0

@@ -128,3 +128,11 @@ def test_importance_says_which_rows_and_their_base_rmse(tmp_path):
     assert ("Permutation feature importance on 20,000 of 200,042 eval rows (the first rows of the eval split, in "
             "file order): RMSE 0.9950, AUC 0.7900 on them vs 0.9420 / 0.8000 on the whole eval split") in text
     assert "| item_id | 0.0500 | 0.0200 |" in text
+
+
+def test_no_evaluated_user_gives_no_beyond_accuracy_tables():
+    from trainer.report import beyond_accuracy_line, beyond_accuracy_table
+
+    m = _m(0.0, 0.0)
+    m["beyond_accuracy"] = {"truth": {}, "num_users": 0, "params": {"ks": [10], "report_k": 10}}
+    assert beyond_accuracy_table(m) == [] and beyond_accuracy_line(m) is None
