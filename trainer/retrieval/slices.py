@@ -159,7 +159,7 @@ def analyse(task: EvalTask, ranked: dict[str, np.ndarray], items: ba.ItemContext
     slices: dict = {"user_activity": {
         "threshold": threshold,
         "rule": (f"cold: <= {threshold} train events ("
-                 + (f"configured" if cold_max_events >= 0 else f"the {cold_percentile:g}th percentile of the "
+                 + ("configured" if cold_max_events >= 0 else f"the {cold_percentile:g}th percentile of the "
                     f"evaluated users' train events") + "); warm: the rest"),
         "groups": {g: entry(rows) for g, rows in _groups(activity, (COLD, WARM))}}}
 
