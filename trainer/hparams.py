@@ -259,7 +259,8 @@ class EvaluationConfig:
 
     def __post_init__(self):
         if self.cold_user_max_events < -1:
-            raise ConfigError(f"cold_user_max_events must be >= 0 (or -1: from the data), got {self.cold_user_max_events}")
+            raise ConfigError(f"cold_user_max_events must be >= 0 (or -1: from the data), "
+                              f"got {self.cold_user_max_events}")
         if not 0.0 <= self.cold_user_percentile <= 100.0:
             raise ConfigError(f"cold_user_percentile must be in [0, 100], got {self.cold_user_percentile}")
         if not 0.0 < self.head_share < self.tail_share < 1.0:

@@ -282,7 +282,8 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
-def _ranked_batches(task: EvalTask, score_fn: ScoreFn, k: int, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+def _ranked_batches(task: EvalTask, score_fn: ScoreFn, k: int,
+                    batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(rows, top-k catalogue indices [len(rows), min(k, num_items)]) per batch, seen items masked.
 
     Seen items can only appear in a list when fewer than k unseen items exist; they are

@@ -148,7 +148,8 @@ def analyse(task: EvalTask, ranked: dict[str, np.ndarray], items: ba.ItemContext
         return e
 
     whole = entry(everyone)
-    overall = {m: {k: v for k, v in whole[m].items() if k.split("@")[0] not in METRIC_NAMES} for m in ranked if m in whole}
+    overall = {m: {k: v for k, v in whole[m].items() if k.split("@")[0] not in METRIC_NAMES}
+               for m in ranked if m in whole}
     truth_summary = {name: (float(np.nanmean(v)) if n else None) for name, v in truth_values.items()}
     beyond = {**overall, "truth": truth_summary, "num_users": n,
               "params": {"ks": list(ks), "bucket_items": {b: int((items.buckets == i).sum())

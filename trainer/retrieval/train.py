@@ -178,7 +178,9 @@ class RetrievalRecipe:
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
                    "num_eval_users": int(task.num_users)}
         if config.evaluation.enabled:
-            ranked = {"model": ranked, "popularity": pop_ranked, **({"als": als_ranked} if als_ranked is not None else {})}
+            ranked = {"model": ranked, "popularity": pop_ranked}
+            if als_ranked is not None:  # ALS unavailable: no ALS figures in the slices
+                ranked["als"] = als_ranked
             user_events = train[F.USER_ID].value_counts().reindex(task.user_ids).fillna(0).to_numpy(np.int64)
             metrics.update(slices.run_analysis(
                 task, ranked, pop, emb, data.items, data.item_features,
