@@ -262,3 +262,27 @@ def test_no_evaluated_user_gives_empty_groups_not_an_error(items):
     assert out["beyond_accuracy"]["num_users"] == 0 and "model" not in out["beyond_accuracy"]
     assert out["slices"]["user_activity"]["groups"] == {"cold": {"num_users": 0}, "warm": {"num_users": 0}}
     assert out["slices"]["item_popularity"]["groups"]["tail"]["num_users"] == 0
+
+
+def test_star_leaves_out_high_cardinality_categoricals_unless_named(task):
+    from trainer.hparams import EvaluationConfig
+
+    users = {"user_zip": np.array([b"100", b"200", b"300"], object),
+             "user_gender": np.array([b"F", b"M", b"F"], object)}
+    kinds = {"user_zip": "categorical", "user_gender": "categorical"}
+
+    padded = np.array([[g.encode() for g in gs] + [b""] * (2 - len(gs)) for gs in GENRES], object)  # as read
+
+    def run(**cfg):
+        return slices.run_analysis(task, {"model": OURS}, COUNTS, EMB, {"item_genres": padded},
+                                   {"item_genres": "multi_valued"}, users, kinds, np.array([1, 10, 3]), (2,),
+                                   EvaluationConfig(max_groups=2, min_group_users=1, **cfg))
+
+    star = run()
+    assert set(star["slices"]) == {"user_activity", "item_popularity", "user_feature:user_gender"}
+    assert "3 values > max_groups 2" in star["beyond_accuracy"]["params"]["user_features_skipped"]["user_zip"]
+    assert star["beyond_accuracy"]["params"]["item_feature"] == "item_genres"
+    # The padded multi-valued column gives the same genre diversity as the hand-made sets (2/3).
+    assert star["beyond_accuracy"]["model"]["diversity_feature@2"] == pytest.approx(2 / 3)
+    named = run(user_features=("zip",))
+    assert set(named["slices"]["user_feature:user_zip"]["groups"]) == {"100", "(other)"}  # ties: by value

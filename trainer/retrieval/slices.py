@@ -11,7 +11,8 @@ From the ranked lists of every model (``metrics.evaluate_and_rank``) on one eval
   items in that bucket, over the users with at least one such item (so Recall@K of
   ``tail`` is the share of a user's tail truth items the lists found).
 - ``user_feature:<key>``: one group per value of a user feature, as of the user's first
-  eval event (what the query used); missing values form ``(missing)``, a categorical
+  eval event (what the query used); with ``user_features: ["*"]`` a categorical feature
+  with more than ``max_groups`` values is left out (named in params); missing values form ``(missing)``, a categorical
   feature's values beyond the ``max_groups - 1`` most frequent are pooled as ``(other)``, a numeric one
   with more than ``max_groups`` distinct values is cut into ``numeric_bins`` quantile bands.
   Fairness: per model and K, the best group's Recall@K over the worst's, among the groups
@@ -71,9 +72,10 @@ def feature_groups(values: np.ndarray, kind: str, max_groups: int = 25, numeric_
         return labels
     labels = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
     labels[labels == ""] = MISSING
-    counts = pd.Series(labels[labels != MISSING]).value_counts(sort=True)
+    counts = pd.Series(labels[labels != MISSING]).value_counts(sort=False)
     if len(counts) > max_groups:
-        keep = {*counts.index[: max_groups - 1], MISSING}  # "(missing)" is never pooled
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # most users first, ties by value
+        keep = {v for v, _ in ranked[: max_groups - 1]} | {MISSING}  # "(missing)" is never pooled
         labels = np.array([v if v in keep else OTHER for v in labels], dtype=object)
     return labels
 
@@ -257,12 +259,21 @@ def run_analysis(task: EvalTask, ranked: dict[str, np.ndarray], counts: np.ndarr
     items = ba.ItemContext(counts=np.asarray(counts, dtype=np.float64),
                            buckets=ba.popularity_buckets(counts, cfg.head_share, cfg.tail_share),
                            embeddings=embeddings, features=sets)
-    labels = {key: feature_groups(user_columns[key], user_kinds[key], cfg.max_groups, cfg.numeric_bins)
-              for key in choose_user_features(cfg.user_features, user_kinds)}
+    labels, skipped = {}, {}
+    for key in choose_user_features(cfg.user_features, user_kinds):
+        values = user_columns[key]
+        distinct = len(set(values.tolist())) if user_kinds[key] == "categorical" else 0
+        if list(cfg.user_features) == ["*"] and distinct > cfg.max_groups:
+            # "*" slices by the features with few values; a high-cardinality one (a zip
+            # prefix) is sliced only when named, its values beyond max_groups - 1 pooled.
+            skipped[key] = f"{distinct} values > max_groups {cfg.max_groups}: name it in user_features to slice by it"
+            continue
+        labels[key] = feature_groups(values, user_kinds[key], cfg.max_groups, cfg.numeric_bins)
     out = analyse(task, ranked, items, train_events, labels, ks, cfg.cold_user_max_events,
                   cfg.cold_user_percentile, cfg.min_group_users)
     out["beyond_accuracy"]["params"].update({
         "item_feature": feature, "embeddings": "ours (the two-tower candidate embeddings), for every model",
         "head_share": cfg.head_share, "tail_share": cfg.tail_share, "report_k": cfg.report_k,
+        "user_features_skipped": skipped,
         "novelty": "-log2((c_i + 1) / (N + |I|)), c_i the train interactions of item i"})
     return out
