@@ -185,6 +185,12 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: examples.split.strategy must be one of {STRATEGIES}")
     if cfg.examples.history_length < 1:
         raise ConfigError(f"{where}: examples.history_length must be >= 1")
+    from trainer.retrieval.slices import check_config
+
+    try:
+        check_config(cfg.trainer.evaluation, cfg.side_features())
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def parse_config(raw: dict, where: str = "<config>") -> PipelineConfig:

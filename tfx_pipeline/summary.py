@@ -1,5 +1,6 @@
 """What a run produced, printed for people: evaluation tables (retrieval: ours, popularity
-and ALS, with a plain line wherever ours loses to a baseline), verdicts, index recall, pushes."""
+and ALS, with a plain line wherever ours loses to a baseline, and one beyond-accuracy line:
+coverage, tail share, cold users' recall), verdicts, index recall, pushes."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def latest(root: Path, component: str, output: str) -> str | None:
 
 
 def print_summary(cfg: PipelineConfig) -> dict:
-    from trainer.report import ranking_table, retrieval_table, retrieval_verdicts, write_report
+    from trainer.report import beyond_accuracy_line, ranking_table, retrieval_table, retrieval_verdicts, write_report
 
     root = cfg.root
     out: dict = {}
@@ -39,6 +40,9 @@ def print_summary(cfg: PipelineConfig) -> dict:
             print("\n".join("  " + r for r in table(metrics)))
             for line in retrieval_verdicts(metrics) if label == "retrieval" else []:
                 print("  " + line)
+            beyond = beyond_accuracy_line(metrics) if label == "retrieval" else None
+            if beyond:
+                print(f"  beyond accuracy {beyond} (report: slices, fairness)")
             ws = metrics.get("warm_start") or {}
             if ws.get("taken"):
                 rows = ", ".join(f"{v['vocabulary']} {v['rows_carried']} carried / {v['new_rows']} new"

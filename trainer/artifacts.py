@@ -19,7 +19,8 @@ Model artifact (``<uri>/``)::
     warmstart/          trainable variables + vocabularies (trainer/warm_start.py)
 
 ModelRun artifact: metrics.json, history.json, eval_queries.npy,
-eval_query_users.npy, feature_importance.json (ranking), tensorboard/.
+eval_query_users.npy, feature_importance.json and feature_importance_sample.json (ranking),
+tensorboard/.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ SERVING_DIR = "Format-Serving"  # TFX's serving model directory inside a Model a
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 IMPORTANCE_FILE = "feature_importance.json"
+# The rows feature_importance.json was computed on and the model's RMSE/AUC on them (ranking).
+IMPORTANCE_SAMPLE_FILE = "feature_importance_sample.json"
 EVAL_QUERIES_FILE = "eval_queries.npy"
 EVAL_QUERY_USERS_FILE = "eval_query_users.npy"
 WARM_START_DIR = "warmstart"

@@ -9,6 +9,7 @@ Parsed from the ``trainer:`` section of a dataset config::
       baseline: {kind: als, factors: 0}           # the classical baseline (trainer/retrieval/classical.py)
       index: {recall_floor: 0.95}
       tuning: {enabled: false, max_trials: 4}   # optional KerasTuner step (trainer/tuning.py)
+      evaluation: {cold_user_max_events: -1}    # beyond-accuracy metrics and slices (EvaluationConfig)
 """
 
 from __future__ import annotations
@@ -240,6 +241,44 @@ class SelectionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """The retrieval evaluation's beyond-accuracy metrics and slices
+    (trainer/retrieval/beyond_accuracy.py, trainer/retrieval/slices.py; README "Beyond accuracy")."""
+
+    enabled: bool = True  # false: metrics.json has no "beyond_accuracy" / "slices"
+    # Cold users: at most this many train events; -1 = from the data: the
+    # ``cold_user_percentile``-th percentile of the evaluated users' train events.
+    cold_user_max_events: int = -1
+    cold_user_percentile: float = 20.0
+    # Item popularity buckets from train interaction counts, most popular first: the head
+    # makes the first ``head_share`` of the interactions, the torso the next items up to
+    # ``tail_share``, the tail the rest (items never seen in train included).
+    head_share: float = 0.5
+    tail_share: float = 0.8
+    # Item feature of the feature diversity (categorical or multi-valued); "" = the first
+    # multi-valued one by name, else the first categorical one; "none" = no feature diversity.
+    item_feature: str = ""
+    # User features to slice by; "*" = every numeric and every categorical user feature with at
+    # most max_groups values among the evaluated users (a zip prefix is sliced only when named).
+    user_features: tuple[str, ...] = ("*",)
+    max_groups: int = 25  # a categorical feature's largest groups kept; the rest pooled as "(other)"
+    numeric_bins: int = 4  # quantile bands of a numeric feature with more than max_groups values
+    min_group_users: int = 10  # groups smaller than this are shown but left out of the fairness ratio
+    report_k: int = 10  # the K of the report's beyond-accuracy and slice tables
+
+    def __post_init__(self):
+        if self.cold_user_max_events < -1:
+            raise ConfigError(f"cold_user_max_events must be >= 0 (or -1: from the data), "
+                              f"got {self.cold_user_max_events}")
+        if not 0.0 <= self.cold_user_percentile <= 100.0:
+            raise ConfigError(f"cold_user_percentile must be in [0, 100], got {self.cold_user_percentile}")
+        if not 0.0 < self.head_share < self.tail_share < 1.0:
+            raise ConfigError(f"need 0 < head_share < tail_share < 1, got {self.head_share}, {self.tail_share}")
+        if self.max_groups < 2 or self.numeric_bins < 2 or self.min_group_users < 1 or self.report_k < 1:
+            raise ConfigError("max_groups and numeric_bins must be >= 2, min_group_users and report_k >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     retrieval: RetrievalHParams = RetrievalHParams()
     ranking: RankingHParams = RankingHParams()
@@ -249,6 +288,7 @@ class TrainerConfig:
     tuning: TuningConfig = TuningConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
     selection: SelectionConfig = SelectionConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
 
 def trainer_config(raw: dict | str | None) -> TrainerConfig:

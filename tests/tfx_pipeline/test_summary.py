@@ -30,3 +30,20 @@ def test_summary_prints_als_the_loss_and_the_gate_reasons(tmp_path, capsys):
     assert f"[gate] {ids.RETRIEVAL_GATE}: NOT BLESSED" in printed
     assert ("- lift_over_baseline_recall_at_100: recall@100 0.2470 < 1.0 x ALS 0.2510: "
             "the model loses to the ALS baseline") in printed
+    assert "beyond accuracy" not in printed  # a metrics.json without the beyond-accuracy keys
+
+
+def test_summary_prints_the_beyond_accuracy_line(tmp_path, capsys):
+    from tests.trainer.test_report import _beyond, _m
+    from tfx_pipeline.summary import print_summary
+
+    cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                      "serving_base_path": str(tmp_path / "serving")})
+    run = cfg.root / "artifacts" / ids.RETRIEVAL_TRAINER / "model_run" / "3"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(_beyond(_m(0.30, 0.15))))
+    print_summary(cfg)
+    printed = capsys.readouterr().out
+    assert ("  beyond accuracy @10: coverage ours 0.3100 / popularity 0.0100 / ALS 0.2000; tail share ours 0.0200 / "
+            "popularity 0.0000 / ALS 0.0100 (relevant items 0.3000); cold users (10, <= 5 train events) Recall@10 "
+            "ours 0.1000 / popularity 0.1000 / ALS 0.1000 (report: slices, fairness)") in printed

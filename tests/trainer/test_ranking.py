@@ -77,6 +77,11 @@ def test_run_files_have_finite_metrics(ranking):
     for group, vals in imp.items():
         assert set(vals) == {"rmse_increase", "auc_drop"}
         assert all(_finite(v) for v in vals.values()), (group, vals)
+    with open(os.path.join(run_dir, "feature_importance_sample.json")) as fh:
+        sample = json.load(fh)
+    # The tiny eval split is smaller than the 20,000-row cap: every row, and so the whole split's RMSE.
+    assert sample["rows"] == sample["eval_rows"] == m["num_eval_examples"] and sample["max_rows"] == 20_000
+    assert sample["rmse"] == pytest.approx(m["model"]["rmse"], rel=1e-4) and 0.0 <= sample["auc"] <= 1.0
     assert os.path.isdir(os.path.join(run_dir, "tensorboard"))
 
 

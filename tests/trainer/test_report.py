@@ -44,3 +44,95 @@ def test_report_carries_the_table_and_the_verdicts(tmp_path):
     text = open(write_report(str(tmp_path / "report"), str(run), None, None)).read()
     assert "| ALS baseline (implicit) | 0.1200 | 0.1255 | 0.2510 | 0.1200 |" in text
     assert "- OURS LOSES to the ALS baseline (implicit) on Recall@100: 0.2470 vs 0.2510" in text
+
+
+def _beyond(m: dict, als: bool = True) -> dict:
+    """``m`` with hand-made "beyond_accuracy" and "slices" entries (K = 10 only)."""
+    models = ["model", "popularity"] + (["als"] if als else [])
+    for name, p in zip(models, (0.05, 0.03, 0.04)):
+        m[name].update({"precision@10": p, "f1@10": p + 0.01, "mrr@10": p + 0.1, "hit_rate@10": p + 0.3})
+    per = lambda cov, tail: {"coverage@10": cov, "novelty@10": 9.5, "diversity_embedding@10": 0.8,
+                             "diversity_feature@10": 0.6, "mean_popularity@10": 1200.0, "popularity_ratio@10": 2.5,
+                             "head_share@10": 0.5, "torso_share@10": 0.5 - tail, "tail_share@10": tail}
+    m["beyond_accuracy"] = {"model": per(0.31, 0.02), "popularity": per(0.01, 0.0),
+                            "truth": {"truth_popularity": 480.0, "truth_head_share": 0.3, "truth_torso_share": 0.4,
+                                      "truth_tail_share": 0.3},
+                            "num_users": 30, "params": {"ks": [10], "report_k": 10, "item_feature": "item_genres",
+                                                        "head_share": 0.5, "tail_share": 0.8}}
+    if als:
+        m["beyond_accuracy"]["als"] = per(0.2, 0.01)
+    group = lambda n, r: {"num_users": n, **{x: {"recall@10": r, "ndcg@10": r / 2} for x in models}}
+    m["slices"] = {
+        "user_activity": {"threshold": 5, "groups": {"cold": group(10, 0.1), "warm": group(20, 0.2)}},
+        "item_popularity": {"groups": {"head": group(25, 0.3), "torso": group(20, 0.1), "tail": group(8, 0.0)}},
+        "user_feature:user_gender": {
+            "groups": {"F": group(12, 0.15), "M": group(18, 0.18)}, "min_group_users": 10,
+            "fairness": {x: {"recall@10": {"ratio": 1.2, "best": "M", "worst": "F"}} for x in models}},
+    }
+    return m
+
+
+def test_beyond_accuracy_and_slice_tables():
+    from trainer.report import beyond_accuracy_line, beyond_accuracy_table, slice_table
+
+    m = _beyond(_m(0.30, 0.15))
+    rows = beyond_accuracy_table(m)
+    assert rows[0] == "| metric | ours | popularity | ALS | relevant items |"
+    assert "| Precision@10 | 0.0500 | 0.0300 | 0.0400 |  |" in rows
+    assert "| catalogue coverage@10 | 0.3100 | 0.0100 | 0.2000 |  |" in rows
+    assert "| mean train popularity@10 | 1200.0 | 1200.0 | 1200.0 | 480.0 |" in rows
+    assert "| tail items' share@10 | 0.0200 | 0.0000 | 0.0100 | 0.3000 |" in rows  # vs the truth's
+    assert "| diversity@10, item_genres (Jaccard distance) | 0.6000 | 0.6000 | 0.6000 |  |" in rows
+    rows = slice_table(m)
+    assert rows[0] == ("| slice | group | users | Recall@10 ours | Recall@10 popularity | Recall@10 ALS | "
+                       "NDCG@10 ours | NDCG@10 popularity | NDCG@10 ALS |")
+    assert ("| activity (cold: <= 5 train events) | cold | 10 | 0.1000 | 0.1000 | 0.1000 | 0.0500 | 0.0500 "
+            "| 0.0500 |") in rows
+    assert "| relevant items' popularity | tail | 8 | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 0.0000 |" in rows
+    assert rows[-1] == ("- fairness, user_gender: best / worst group Recall@10 (groups of >= 10 users): "
+                        "ours 1.20 (M / F); popularity 1.20 (M / F); ALS 1.20 (M / F)")
+    assert beyond_accuracy_line(m) == (
+        "@10: coverage ours 0.3100 / popularity 0.0100 / ALS 0.2000; tail share ours 0.0200 / popularity 0.0000 / "
+        "ALS 0.0100 (relevant items 0.3000); cold users (10, <= 5 train events) Recall@10 ours 0.1000 / "
+        "popularity 0.1000 / ALS 0.1000")
+    # ALS unavailable: no ALS column; a metrics.json from before these keys: no tables at all.
+    no_als = _beyond(_m(0.30, 0.15, als={"unavailable": "disabled"}), als=False)
+    assert beyond_accuracy_table(no_als)[0] == "| metric | ours | popularity | relevant items |"
+    assert beyond_accuracy_table(_m(0.3, 0.15)) == [] and slice_table(_m(0.3, 0.15)) == []
+    assert beyond_accuracy_line(_m(0.3, 0.15)) is None
+
+
+def test_report_carries_the_beyond_accuracy_sections_only_when_there(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(_beyond(_m(0.30, 0.15))))
+    text = open(write_report(str(tmp_path / "report"), str(run), None, None)).read()
+    assert "### Beyond accuracy (K = 10)" in text and "### Slices (K = 10)" in text
+    assert "| catalogue coverage@10 | 0.3100 | 0.0100 | 0.2000 |  |" in text
+    (run / "metrics.json").write_text(json.dumps(_m(0.30, 0.15)))
+    assert "Beyond accuracy" not in open(write_report(str(tmp_path / "report2"), str(run), None, None)).read()
+
+
+def test_importance_says_which_rows_and_their_base_rmse(tmp_path):
+    run = tmp_path / "ranking"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"model": {"rmse": 0.942, "auc": 0.80},
+                                                  "baseline": {"rmse": 1.1, "auc": 0.6}}))
+    (run / "feature_importance.json").write_text(json.dumps({"item_id": {"rmse_increase": 0.05, "auc_drop": 0.02}}))
+    text = open(write_report(str(tmp_path / "r1"), None, str(run), None)).read()
+    assert "Permutation feature importance (eval split):" in text  # a run without the sample file
+    (run / "feature_importance_sample.json").write_text(json.dumps(
+        {"rows": 20000, "max_rows": 20000, "selection": "the first rows of the eval split, in file order",
+         "rmse": 0.995, "auc": 0.79, "seed": 42, "eval_rows": 200042}))
+    text = open(write_report(str(tmp_path / "r2"), None, str(run), None)).read()
+    assert ("Permutation feature importance on 20,000 of 200,042 eval rows (the first rows of the eval split, in "
+            "file order): RMSE 0.9950, AUC 0.7900 on them vs 0.9420 / 0.8000 on the whole eval split") in text
+    assert "| item_id | 0.0500 | 0.0200 |" in text
+
+
+def test_no_evaluated_user_gives_no_beyond_accuracy_tables():
+    from trainer.report import beyond_accuracy_line, beyond_accuracy_table
+
+    m = _m(0.0, 0.0)
+    m["beyond_accuracy"] = {"truth": {}, "num_users": 0, "params": {"ks": [10], "report_k": 10}}
+    assert beyond_accuracy_table(m) == [] and beyond_accuracy_line(m) is None

@@ -12,15 +12,8 @@ from trainer import features as F
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_pipeline, tmp_path_factory):
-    from trainer.hparams import trainer_config
-    from trainer.retrieval.train import train_and_export
-
-    out = tmp_path_factory.mktemp("retrieval")
-    examples, transform, side, hist = tiny_pipeline
-    metrics = train_and_export(examples, transform, str(out / "model" / "Format-Serving"), str(out / "run"), side, hist,
-                               trainer_config({"retrieval": {"epochs": 2, "batch_size": 64, "history_encoder": "gru"}}))
-    return out, metrics, side
+def trained(trained_retrieval):
+    return trained_retrieval  # tests/trainer/conftest.py: shared with test_retrieval_analysis.py
 
 
 def _query(user_ids, history, user_features, k=5, exclude=True):

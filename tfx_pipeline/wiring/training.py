@@ -68,7 +68,8 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         "history_length": cfg.examples.history_length,
         "split": to_dict(cfg.examples.split),  # the trainers carve their validation split the same way
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
-                    "warm_start": sections["warm_start"], "selection": sections["selection"]},
+                    "warm_start": sections["warm_start"], "selection": sections["selection"],
+                    "evaluation": sections["evaluation"]},
         "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see cache_keys.py)
     }
     gate_json = json.dumps(sections["gate"])

@@ -15,6 +15,10 @@ with warmup requests) and, to the ModelRun artifact:
 - ``feature_importance.json``: permutation importance on (a sample of) the eval
   split: per input feature group, the RMSE increase and the AUC drop when that
   group's tensors are shuffled across rows;
+- ``feature_importance_sample.json``: the rows it was computed on (the first
+  ``IMPORTANCE_ROWS`` of the eval split, in file order: not a random sample) and the
+  model's RMSE/AUC on them, beside the whole eval split's row count, so the report can
+  say why its base RMSE differs from metrics.json's;
 - TensorBoard logs.
 """
 
@@ -107,11 +111,15 @@ def _predict_sample(fn, sample: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def permutation_importance(model, eval_rows: tf.data.Dataset, layout: FeatureLayout, max_rows: int = IMPORTANCE_ROWS,
-                           seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per feature group: RMSE increase and AUC drop when its tensors are shuffled across the sample's rows."""
+                           seed: int = 0) -> tuple[dict[str, dict[str, float]], dict]:
+    """Per feature group: RMSE increase and AUC drop when its tensors are shuffled across the sample's rows.
+
+    Returns (that, the sample: ``{"rows", "max_rows", "selection", "rmse", "auc", "seed"}``,
+    with the model's RMSE and AUC on the sample's rows; empty dicts when there is no eval row).
+    """
     sample = next(iter(eval_rows.take(max_rows).padded_batch(max_rows)), None)
     if sample is None:
-        return {}
+        return {}, {}
     n = int(sample[F.RATING_LABEL].shape[0])
     y, e = sample[F.RATING_LABEL].numpy(), sample[F.ENGAGED_LABEL].numpy()
     fn = _predict_fn(model)
@@ -130,7 +138,8 @@ def permutation_importance(model, eval_rows: tf.data.Dataset, layout: FeatureLay
         r, lg = _predict_sample(fn, shuffled, n)
         out[group] = {"rmse_increase": rmse(y, r) - base_rmse, "auc_drop": base_auc - auc(e, lg)}
     log(f"ranking: permutation importance on {n} eval rows (base RMSE {base_rmse:.4f}, AUC {base_auc:.4f})")
-    return out
+    return out, {"rows": n, "max_rows": max_rows, "selection": "the first rows of the eval split, in file order",
+                 "rmse": base_rmse, "auc": base_auc, "seed": seed}
 
 
 def train_stats(train_rows: tf.data.Dataset, num_items: int) -> tuple[float, float, np.ndarray, int]:
@@ -222,8 +231,10 @@ class RankingRecipe:
 
     def export(self, data: TrainingData, model, hp, evaluation: Evaluation, serving_dir: str) -> None:
         """The resolver (Transform graph + stored user state) + item rows + the model."""
-        evaluation.run_files[artifacts.IMPORTANCE_FILE] = permutation_importance(model, data.eval.rows, data.layout,
-                                                                                 seed=hp.seed)
+        importance, sample = permutation_importance(model, data.eval.rows, data.layout, seed=hp.seed)
+        evaluation.run_files[artifacts.IMPORTANCE_FILE] = importance
+        evaluation.run_files[artifacts.IMPORTANCE_SAMPLE_FILE] = {
+            **sample, "eval_rows": int(evaluation.metrics.get("num_eval_examples", len(data.eval.raw[F.USER_ID])))}
         item_rows = export.build_item_rows(data.items, data.tft_layer, data.layout, data.item_features)
         resolver = QueryResolver(data.tft_layer, None, data.layout, data.user_features, data.users,
                                  data.history_length)

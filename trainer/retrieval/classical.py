@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from trainer import features as F
 from trainer.hparams import ClassicalBaselineConfig
-from trainer.retrieval.metrics import DEFAULT_KS, EvalTask, ScoreFn, evaluate_scores
+from trainer.retrieval.metrics import DEFAULT_KS, EvalTask, ScoreFn, evaluate_and_rank, evaluate_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,14 +191,21 @@ def baseline_metrics(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalB
     "disabled": bool}``: disabled by ``cfg.enabled``, or the fit or its evaluation failed
     (any error, e.g. no train rows; the message says which). The gate tells the two apart.
     """
+    return baseline_run(train_events, task, cfg, ks)[0]
+
+
+def baseline_run(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalBaselineConfig,
+                 ks: Sequence[int] = DEFAULT_KS) -> tuple[dict, np.ndarray | None]:
+    """``baseline_metrics``'s entry and the top-K lists it was evaluated on (``evaluate_and_rank``),
+    None when unavailable; never raises."""
     params = dataclasses.asdict(cfg)
     if not cfg.enabled:
-        return {"unavailable": "disabled by trainer.baseline.enabled: false", "disabled": True, "params": params}
+        return {"unavailable": "disabled by trainer.baseline.enabled: false", "disabled": True, "params": params}, None
     try:
         fit = fit_als(train_events, task, cfg)
-        metrics = evaluate_scores(task, fit.score, ks=ks)
+        metrics, ranked = evaluate_and_rank(task, fit.score, ks=ks)
     except Exception as e:  # noqa: BLE001  the baseline must never stop the trainer
         return {"unavailable": f"{cfg.kind} could not be fit: {type(e).__name__}: {e}", "disabled": False,
-                "params": params}
+                "params": params}, None
     return {**metrics, "train_seconds": fit.train_seconds, "factors": fit.factors,
-            "cold_users": fit.data.num_cold_users, "params": params}
+            "cold_users": fit.data.num_cold_users, "params": params}, ranked

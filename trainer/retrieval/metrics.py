@@ -20,9 +20,19 @@ Protocol (user level, full catalogue ranking):
   * ``ndcg@K     = DCG@K / IDCG@K`` with binary relevance,
     ``DCG@K = sum_{r < K, item_r in truth} 1 / log2(r + 2)`` (r is the 0-based rank)
     and the ideal DCG over ``min(K, |truth|)`` relevant items;
-  * ``hit_rate@K = 1 if |topK ∩ truth| > 0 else 0``.
+  * ``hit_rate@K = 1 if |topK ∩ truth| > 0 else 0``;
+  * ``precision@K = |topK ∩ truth| / K`` (divided by K even when fewer than K items
+    could be ranked, e.g. a catalogue smaller than K);
+  * ``f1@K = 2 P R / (P + R)`` of the user's precision@K and recall@K (0 when both are 0);
+  * ``mrr@K = 1 / (1 + r)`` of the 0-based rank r of the first truth item in the top K
+    (0 when there is none).
 
-  Each metric is the unweighted mean over evaluated users.
+  Each metric is the unweighted mean over evaluated users (``per_user_metrics`` gives
+  the per-user values, which trainer/retrieval/slices.py averages over user groups).
+
+Beyond-accuracy metrics (coverage, novelty, diversity, popularity bias) and slices are
+computed from the same ranked lists (``rank_scores``) by trainer/retrieval/beyond_accuracy.py
+and trainer/retrieval/slices.py.
 
 Score ties are broken arbitrarily (``np.argpartition``) but deterministically: a
 user's result does not depend on the batch it is scored in.
@@ -44,7 +54,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 DEFAULT_KS = (10, 50, 100)
-METRIC_NAMES = ("recall", "ndcg", "hit_rate")
+METRIC_NAMES = ("recall", "ndcg", "hit_rate", "precision", "f1", "mrr")
 
 # rows (int64 [n]) -> scores (float [n, num_items]); see ``evaluate_scores``.
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -171,6 +181,55 @@ def _check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     return ks
 
 
+def per_user_metrics(topk: np.ndarray, truth: sp.csr_matrix, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Every ``METRIC_NAMES`` metric at every K, per user (see the module docstring).
+
+    Args:
+        topk: int array [n, L], catalogue indices ranked best first; -1 pads (never a
+            hit). L may be smaller than max(ks).
+        truth: CSR bool [n, num_items], each row with >= 1 truth item.
+        ks: cut-offs K (positive).
+
+    Returns:
+        ``{"recall@K": float64 [n], ...}``.
+    """
+    ks = _check_ks(ks)
+    max_k = max(ks)
+    topk = np.asarray(topk)[:, :max_k]
+    n, width = topk.shape
+    num_items = truth.shape[1]
+    # Membership test on flat keys row * num_items + item.
+    truth_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(truth.indptr))
+    truth_keys = truth_rows * num_items + truth.indices.astype(np.int64)
+    valid = topk >= 0
+    keys = np.arange(n, dtype=np.int64)[:, None] * num_items + np.where(valid, topk, 0)
+    hits = np.isin(keys, truth_keys) & valid  # [n, L]
+    n_truth = np.diff(truth.indptr).astype(np.float64)  # [n], all > 0
+    discounts = 1.0 / np.log2(np.arange(max_k, dtype=np.float64) + 2.0)  # [max_k]
+    ideal_cum = np.cumsum(discounts)  # ideal DCG with i relevant items: ideal_cum[i - 1]
+    gains = hits * discounts[:width]
+    hit_cum = np.cumsum(hits, axis=1)
+    dcg_cum = np.cumsum(gains, axis=1)
+    # 0-based rank of the first hit (width when none).
+    first_hit = np.where(hits.any(axis=1), np.argmax(hits, axis=1), width) if width else np.zeros(n, np.int64)
+    out = {}
+    for k in ks:
+        kk = min(k, width)
+        n_hits = hit_cum[:, kk - 1] if kk > 0 else np.zeros(n)
+        dcg = dcg_cum[:, kk - 1] if kk > 0 else np.zeros(n)
+        idcg = ideal_cum[np.minimum(k, n_truth).astype(np.int64) - 1]
+        recall = n_hits / n_truth
+        precision = n_hits / float(k)
+        denom = precision + recall
+        out[f"recall@{k}"] = recall
+        out[f"ndcg@{k}"] = dcg / idcg
+        out[f"hit_rate@{k}"] = (n_hits > 0).astype(np.float64)
+        out[f"precision@{k}"] = precision
+        out[f"f1@{k}"] = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
+        out[f"mrr@{k}"] = np.where(first_hit < kk, 1.0 / (first_hit + 1.0), 0.0)
+    return out
+
+
 class _Accumulator:
     """Sums per-user metrics over batches; ``result()`` averages them."""
 
@@ -180,40 +239,12 @@ class _Accumulator:
         self.sums = {f"{m}@{k}": 0.0 for k in ks for m in METRIC_NAMES}
 
     def add(self, topk: np.ndarray, truth: sp.csr_matrix) -> None:
-        """Adds a batch.
-
-        Args:
-            topk: int array [n, L], catalogue indices ranked best first; -1 pads
-                (never a hit). L may be smaller than max(ks).
-            truth: CSR bool [n, num_items], the batch's ground truth.
-        """
-        max_k = max(self.ks)
-        topk = topk[:, :max_k]
-        n, width = topk.shape
-        if n == 0:
+        """Adds a batch (``per_user_metrics``'s arguments)."""
+        if topk.shape[0] == 0:
             return
-        num_items = truth.shape[1]
-        # Membership test on flat keys row * num_items + item.
-        truth_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(truth.indptr))
-        truth_keys = truth_rows * num_items + truth.indices.astype(np.int64)
-        valid = topk >= 0
-        keys = np.arange(n, dtype=np.int64)[:, None] * num_items + np.where(valid, topk, 0)
-        hits = np.isin(keys, truth_keys) & valid  # [n, L]
-        n_truth = np.diff(truth.indptr).astype(np.float64)  # [n], all > 0
-        discounts = 1.0 / np.log2(np.arange(max_k, dtype=np.float64) + 2.0)  # [max_k]
-        ideal_cum = np.cumsum(discounts)  # ideal DCG with i relevant items: ideal_cum[i - 1]
-        gains = hits * discounts[:width]
-        hit_cum = np.cumsum(hits, axis=1)
-        dcg_cum = np.cumsum(gains, axis=1)
-        for k in self.ks:
-            kk = min(k, width)
-            n_hits = hit_cum[:, kk - 1] if kk > 0 else np.zeros(n)
-            dcg = dcg_cum[:, kk - 1] if kk > 0 else np.zeros(n)
-            idcg = ideal_cum[np.minimum(k, n_truth).astype(np.int64) - 1]
-            self.sums[f"recall@{k}"] += float(np.sum(n_hits / n_truth))
-            self.sums[f"ndcg@{k}"] += float(np.sum(dcg / idcg))
-            self.sums[f"hit_rate@{k}"] += float(np.sum(n_hits > 0))
-        self.n += n
+        for name, values in per_user_metrics(topk, truth, self.ks).items():
+            self.sums[name] += float(np.sum(values))
+        self.n += topk.shape[0]
 
     def result(self) -> dict[str, float]:
         out = {name: (s / self.n if self.n else 0.0) for name, s in self.sums.items()}
@@ -251,6 +282,36 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1).astype(np.int64)
 
 
+def _ranked_batches(task: EvalTask, score_fn: ScoreFn, k: int,
+                    batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(rows, top-k catalogue indices [len(rows), min(k, num_items)]) per batch, seen items masked.
+
+    Seen items can only appear in a list when fewer than k unseen items exist; they are
+    replaced by -1 (never a hit, and not counted as recommended by the list metrics).
+    """
+    for rows in _batches(task.num_users, batch_size):
+        scores = np.asarray(score_fn(rows))
+        if scores.shape != (len(rows), task.num_items):
+            raise ValueError(
+                f"score_fn returned shape {scores.shape}; expected ({len(rows)}, {task.num_items})"
+            )
+        if not np.issubdtype(scores.dtype, np.floating):
+            scores = scores.astype(np.float64)
+        elif not scores.flags.writeable:
+            scores = scores.copy()
+        if np.isnan(scores).any():
+            raise ValueError("score_fn returned NaN scores")
+        seen = task.seen[rows]
+        seen_rows = np.repeat(np.arange(len(rows)), np.diff(seen.indptr))
+        scores[seen_rows, seen.indices] = -np.inf
+        topk = top_k_indices(scores, k)
+        if topk.shape[1] and len(seen.indices):
+            seen_keys = seen_rows.astype(np.int64) * task.num_items + seen.indices.astype(np.int64)
+            keys = np.arange(len(rows), dtype=np.int64)[:, None] * task.num_items + topk
+            topk = np.where(np.isin(keys, seen_keys), -1, topk)
+        yield rows, topk
+
+
 def evaluate_scores(
     task: EvalTask,
     score_fn: ScoreFn,
@@ -274,32 +335,38 @@ def evaluate_scores(
         batch_size: users per ``score_fn`` call.
 
     Returns:
-        ``{"recall@K", "ndcg@K", "hit_rate@K"}`` for every K, each the mean over the
+        ``"{metric}@K"`` for every ``METRIC_NAMES`` metric and K, each the mean over the
         evaluated users, plus ``"num_users"`` (as a float).
 
     Raises:
         ValueError: on a wrongly shaped score array or NaN scores.
     """
+    return evaluate_and_rank(task, score_fn, ks, batch_size)[0]
+
+
+def evaluate_and_rank(
+    task: EvalTask,
+    score_fn: ScoreFn,
+    ks: Sequence[int] = DEFAULT_KS,
+    batch_size: int = 256,
+) -> tuple[dict[str, float], np.ndarray]:
+    """``evaluate_scores``, and the ranked lists it evaluated.
+
+    Returns:
+        (``evaluate_scores``'s metrics, int64 [task.num_users, min(max(ks), num_items)]
+        top-K catalogue indices per user, best first, seen items masked, -1 where fewer
+        than that many unseen items exist). The lists are what
+        trainer/retrieval/beyond_accuracy.py and slices.py take, so nothing is scored twice.
+    """
     ks = _check_ks(ks)
-    max_k = max(ks)
     acc = _Accumulator(ks)
-    for rows in _batches(task.num_users, batch_size):
-        scores = np.asarray(score_fn(rows))
-        if scores.shape != (len(rows), task.num_items):
-            raise ValueError(
-                f"score_fn returned shape {scores.shape}; expected ({len(rows)}, {task.num_items})"
-            )
-        if not np.issubdtype(scores.dtype, np.floating):
-            scores = scores.astype(np.float64)
-        elif not scores.flags.writeable:
-            scores = scores.copy()
-        if np.isnan(scores).any():
-            raise ValueError("score_fn returned NaN scores")
-        seen = task.seen[rows]
-        seen_rows = np.repeat(np.arange(len(rows)), np.diff(seen.indptr))
-        scores[seen_rows, seen.indices] = -np.inf
-        acc.add(top_k_indices(scores, max_k), task.truth[rows])
-    return acc.result()
+    parts = []
+    for rows, topk in _ranked_batches(task, score_fn, max(ks), batch_size):
+        acc.add(topk, task.truth[rows])
+        parts.append(topk)
+    width = min(max(ks), task.num_items)
+    ranked = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int64)
+    return acc.result(), ranked
 
 
 def evaluate_topk(

@@ -7,7 +7,8 @@ Writes to the Model artifact the brute-force retrieval SavedModel (with warmup
 requests) and, to the ModelRun artifact, what the gate, the index step and the
 report read: ``metrics.json`` (Recall/NDCG@K of the model, of the popularity baseline
 and of the classical ALS baseline, ``"als"`` (trainer/retrieval/classical.py), all on one
-eval task, user-level protocol of trainer/retrieval/metrics.py), ``history.json``
+eval task, user-level protocol of trainer/retrieval/metrics.py; with ``trainer.evaluation``
+also ``"beyond_accuracy"`` and ``"slices"`` from the same ranked lists, trainer/retrieval/slices.py), ``history.json``
 (per-epoch losses and gradient norms), ``eval_queries.npy`` (held-out query
 embeddings), ``eval_query_users.npy`` and TensorBoard logs. File names: trainer/artifacts.py.
 """
@@ -23,7 +24,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
-from trainer.retrieval import classical, export, metrics as retrieval_metrics
+from trainer.retrieval import classical, export, metrics as retrieval_metrics, slices
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability, item_probabilities
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
@@ -170,12 +171,21 @@ class RetrievalRecipe:
         query = {k: tf.constant(ev[k][rows]) for k in [*QUERY_KEYS, *sorted(data.user_features)]}
         q = resolver.resolve(query, fallback=False)[0].numpy()
         emb = candidates["embeddings"]
-        model_metrics = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
+        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T, ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
-        popularity = retrieval_metrics.evaluate_scores(task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
-        als = classical.baseline_metrics(train, task, config.baseline, ks=KS)
+        popularity, pop_ranked = retrieval_metrics.evaluate_and_rank(
+            task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
+        als, als_ranked = classical.baseline_run(train, task, config.baseline, ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
                    "num_eval_users": int(task.num_users)}
+        if config.evaluation.enabled:
+            ranked = {"model": ranked, "popularity": pop_ranked}
+            if als_ranked is not None:  # ALS unavailable: no ALS figures in the slices
+                ranked["als"] = als_ranked
+            user_events = train[F.USER_ID].value_counts().reindex(task.user_ids).fillna(0).to_numpy(np.int64)
+            metrics.update(slices.run_analysis(
+                task, ranked, pop, emb, data.items, data.item_features,
+                {k: ev[k][rows] for k in data.user_features}, data.user_features, user_events, KS, config.evaluation))
         log(f"retrieval: {fmt_metrics(metrics)}")
         if "unavailable" in als:
             log(f"retrieval: ALS baseline unavailable: {als['unavailable']}")
