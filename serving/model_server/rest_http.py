@@ -53,6 +53,7 @@ class _ServerMixin:
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # listen backlog (socketserver's 5 makes bursts of clients wait for SYN retries)
     max_connections: int | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
 

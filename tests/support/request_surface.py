@@ -93,6 +93,22 @@ def read_all(sock: socket.socket, timeout: float = 10) -> bytes:
     return b"".join(chunks)
 
 
+def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length, read from a kept-alive connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
 def status_lines(data: bytes) -> list[str]:
     """The HTTP status lines in a stream of responses."""
     return [line for line in data.decode("latin-1").split("\r\n") if line.startswith("HTTP/1.")]
