@@ -1,9 +1,8 @@
 """Prometheus metrics of the model server, on their own registry and port.
 
-Served on --monitoring_port at /metrics, and on the REST port at the path of
---monitoring_config_file (TF Serving's way). Both carry TF Serving's
-`:tensorflow:serving:request_count` / `request_latency` next to the
-`recsys_model_server_*` families.
+Served on --monitoring_port at /metrics (the `recsys_model_server_*` families),
+and on the REST port at the path of --monitoring_config_file (TF Serving's way:
+its `:tensorflow:serving:request_count` / `request_latency`, then ours).
 
 Each ModelServer has its own CollectorRegistry so that several servers in one
 process (tests, infra validation next to a running server) do not collide.

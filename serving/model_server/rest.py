@@ -1,21 +1,27 @@
-"""TF Serving's REST API on the standard library's ThreadingHTTPServer.
+"""TF Serving's REST API over rest_http.py's HTTP/1.1 server.
 
-Routes (TF Serving's paths and JSON shapes):
+Routes (TF Serving's paths, matched case-insensitively as it does; anything else
+is 400 "Malformed request: <method> <path>"):
   POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict
        {"signature_name": ..., "instances": [...]}  -> {"predictions": [...]}
        {"signature_name": ..., "inputs": {...}}     -> {"outputs": ...}
+  POST ...:classify / ...:regress  {"examples": [...]} -> TF Serving's checks (inference.py)
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>]          -> model status
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata -> signature_def metadata
   GET  /healthz -> 200 when every configured model serves a version, else 503
+  GET  <--monitoring_config_file path> -> Prometheus text (when configured)
 
 With a token configured (auth.py) every request but GET /healthz needs
-`Authorization: Bearer <token>` (else 401); with TLS (tls.py) the server speaks
-HTTPS only, handshaking on each connection's own thread.
+`Authorization: Bearer <token>` (else 401, before the body is read); with TLS
+(tls.py) the server speaks HTTPS only, handshaking on each connection's own thread.
 
-Strings are JSON strings (UTF-8) or {"b64": "..."}; string outputs come back as
-JSON strings, or {"b64": ...} when not valid UTF-8 or when the output name ends
-in "_bytes" (TF Serving's rule). Errors are {"error": "..."} with TF Serving's
-HTTP status for the underlying gRPC code.
+JSON follows TF Serving's json_tensor.cc: integer inputs take JSON integers in
+range (3.0 is not an int32), floats any number, bool true/false; strings are
+JSON strings (UTF-8) or {"b64": "..."}; an extra key in a columnar "inputs"
+object is ignored. String outputs come back as JSON strings, or {"b64": ...}
+when not valid UTF-8 or when the output name ends in "_bytes" (TF Serving's
+rule). Errors are {"error": "..."} with TF Serving's HTTP status for the
+underlying gRPC code.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import http.server
 import json
 import logging
 import re
-import socket
 import ssl
 import time
 import urllib.parse
@@ -36,12 +41,12 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
-from serving.model_server.auth import TokenAuth
 from serving import names
 from serving.model_server import inference, rest_http
+from serving.model_server.auth import TokenAuth
 from serving.model_server.errors import ServingError, invalid_argument
-from serving.model_server.limits import UNLIMITED, RequestLimits, check_rows
 from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, status_response
+from serving.model_server.limits import UNLIMITED, RequestLimits, check_rows
 from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
 from serving.model_server.predictor import Predictor
 from serving.model_server.signatures import Signature
