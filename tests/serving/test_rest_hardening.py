@@ -197,3 +197,39 @@ def test_malformed_input_is_400_with_a_clean_message(server, path, body):
     status, payload = http(server.rest_url + path, body, headers=AUTH)
     assert status == 400, payload
     assert "error" in payload and "Traceback" not in payload["error"] and "internal" not in payload["error"]
+
+
+def test_connection_cap_answers_503_past_it(tmp_path, templates):
+    base = make_base(tmp_path, templates, "rec", [1])
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "rec" base_path: "{base}" model_platform: "tensorflow" }} }}')
+    with ModelServer(str(config), grpc_port=None, rest_port=0, metrics_port=None, rest_timeout_s=1.0,
+                     rest_max_connections=2) as server:
+        server.wait_until_available(60)
+        # Two slow clients (a header byte every 0.3 s: each read is within the timeout) hold both slots.
+        holders = [connect(server.rest_port) for _ in range(2)]
+        stop = threading.Event()
+
+        def trickle(sock):
+            for byte in b"GET /v1/models/rec HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                if stop.wait(0.3):
+                    return
+                sock.sendall(bytes([byte]))
+
+        threads = [threading.Thread(target=trickle, args=(s,), daemon=True) for s in holders]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        with connect(server.rest_port) as third:
+            third.sendall(b"GET /v1/models/rec HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status_lines(read_all(third, timeout=5)) == ["HTTP/1.1 503 Service Unavailable"]
+        assert 0.8 < time.monotonic() - start < 3
+        stop.set()
+        for sock in holders:
+            sock.close()
+        # The slots come back.
+        deadline = time.monotonic() + 5
+        while http(f"{server.rest_url}/v1/models/rec")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
