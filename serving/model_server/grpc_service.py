@@ -61,9 +61,9 @@ class _Observed:
             yield
         except ServingError as e:
             status, message = e.code, e.message
-        except Exception as e:  # a bug must cost one request, not the server
+        except Exception:  # a bug must cost one request, not the server (and not leak internals)
             log.exception("%s failed", api)
-            status, message = grpc.StatusCode.INTERNAL, f"internal error in {api}: {type(e).__name__}: {e}"
+            status, message = grpc.StatusCode.INTERNAL, f"internal error in {api}; the server log has the details"
         model_label = model if self._manager.is_configured(model) else UNKNOWN_MODEL
         self._metrics.observe_request(api, model_label, signature, status.name, time.monotonic() - start)
         if status != grpc.StatusCode.OK:
@@ -71,7 +71,7 @@ class _Observed:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+    """tensorflow.serving.PredictionService: Predict, GetModelMetadata, Classify, Regress, MultiInference."""
 
     def __init__(self, predictor: Predictor, metrics: ServerMetrics):
         self._predictor = predictor
