@@ -256,7 +256,8 @@ def _note_accepted_flags(args) -> None:
         log.info("--enable_model_warmup=false ignored: warmup requests always run before a version serves")
 
 
-def _load_config(args):
+def load_config(args):
+    """The ModelServerConfig the flags name (--serving_root applied; see SERVING_MOUNT)."""
     from serving.model_server.config import ConfigError, load_model_server_config, single_model_config
     from serving.model_server.reload import tf_serving_refusal
 
@@ -265,12 +266,15 @@ def _load_config(args):
     if args.model_base_path:
         return single_model_config(args.model_name, args.model_base_path)
     path = args.model_config_file or DEFAULT_CONFIG
-    if args.serving_root:
+    root = args.serving_root
+    if root is None and _is_builtin_config(args.model_config_file):
+        root = DEFAULT_SERVING_ROOT
+    if root:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         from serving.model_server.config import parse_model_server_config
 
-        config = parse_model_server_config(_rebase(text, args.serving_root), path)
+        config = parse_model_server_config(_rebase(text, root), path)
     else:
         config = load_model_server_config(path)
     raw = load_raw_config(path)
@@ -312,8 +316,6 @@ def _rebase(text: str, root: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the server until SIGINT/SIGTERM; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.serving_root is None and not args.model_base_path and _is_builtin_config(args.model_config_file):
-        args.serving_root = DEFAULT_SERVING_ROOT
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so --help and flag errors answer without loading TensorFlow.
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _note_accepted_flags(args)
         _set_tf_threads(args)
-        config = _load_config(args)
+        config = load_config(args)
         batching = None
         if args.batching_parameters_file:
             batching = load_batching_parameters(args.batching_parameters_file)

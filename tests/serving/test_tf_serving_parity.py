@@ -368,3 +368,22 @@ def test_rest_api_port_zero_turns_rest_off(tmp_path, templates, capsys):
     assert build_parser().parse_args([]).rest_api_port is None  # TF Serving's default: off
     assert build_parser().parse_args(["--rest_api_port", "auto"]).rest_api_port == 0
     assert build_parser().parse_args(["--rest_api_port", "8501"]).rest_api_port == 8501
+
+
+def test_builtin_models_config_is_absolute_and_read_from_the_serving_root(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.model_server.cli import build_parser, load_config
+    from serving.model_server.reload import tf_serving_refusal
+
+    path = os.path.join(REPO, "serving", "models.config")
+    with open(path) as f:
+        raw = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    assert tf_serving_refusal(raw) is None  # what tensorflow_model_server checks: platform, absolute paths
+    config = load_config(build_parser().parse_args(["--model_config_file", path, "--serving_root", str(tmp_path)]))
+    assert [m.base_path for m in config.model_config_list.config] == [str(tmp_path / n) for n in names.ALL_MODELS]
+    other = tmp_path / "other.config"
+    other.write_text(text_format.MessageToString(raw))
+    config = load_config(build_parser().parse_args(["--model_config_file", str(other)]))
+    assert config.model_config_list.config[0].base_path == "/models/" + names.ALL_MODELS[0]  # as written
