@@ -2,11 +2,13 @@
 
 What http.server lacks and a public endpoint needs, hand-written here:
 
-* read and idle timeouts: every socket read waits at most `timeout_s`
-  (--rest_api_timeout_in_ms, TF Serving's default 30 s), so a half-open or idle
-  connection is closed and its thread freed;
+* read and idle timeouts (--rest_api_timeout_in_ms, TF Serving's default 30 s):
+  every socket read waits at most `timeout_s`, and a request must arrive whole
+  (request line, headers, body) within `timeout_s` of the connection going idle,
+  else a watchdog thread shuts the socket down; so half-open, idle and
+  byte-trickling connections are closed and their threads freed;
 * at most `max_connections` connections served at once (--rest_api_num_threads);
-  past it a new connection waits up to `timeout_s` for a slot, then gets 503;
+  past it a new connection waits up to SLOT_WAIT_S for a slot, then gets 503;
 * framing checked before any body byte is read: Transfer-Encoding together with
   Content-Length, several different Content-Lengths, or a non-numeric one get 400
   and the connection is closed (no request smuggling); `Transfer-Encoding:
@@ -36,6 +38,8 @@ DEFAULT_TIMEOUT_S = 30.0  # TF Serving's --rest_api_timeout_in_ms default
 DRAIN_BYTES = 1024 * 1024
 DRAIN_TIMEOUT_S = 1.0
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+SLOT_WAIT_S = 1.0
+_REAPER_PERIOD_S = 0.1
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DISCONNECTS = (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError)
 
@@ -46,6 +50,45 @@ class Refusal(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+
+
+class _Reaper:
+    """Shuts down sockets whose request did not arrive in time (one thread per server).
+
+    Socket timeouts bound each read; this bounds the whole request, which a client
+    sending a byte just inside every timeout would otherwise stretch forever.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rest-reaper", daemon=True)
+        self._thread.start()
+
+    def watch(self, sock: socket.socket, deadline: float) -> None:
+        with self._lock:
+            self._deadlines[sock] = deadline
+
+    def unwatch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(sock, None)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_REAPER_PERIOD_S):
+            now = time.monotonic()
+            with self._lock:
+                late = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+                for sock in late:
+                    del self._deadlines[sock]
+            for sock in late:
+                try:  # the plain socket call: an SSLSocket's own shutdown() would unwrap it under the reader
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class _ServerMixin:
@@ -60,9 +103,15 @@ class _ServerMixin:
     def server_activate(self):
         super().server_activate()
         self._slots = threading.BoundedSemaphore(self.max_connections) if self.max_connections else None
+        self.reaper = _Reaper()
+
+    def server_close(self):
+        super().server_close()
+        if hasattr(self, "reaper"):
+            self.reaper.close()
 
     def process_request(self, request, client_address):
-        if self._slots is not None and not self._slots.acquire(timeout=self.timeout_s):
+        if self._slots is not None and not self._slots.acquire(timeout=SLOT_WAIT_S):
             log.info("REST: %d connections busy; refusing %s", self.max_connections, client_address[0])
             _send_raw(request, 503, "the server is at --rest_api_num_threads connections; retry")
             self.shutdown_request(request)
@@ -144,6 +193,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.timeout_s = self.timeout
+
+    def handle_one_request(self):
+        # The whole request (from idle to the end of its body) must arrive within the timeout.
+        if self.timeout_s:
+            self.server.reaper.watch(self.connection, time.monotonic() + self.timeout_s)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reaper.unwatch(self.connection)
 
     # -- before the body -------------------------------------------------------------
 
@@ -253,8 +311,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._admit()
             body = self._read_body()
         except Refusal as refusal:
+            self.server.reaper.unwatch(self.connection)
             self._refuse(refusal)
             return
+        self.server.reaper.unwatch(self.connection)  # arrived: the request's own deadline takes over
         status, payload = self.api.respond(self.command, self.path, body, deadline)
         self._reply(status, payload)
 

@@ -81,6 +81,30 @@ def test_half_open_and_idle_connections_are_closed_after_the_timeout(server):
     assert time.monotonic() - start < TIMEOUT_S + 3
 
 
+def test_a_trickling_client_is_closed_after_the_timeout(server):
+    # Each byte comes well within the per-read timeout; the whole request does not.
+    with connect(server.rest_port) as sock:
+        start = time.monotonic()
+        closed = False
+        for byte in b"GET /v1/models/rec HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(TIMEOUT_S / 4)
+            try:
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except (socket.timeout, TimeoutError):
+                pass
+            except ConnectionResetError:
+                closed = True
+                break
+        assert closed and time.monotonic() - start < TIMEOUT_S + 1.5
+
+
 def test_many_half_open_connections_do_not_keep_threads(server):
     before = threading.active_count()
     socks = [connect(server.rest_port) for _ in range(60)]
@@ -203,10 +227,10 @@ def test_connection_cap_answers_503_past_it(tmp_path, templates):
     base = make_base(tmp_path, templates, "rec", [1])
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "rec" base_path: "{base}" model_platform: "tensorflow" }} }}')
-    with ModelServer(str(config), grpc_port=None, rest_port=0, metrics_port=None, rest_timeout_s=1.0,
+    with ModelServer(str(config), grpc_port=None, rest_port=0, metrics_port=None, rest_timeout_s=4.0,
                      rest_max_connections=2) as server:
         server.wait_until_available(60)
-        # Two slow clients (a header byte every 0.3 s: each read is within the timeout) hold both slots.
+        # Two slow clients (a header byte every 0.3 s) hold both slots for up to the 4 s timeout.
         holders = [connect(server.rest_port) for _ in range(2)]
         stop = threading.Event()
 
@@ -224,7 +248,7 @@ def test_connection_cap_answers_503_past_it(tmp_path, templates):
         with connect(server.rest_port) as third:
             third.sendall(b"GET /v1/models/rec HTTP/1.1\r\nHost: t\r\n\r\n")
             assert status_lines(read_all(third, timeout=5)) == ["HTTP/1.1 503 Service Unavailable"]
-        assert 0.8 < time.monotonic() - start < 3
+        assert 0.8 < time.monotonic() - start < 3  # rest_http.SLOT_WAIT_S
         stop.set()
         for sock in holders:
             sock.close()
