@@ -387,3 +387,18 @@ def test_builtin_models_config_is_absolute_and_read_from_the_serving_root(tmp_pa
     other.write_text(text_format.MessageToString(raw))
     config = load_config(build_parser().parse_args(["--model_config_file", str(other)]))
     assert config.model_config_list.config[0].base_path == "/models/" + names.ALL_MODELS[0]  # as written
+
+
+def test_monitoring_config_file(tmp_path):
+    from serving.model_server.config import ConfigError
+    from serving.model_server.tf_serving_protos import load_monitoring_path
+
+    path = tmp_path / "monitoring.config"
+    for text, expected in [("prometheus_config { enable: true }", DEFAULT_PROMETHEUS_PATH),
+                           ('prometheus_config { enable: true path: "/m" }', "/m"),
+                           ('prometheus_config { enable: false path: "/m" }', None), ("", None)]:
+        path.write_text(text)
+        assert load_monitoring_path(str(path)) == expected
+    path.write_text("prometheus_config { enable: yes please }")
+    with pytest.raises(ConfigError, match="MonitoringConfig"):
+        load_monitoring_path(str(path))
