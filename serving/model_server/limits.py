@@ -15,7 +15,9 @@ can take the server's memory. Here every Predict is checked, in this order:
 
 Each message names the limit and the flag that changes it. Float inputs must
 be finite: +-inf never, NaN only in user side features, where names.py makes
-NaN the "unknown" value.
+NaN the "unknown" value. Inputs whose range the contract documents
+(features.py, names.py: hour_of_day 0..23, day_of_week 0..6,
+hours_since_prev_event >= 0, each with -1 = unknown; k >= 0) are checked too.
 """
 
 from __future__ import annotations
@@ -154,6 +156,34 @@ def check_response(limits: RequestLimits, outputs: dict[str, np.ndarray]) -> Non
     size = response_bytes(outputs)
     if size > limits.max_response_bytes:
         raise _too_large(limits, size, "holds ")
+
+
+# Documented ranges (features.py / names.py): (low, high, the "unknown" value or None).
+RANGES = {
+    names.HOUR_OF_DAY: (0, 23, -1),
+    names.DAY_OF_WEEK: (0, 6, -1),
+    names.HOURS_SINCE_PREV_EVENT: (0, None, -1),
+    names.K: (0, None, None),
+}
+
+
+def check_ranges(signature, arrays: dict[str, np.ndarray]) -> None:
+    """INVALID_ARGUMENT naming the input, the value and its documented range."""
+    for name, (low, high, unknown) in RANGES.items():
+        array = arrays.get(name)
+        if array is None or not array.size or array.dtype.kind not in "iuf":
+            continue
+        bad = (array < low) if high is None else ((array < low) | (array > high))
+        if unknown is not None:
+            bad &= array != unknown
+        if bad.any():
+            index = [int(i) for i in np.argwhere(bad)[0]]
+            value = array[tuple(index)].item()
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            hint = f", or {unknown} for unknown" if unknown is not None else ""
+            raise invalid_argument(
+                f"input {name!r} of signature {signature.name!r} holds {value!r} at index {index}; "
+                f"it must be {span}{hint} (serving/names.py)")
 
 
 def nan_allowed(input_name: str) -> bool:

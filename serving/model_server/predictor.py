@@ -16,7 +16,8 @@ from serving import names
 from serving.model_server.batching import Batcher
 from serving.model_server.errors import ServingError
 from serving.model_server.limits import (
-    UNLIMITED, RequestLimits, check_elements, check_finite, check_response, check_response_estimate, check_rows)
+    UNLIMITED, RequestLimits, check_elements, check_finite, check_ranges, check_response, check_response_estimate,
+    check_rows)
 from serving.model_server.request_logger import RequestLogger
 from serving.model_server.signatures import (
     Signature,
@@ -139,6 +140,7 @@ class Predictor:
         check_rows(self.limits, max((a.shape[0] for a in arrays.values() if a.ndim), default=None))
         check_elements(self.limits, sum(a.size for a in arrays.values()))
         check_finite(signature, arrays)
+        check_ranges(signature, arrays)
         wanted = select_outputs(signature, output_filter)
         check_response_estimate(self.limits, signature, arrays, wanted)
         check_deadline(deadline)

@@ -122,3 +122,13 @@ def test_rest_non_finite_json_tokens_rejected(env):
     status, body = http(f"{env['url']}/v1/models/feats:predict",
                         '{"instances": [{"user_age": 1, "hours_since_prev_event": Infinity}]}')
     assert status == 400 and names.HOURS_SINCE_PREV_EVENT in body["error"]
+
+
+def test_documented_ranges(env):
+    # hours_since_prev_event: >= 0 or -1 (unknown); k: >= 0.
+    assert env["stub"].Predict(features_request("feats", [1.0, 2.0], [-1.0, 0.5]), timeout=10)
+    e = _error(env, features_request("feats", [1.0, 2.0], [0.5, -5.0]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert names.HOURS_SINCE_PREV_EVENT in e.details() and "-5.0" in e.details() and "[1]" in e.details()
+    e = _error(env, recommend_request("rec", ["u"], [-3]))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "'k'" in e.details() and ">= 0" in e.details()
