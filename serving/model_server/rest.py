@@ -443,7 +443,7 @@ class RestApi:
             "api": self, "timeout": self.timeout_s, "max_body_bytes": self.max_body_bytes})
         server_class = rest_http.PlainServer if ssl_context is None else rest_http.TlsServer
         server_class = type(server_class.__name__, (server_class,), {
-            "max_connections": self.max_connections, "timeout_s": self.timeout_s or rest_http.DEFAULT_TIMEOUT_S})
+            "max_connections": self.max_connections})
         if ssl_context is None:
             return server_class((host, port), handler)
         return server_class((host, port), handler, ssl_context)

@@ -98,7 +98,6 @@ class _ServerMixin:
     block_on_close = False
     request_queue_size = 1024  # listen backlog (socketserver's 5 makes bursts of clients wait for SYN retries)
     max_connections: int | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def server_activate(self):
         super().server_activate()
