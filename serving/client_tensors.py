@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from serving import features as F
+
 # DataType enum -> numpy dtype (strings are object arrays of bytes).
 _NUMPY_DTYPES = {
     types_pb2.DT_FLOAT: np.dtype("<f4"),
@@ -71,9 +73,12 @@ class TensorMeta:
         return self.dtype == types_pb2.DT_BOOL
 
     def neutral_value(self):
-        """The "unknown" value of names.py's contract: "", NaN, -1 or False."""
+        """The "unknown" value of names.py's contract: "", NaN (user side features), -1
+        (context features and other ints) or False. The server refuses NaN elsewhere."""
         if self.is_string:
             return ""
+        if self.name in F.CONTEXT_FEATURES:
+            return -1.0 if self.is_float else -1
         if self.is_float:
             return math.nan
         if self.is_int:

@@ -7,11 +7,18 @@ Off by default. When on, every gRPC call must carry the metadata
 secret; the Prometheus port is not covered (firewall it, or --monitoring_port none).
 Tokens are compared with hmac.compare_digest. The token comes from a file so it
 never appears on a command line (`ps`); send it over TLS only.
+
+ModelService/HandleReloadConfigRequest (which loads models from any path the
+server can read) needs its own credential, `--admin_token_file` (AdminPolicy):
+with one, the call must carry `authorization: Bearer <admin token>` (the client
+token is not enough: PERMISSION_DENIED); without one, reloads are refused
+(PERMISSION_DENIED) unless the server binds a loopback address only.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 
@@ -47,6 +54,12 @@ def read_token_file(path: str | os.PathLike) -> str:
     return token
 
 
+def authorization_of(metadata) -> str | None:
+    """The `authorization` value in gRPC invocation metadata (None: absent)."""
+    value = next((v for k, v in metadata or () if k == METADATA_KEY), None)
+    return value if isinstance(value, str) else None
+
+
 class TokenAuth:
     """Checks `Authorization: Bearer <token>` values against the shared token."""
 
@@ -67,14 +80,67 @@ class TokenAuth:
         return None
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses gRPC calls without the right bearer token (UNAUTHENTICATED)."""
+RELOAD_METHOD = "/tensorflow.serving.ModelService/HandleReloadConfigRequest"
 
-    def __init__(self, auth: TokenAuth, metrics: ServerMetrics):
+
+def is_loopback(host: str) -> bool:
+    """True when binding `host` reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AdminPolicy:
+    """Who may call HandleReloadConfigRequest.
+
+    Args:
+        token: the admin token (--admin_token_file), or None.
+        host: the address the server binds; without a token, reloads are allowed
+            only when it is loopback.
+    """
+
+    def __init__(self, token: str | None, host: str):
+        self._auth = TokenAuth(token) if token is not None else None
+        self.host = host
+        self.has_token = token is not None
+
+    def check(self, authorization: str | None) -> tuple[grpc.StatusCode, str] | None:
+        """None when the call may reload, else (code, message)."""
+        if self._auth is None:
+            if is_loopback(self.host):
+                return None
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"HandleReloadConfigRequest is disabled: the server binds {self.host}, not loopback only, and "
+                    "has no admin credential; start it with --admin_token_file (or bind 127.0.0.1)")
+        if not authorization:
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    "HandleReloadConfigRequest needs the admin token (--admin_token_file): send "
+                    "'authorization: Bearer <admin token>'")
+        if self._auth.check(authorization) is not None:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    "HandleReloadConfigRequest needs the admin token (--admin_token_file); these credentials "
+                    "are not it")
+        return None
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses gRPC calls without the right bearer token (UNAUTHENTICATED).
+
+    HandleReloadConfigRequest is left to the service's AdminPolicy when an admin
+    token is configured (it carries the admin token, not the client token).
+    """
+
+    def __init__(self, auth: TokenAuth, metrics: ServerMetrics, admin: AdminPolicy | None = None):
         self._auth = auth
         self._metrics = metrics
+        self._admin = admin
 
     def intercept_service(self, continuation, handler_call_details):
+        if self._admin is not None and self._admin.has_token and handler_call_details.method == RELOAD_METHOD:
+            return continuation(handler_call_details)
         value = next((v for k, v in handler_call_details.invocation_metadata or () if k == METADATA_KEY), None)
         error = self._auth.check(value if isinstance(value, str) else None)
         if error is None:

@@ -199,6 +199,9 @@ class RequestLoggingOptions:
         max_file_age_s: ...or is this old (so quiet models' logs still appear).
         queue_size: records waiting for the writer thread; past it records are
             dropped (and counted), never waited for.
+        allowed_dirs: directories request log files may be written under (a
+            config reload naming a prefix elsewhere is refused); None: the
+            directories of the startup config's prefixes and default_dir.
     """
 
     default_dir: str | None = None
@@ -207,6 +210,7 @@ class RequestLoggingOptions:
     max_file_records: int = 100_000
     max_file_age_s: float = 600.0
     queue_size: int = 10_000
+    allowed_dirs: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.default_sampling_rate <= 1.0:
@@ -220,6 +224,11 @@ class RequestLoggingOptions:
             if not self.default_dir or _is_remote(self.default_dir):
                 raise ConfigError(f"request log directory must be a local directory, got {self.default_dir!r}")
             object.__setattr__(self, "default_dir", os.path.abspath(self.default_dir))
+        if self.allowed_dirs is not None:
+            dirs = tuple(self.allowed_dirs)
+            if any(not d or _is_remote(d) for d in dirs):
+                raise ConfigError(f"request log allowed directories must be local directories, got {list(dirs)}")
+            object.__setattr__(self, "allowed_dirs", tuple(os.path.abspath(d) for d in dirs))
 
 
 _BATCHING_FIELDS = {f.name for f in dataclasses.fields(BatchingOptions)}

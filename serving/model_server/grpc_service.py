@@ -15,16 +15,29 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.model_server.config import ConfigError, load_model_server_config
-from serving.model_server.errors import ServingError, error_code_number, invalid_argument
+from serving.model_server import inference
+from serving.model_server.auth import AdminPolicy, authorization_of
+from serving.model_server.errors import ServingError, error_code_number, invalid_argument, not_found
 from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
 from serving.model_server.predictor import Predictor, model_spec_version
-from serving.model_server.request_logger import RequestLogger
+from serving.model_server.reload import ConfigReloader
 from serving.model_server.version_manager import VersionManager
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def require_model_spec(request) -> None:
+    """TF Serving's first check of Predict, Classify, Regress, GetModelMetadata and GetModelStatus."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+
+
+def require_model_name(spec) -> None:
+    """ServerCore::ServableRequestFromModelSpec's check, before any model lookup."""
+    if not spec.name:
+        raise invalid_argument("ModelSpec has no name specified.")
 
 
 def deadline_of(context: grpc.ServicerContext) -> float | None:
@@ -48,9 +61,9 @@ class _Observed:
             yield
         except ServingError as e:
             status, message = e.code, e.message
-        except Exception as e:  # a bug must cost one request, not the server
+        except Exception:  # a bug must cost one request, not the server (and not leak internals)
             log.exception("%s failed", api)
-            status, message = grpc.StatusCode.INTERNAL, f"internal error in {api}: {type(e).__name__}: {e}"
+            status, message = grpc.StatusCode.INTERNAL, f"internal error in {api}; the server log has the details"
         model_label = model if self._manager.is_configured(model) else UNKNOWN_MODEL
         self._metrics.observe_request(api, model_label, signature, status.name, time.monotonic() - start)
         if status != grpc.StatusCode.OK:
@@ -58,7 +71,7 @@ class _Observed:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
+    """tensorflow.serving.PredictionService: Predict, GetModelMetadata, Classify, Regress, MultiInference."""
 
     def __init__(self, predictor: Predictor, metrics: ServerMetrics):
         self._predictor = predictor
@@ -68,18 +81,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         response = None
         with self._observed("Predict", context, request.model_spec.name, request.model_spec.signature_name or "serving_default"):
+            require_model_spec(request)
+            require_model_name(request.model_spec)
             response = self._predictor.predict(request, deadline_of(context))
         return response
 
     def GetModelMetadata(self, request, context):
         response = None
         with self._observed("GetModelMetadata", context, request.model_spec.name):
+            require_model_spec(request)
             fields = list(request.metadata_field)
             if not fields:
                 raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
             for field in fields:
                 if field != SIGNATURE_DEF_FIELD:
-                    raise invalid_argument(f"Metadata field {field} is not supported; use {SIGNATURE_DEF_FIELD!r}")
+                    raise invalid_argument(f"Metadata field {field} is not supported")
+            require_model_name(request.model_spec)
             version, label = model_spec_version(request.model_spec)
             with self._manager.lease(request.model_spec.name, version, label) as loaded:
                 response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -88,27 +105,34 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[SIGNATURE_DEF_FIELD].Pack(loaded.signature_def_map)
         return response
 
-    def _unimplemented(self, api: str, context):
-        with self._observed(api, context):
-            raise ServingError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"{api} is not implemented by this model server; call Predict with a predict signature instead",
-            )
+    def _lease(self, spec):
+        require_model_name(spec)
+        version, label = model_spec_version(spec)
+        return self._manager.lease(spec.name, version, label)
 
     def Classify(self, request, context):
-        self._unimplemented("Classify", context)
+        with self._observed("Classify", context, request.model_spec.name, request.model_spec.signature_name):
+            require_model_spec(request)
+            with self._lease(request.model_spec) as loaded:
+                inference.classify(loaded, request.model_spec.signature_name)
 
     def Regress(self, request, context):
-        self._unimplemented("Regress", context)
+        with self._observed("Regress", context, request.model_spec.name, request.model_spec.signature_name):
+            require_model_spec(request)
+            with self._lease(request.model_spec) as loaded:
+                inference.regress(loaded, request.model_spec.signature_name)
 
     def MultiInference(self, request, context):
-        self._unimplemented("MultiInference", context)
+        spec = inference.multi_inference_model_spec(request)
+        with self._observed("MultiInference", context, spec.name):
+            with self._lease(spec) as loaded:
+                inference.multi_inference(loaded, request)
 
 
 def status_response(manager: VersionManager, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
     """Builds a GetModelStatusResponse (shared with the REST status endpoint)."""
-    if not model_spec.name:
-        raise invalid_argument("GetModelStatusRequest.model_spec.name must be set")
+    if not model_spec.name:  # TF Serving looks the empty name up, and finds nothing
+        raise not_found("Could not find any versions of model ")
     version, label = model_spec_version(model_spec)
     response = get_model_status_pb2.GetModelStatusResponse()
     for status in manager.model_status(model_spec.name, version, label):
@@ -123,30 +147,31 @@ def status_response(manager: VersionManager, model_spec) -> get_model_status_pb2
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
 
-    A reload also applies the new config's logging_config to `request_logger`.
+    A reload needs the admin credential (auth.AdminPolicy) and goes through
+    reload.ConfigReloader (TF Serving's checks, request-log path confinement).
     """
 
-    def __init__(self, manager: VersionManager, metrics: ServerMetrics, request_logger: RequestLogger | None = None):
+    def __init__(self, manager: VersionManager, metrics: ServerMetrics, reloader: ConfigReloader,
+                 admin: AdminPolicy | None = None):
         self._manager = manager
-        self._request_logger = request_logger
+        self._reloader = reloader
         self._observed = _Observed(metrics, manager)
+        self._admin = admin if admin is not None else AdminPolicy(None, "127.0.0.1")
 
     def GetModelStatus(self, request, context):
         response = None
         with self._observed("GetModelStatus", context, request.model_spec.name):
+            require_model_spec(request)
             response = status_response(self._manager, request.model_spec)
         return response
 
     def HandleReloadConfigRequest(self, request, context):
         response = None
         with self._observed("HandleReloadConfigRequest", context):
-            try:
-                config = load_model_server_config(request.config)
-                if self._request_logger is not None:
-                    self._request_logger.configure(config)
-                self._manager.reload_config(config)
-            except ConfigError as e:
-                raise invalid_argument(str(e)) from e
+            refusal = self._admin.check(authorization_of(context.invocation_metadata()))
+            if refusal is not None:
+                raise ServingError(*refusal)
+            self._reloader.apply(request.config)
             response = model_management_pb2.ReloadConfigResponse()
             response.status.error_code = 0
         return response

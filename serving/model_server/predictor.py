@@ -15,6 +15,9 @@ from tensorflow_serving.apis import predict_pb2
 from serving import names
 from serving.model_server.batching import Batcher
 from serving.model_server.errors import ServingError
+from serving.model_server.limits import (
+    UNLIMITED, RequestLimits, check_elements, check_finite, check_ranges, check_response, check_response_estimate,
+    check_rows)
 from serving.model_server.request_logger import RequestLogger
 from serving.model_server.signatures import (
     Signature,
@@ -64,14 +67,17 @@ class Predictor:
         max_batch_size: most rows per request (None: unlimited). With batching
             on this is the batch size, as TF Serving enforces.
         request_logger: where successful calls are offered for request logging.
+        limits: per-request rows/elements/response limits (limits.py); warmup
+            replays are held to them too.
     """
 
     def __init__(self, manager: VersionManager, batcher: Batcher | None = None, max_batch_size: int | None = None,
-                 request_logger: RequestLogger | None = None):
+                 request_logger: RequestLogger | None = None, limits: RequestLimits = UNLIMITED):
         self.manager = manager
         self.batcher = batcher
         self.max_batch_size = max_batch_size
         self.request_logger = request_logger
+        self.limits = limits
 
     def predict(self, request: predict_pb2.PredictRequest, deadline: float | None = None) -> predict_pb2.PredictResponse:
         """Serves one gRPC PredictRequest."""
@@ -109,7 +115,7 @@ class Predictor:
                            deadline: float | None = None) -> predict_pb2.PredictResponse:
         """Runs a PredictRequest on a given version (also used to replay warmup)."""
         signature = self.signature(loaded, request.model_spec.signature_name)
-        arrays = decode_inputs(signature, request.inputs)
+        arrays = decode_inputs(signature, request.inputs, self.limits)
         outputs = self.run(loaded, signature, arrays, list(request.output_filter), deadline)
         return make_response(request.model_spec.name or loaded.model_name, loaded.version, signature.name, outputs)
 
@@ -128,11 +134,20 @@ class Predictor:
 
     def run(self, loaded: LoadedVersion, signature: Signature, arrays: dict[str, np.ndarray],
             output_filter: list[str], deadline: float | None) -> dict[str, np.ndarray]:
-        """Validates decoded inputs, runs (batched or not) and applies output_filter."""
+        """Validates decoded inputs (shapes, limits, finite floats), runs (batched or not),
+        applies output_filter and checks the response size before anything encodes it."""
         validate_arrays(signature, arrays, self.max_batch_size)
+        check_rows(self.limits, max((a.shape[0] for a in arrays.values() if a.ndim), default=None))
+        check_elements(self.limits, sum(a.size for a in arrays.values()))
+        check_finite(signature, arrays)
+        check_ranges(signature, arrays)
         wanted = select_outputs(signature, output_filter)
+        check_response_estimate(self.limits, signature, arrays, wanted)
         check_deadline(deadline)
         if self.batcher is not None and Batcher.can_batch(signature, arrays):
             outputs = self.batcher.submit(loaded, signature, arrays, deadline)
-            return {k: outputs[k] for k in wanted}
-        return run_signature(signature, arrays, wanted)
+            outputs = {k: outputs[k] for k in wanted}
+        else:
+            outputs = run_signature(signature, arrays, wanted)
+        check_response(self.limits, outputs)
+        return outputs

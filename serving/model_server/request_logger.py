@@ -101,6 +101,10 @@ class RequestLogger:
         self.options = options
         self._metrics = metrics
         self._targets: dict[str, _Target] = {}  # replaced whole by configure(), read without a lock
+        # Directories log files may go under (realpaths); None until the first configure()
+        # when options.allowed_dirs is not given: then the startup config's own directories.
+        self._allowed_dirs: tuple[str, ...] | None = (
+            tuple(os.path.realpath(d) for d in options.allowed_dirs) if options.allowed_dirs is not None else None)
         self._queue: queue.Queue[_Record | None] = queue.Queue(maxsize=options.queue_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,6 +123,11 @@ class RequestLogger:
                 models would log to the same prefix.
         """
         targets: dict[str, _Target] = {}
+        prefixes = self._prefixes(config)
+        if self._allowed_dirs is None:  # the startup config (from the operator's file) is trusted
+            self._allowed_dirs = tuple(sorted({os.path.realpath(os.path.dirname(p)) for p in prefixes.values()}))
+        for name, prefix in sorted(prefixes.items()):
+            self._check_allowed(name, prefix)
         for model in config.model_config_list.config:
             if model.HasField("logging_config"):
                 prefix = model.logging_config.log_collector_config.filename_prefix
@@ -143,6 +152,27 @@ class RequestLogger:
                 log.info("request logging: %g of model %s's Predict calls -> %s-*%s",
                          target.sampling_config.sampling_rate, name, target.prefix, SUFFIX)
         self._targets = targets
+
+    def _prefixes(self, config: ModelServerConfig) -> dict[str, str]:
+        """{model: log file prefix} the config asks for (sampling aside)."""
+        out = {}
+        for model in config.model_config_list.config:
+            if model.HasField("logging_config"):
+                out[model.name] = model.logging_config.log_collector_config.filename_prefix
+            elif self.options.default_dir is not None:
+                out[model.name] = os.path.join(self.options.default_dir, model.name)
+        return out
+
+    def _check_allowed(self, model: str, prefix: str) -> None:
+        """ConfigError unless the prefix's directory is under an allowed directory (symlinks resolved)."""
+        directory = os.path.realpath(os.path.dirname(prefix))
+        for root in self._allowed_dirs or ():
+            if os.path.commonpath([root, directory]) == root:
+                return
+        allowed = ", ".join(self._allowed_dirs) if self._allowed_dirs else "none"
+        raise ConfigError(
+            f"model {model}: request log prefix {prefix!r} is outside the allowed log directories ({allowed}); "
+            "start the server with --request_log_allowed_dirs listing its directory")
 
     def targets(self) -> dict[str, tuple[str, float]]:
         """{model: (filename prefix, sampling rate)} for every logged model."""

@@ -1,21 +1,27 @@
-"""TF Serving's REST API on the standard library's ThreadingHTTPServer.
+"""TF Serving's REST API over rest_http.py's HTTP/1.1 server.
 
-Routes (TF Serving's paths and JSON shapes):
+Routes (TF Serving's paths, matched case-insensitively as it does; anything else
+is 400 "Malformed request: <method> <path>"):
   POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict
        {"signature_name": ..., "instances": [...]}  -> {"predictions": [...]}
        {"signature_name": ..., "inputs": {...}}     -> {"outputs": ...}
+  POST ...:classify / ...:regress  {"examples": [...]} -> TF Serving's checks (inference.py)
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>]          -> model status
   GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata -> signature_def metadata
   GET  /healthz -> 200 when every configured model serves a version, else 503
+  GET  <--monitoring_config_file path> -> Prometheus text (when configured)
 
 With a token configured (auth.py) every request but GET /healthz needs
-`Authorization: Bearer <token>` (else 401); with TLS (tls.py) the server speaks
-HTTPS only, handshaking on each connection's own thread.
+`Authorization: Bearer <token>` (else 401, before the body is read); with TLS
+(tls.py) the server speaks HTTPS only, handshaking on each connection's own thread.
 
-Strings are JSON strings (UTF-8) or {"b64": "..."}; string outputs come back as
-JSON strings, or {"b64": ...} when not valid UTF-8 or when the output name ends
-in "_bytes" (TF Serving's rule). Errors are {"error": "..."} with TF Serving's
-HTTP status for the underlying gRPC code.
+JSON follows TF Serving's json_tensor.cc: integer inputs take JSON integers in
+range (3.0 is not an int32), floats any number, bool true/false; strings are
+JSON strings (UTF-8) or {"b64": "..."}; an extra key in a columnar "inputs"
+object is ignored. String outputs come back as JSON strings, or {"b64": ...}
+when not valid UTF-8 or when the output name ends in "_bytes" (TF Serving's
+rule). Errors are {"error": "..."} with TF Serving's HTTP status for the
+underlying gRPC code.
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ import http.server
 import json
 import logging
 import re
-import socket
 import ssl
 import time
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -35,23 +41,26 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
+from serving import names
+from serving.model_server import inference, rest_http
 from serving.model_server.auth import TokenAuth
-from serving.model_server.errors import ServingError, invalid_argument, not_found
+from serving.model_server.errors import ServingError, invalid_argument
 from serving.model_server.grpc_service import SIGNATURE_DEF_FIELD, status_response
+from serving.model_server.limits import UNLIMITED, RequestLimits, check_rows
 from serving.model_server.metrics import UNKNOWN_MODEL, ServerMetrics
 from serving.model_server.predictor import Predictor
 from serving.model_server.signatures import Signature
 
 log = logging.getLogger(__name__)
 
-_PATH = re.compile(
-    r"/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>[a-z]+)|(?P<metadata>/metadata))?/?"
-)
+# TF Serving's own path patterns (http_rest_api_util.cc), case-insensitive like them.
+_PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+_INT64_MAX = 2**63 - 1
 _STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
 HEALTH_PATH = "/healthz"  # open without a token, for probes
-TLS_HANDSHAKE_TIMEOUT_S = 10.0
 
 
 def _decode_strings(value, path: str):
@@ -70,8 +79,41 @@ def _decode_strings(value, path: str):
     return value
 
 
+_INT_RANGES = {tf.int8: (-2**7, 2**7 - 1), tf.uint8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1),
+               tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1), tf.uint32: (0, 2**32 - 1),
+               tf.uint64: (0, 2**64 - 1)}
+
+
+def _type_error(name: str, value, spec: tf.TensorSpec) -> ServingError:
+    """TF Serving's json_tensor.cc TypeError wording, prefixed with the input name."""
+    kind = ("Number" if isinstance(value, (int, float)) and not isinstance(value, bool) else
+            "Bool" if isinstance(value, bool) else "String" if isinstance(value, str) else
+            "Object" if isinstance(value, dict) else "Array" if isinstance(value, list) else "Null")
+    return invalid_argument(f"input {name!r}: JSON Value: {json.dumps(value)[:80]} Type: {kind} "
+                            f"is not of expected type: {spec.dtype.name}")
+
+
+def _first_leaf(value, accept):
+    """The first scalar in nested lists for which accept() is False (None: all accepted).
+
+    Iterative, so deeply nested input cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif not accept(item):
+            return (item,)
+    return None
+
+
 def json_to_ndarray(name: str, value, spec: tf.TensorSpec) -> np.ndarray:
-    """Converts one input's JSON value to an ndarray of the signature's dtype."""
+    """Converts one input's JSON value to an ndarray of the signature's dtype.
+
+    Types follow TF Serving (json_tensor.cc): integer dtypes take JSON integers in
+    range only (3.0 is not an int32), floats take any number, bool takes
+    true/false, strings take strings or {"b64": ...}.
+    """
     try:
         if spec.dtype == tf.string:
             decoded = _decode_strings(value, f"input {name!r}")
@@ -79,18 +121,19 @@ def json_to_ndarray(name: str, value, spec: tf.TensorSpec) -> np.ndarray:
             if array.size and not all(isinstance(v, bytes) for v in array.ravel()):
                 raise invalid_argument(f"input {name!r}: expected strings (DT_STRING), received other JSON values")
             return array
-        if isinstance(value, (dict, str)) or (isinstance(value, list) and _contains(value, (str, dict))):
-            raise invalid_argument(
-                f"input {name!r}: expected numbers for dtype {spec.dtype.name}, received strings/objects"
-            )
+        if spec.dtype == tf.bool:
+            accept = lambda v: isinstance(v, bool)  # noqa: E731
+        elif spec.dtype.is_integer:
+            low, high = _INT_RANGES.get(spec.dtype, (-2**63, 2**63 - 1))
+            accept = lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high  # noqa: E731
+        else:
+            accept = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        bad = _first_leaf(value, accept)
+        if bad is not None:
+            raise _type_error(name, bad[0], spec)
         array = np.array(value)
         if array.dtype == object:
             raise invalid_argument(f"input {name!r}: ragged lists; every row must have the same length")
-        if spec.dtype.is_integer and array.dtype.kind == "f":
-            if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-                raise invalid_argument(f"input {name!r}: expected integers for dtype {spec.dtype.name}")
-        if spec.dtype == tf.bool and array.dtype != np.bool_:
-            raise invalid_argument(f"input {name!r}: expected true/false for dtype bool")
         return array.astype(spec.dtype.as_numpy_dtype)
     except ServingError:
         raise
@@ -98,14 +141,9 @@ def json_to_ndarray(name: str, value, spec: tf.TensorSpec) -> np.ndarray:
         raise invalid_argument(f"input {name!r}: cannot convert JSON to {spec.dtype.name}: {e}") from e
 
 
-def _contains(value, types) -> bool:
-    if isinstance(value, list):
-        return any(_contains(v, types) for v in value)
-    return isinstance(value, types)
-
-
-def parse_predict_body(body: dict, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
-    """Turns a predict request body into input arrays.
+def parse_predict_body(body: dict, signature: Signature,
+                       limits: RequestLimits = UNLIMITED) -> tuple[dict[str, np.ndarray], bool]:
+    """Turns a predict request body into input arrays (rows limit checked before any array is built).
 
     Returns:
         (arrays, row_format): row_format is True for "instances".
@@ -118,6 +156,7 @@ def parse_predict_body(body: dict, signature: Signature) -> tuple[dict[str, np.n
         instances = body["instances"]
         if not isinstance(instances, list) or not instances:
             raise invalid_argument('"instances" must be a non-empty list')
+        check_rows(limits, len(instances))
         named = all(isinstance(i, dict) and set(i) != {"b64"} for i in instances)
         if named:
             columns = {}
@@ -141,10 +180,14 @@ def parse_predict_body(body: dict, signature: Signature) -> tuple[dict[str, np.n
             columns = {input_names[0]: inputs}
         else:
             raise invalid_argument(f'"inputs" must be an object naming the signature inputs {input_names}')
+        # As TF Serving: extra keys are ignored, the first missing input is named.
         missing = sorted(set(input_names) - set(columns))
-        extra = sorted(set(columns) - set(input_names))
-        if missing or extra:
-            raise invalid_argument(f"inputs do not match the signature: missing {missing}, extra {extra}; expected {input_names}")
+        if missing:
+            raise invalid_argument(f"Missing named input: {missing[0]} in 'inputs' object. "
+                                   f"The signature takes {input_names}")
+    for name in input_names:
+        if isinstance(columns[name], list):
+            check_rows(limits, len(columns[name]))
     arrays = {name: json_to_ndarray(name, columns[name], signature.inputs[name]) for name in input_names}
     return arrays, has_instances
 
@@ -196,44 +239,75 @@ def _model_spec(name: str, version: str | None, label: str | None) -> model_pb2.
     return spec
 
 
-class _TlsHTTPServer(http.server.ThreadingHTTPServer):
-    """HTTPS: the TLS handshake runs on each connection's thread, so a slow client cannot stall accept()."""
-
-    def __init__(self, address, handler, ssl_context: ssl.SSLContext):
-        super().__init__(address, handler)
-        self.ssl_context = ssl_context
-
-    def finish_request(self, request: socket.socket, client_address) -> None:
-        request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
-        try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as e:  # plain HTTP, untrusted client certificate, timeout...
-            log.info("REST: TLS handshake with %s failed: %s", client_address[0], e)
-            return
-        tls.settimeout(None)
-        try:
-            self.RequestHandlerClass(tls, client_address, self)
-        finally:
-            tls.close()
-
-
 class RestApi:
-    """Handles REST requests; `make_server` binds it to a ThreadingHTTPServer.
+    """Handles REST requests; `make_server` binds it to an HTTP server (rest_http.py).
 
     Args:
         auth: when given, requests other than GET /healthz need its bearer token.
+        timeout_s: read/idle timeout of a connection and deadline of a request
+            (--rest_api_timeout_in_ms); None: none.
+        max_connections: connections served at once (--rest_api_num_threads); None: no cap.
+        metrics_path: serve Prometheus metrics at this GET path (--monitoring_config_file).
     """
 
     def __init__(self, predictor: Predictor, metrics: ServerMetrics, max_body_bytes: int,
-                 auth: TokenAuth | None = None):
+                 auth: TokenAuth | None = None, timeout_s: float | None = rest_http.DEFAULT_TIMEOUT_S,
+                 max_connections: int | None = None, metrics_path: str | None = None):
         self.predictor = predictor
         self.manager = predictor.manager
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.auth = auth
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self.metrics_path = metrics_path
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
-        """Returns (http status, JSON body) for one request."""
+    def admit(self, method: str, path: str, headers) -> None:
+        """Raises rest_http.Refusal (401) for a request without the token, before its body is read."""
+        refusal = self.unauthenticated(method, path, headers.get("Authorization"))
+        if refusal is not None:
+            raise rest_http.Refusal(401, refusal, {"WWW-Authenticate": 'Bearer realm="recsys-model-server"'})
+
+    def respond(self, method: str, path: str, body: bytes, deadline: float | None = None):
+        """(status, JSON payload or (content type, bytes)) for one admitted request."""
+        if self.metrics_path is not None and method == "GET" and path.split("?", 1)[0] == self.metrics_path:
+            return 200, self.metrics.exposition()
+        return self.handle(method, path, body, deadline)
+
+    def route(self, method: str, path: str):
+        """(api, name, version, label, verb, subresource) for a /v1/models path, as TF Serving parses it.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT "Malformed request" (HTTP 400) for anything else,
+                as TF Serving answers unknown paths, verbs and methods.
+        """
+        malformed = invalid_argument(f"Malformed request: {method} {path}")
+        match = None
+        if method == "POST":
+            match = _PREDICTION_PATH.fullmatch(path)
+        elif method == "GET":
+            match = _STATUS_PATH.fullmatch(path)
+        if not match:
+            raise malformed
+        name, version, label, last = match.groups()
+        name = urllib.parse.unquote(name) if name else ""
+        if version is not None:
+            number = int(version)
+            if number > _INT64_MAX:
+                raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+            version = number
+        if label is not None:
+            label = urllib.parse.unquote(label)
+        if method == "POST":
+            verb = last.lower()
+            return {"predict": "Predict", "classify": "Classify", "regress": "Regress"}[verb], name, version, label
+        if not name:
+            raise invalid_argument("Missing model name in request.")
+        # TF Serving compares the subresource case-sensitively (after a case-insensitive match).
+        return ("GetModelMetadata" if last == "metadata" else "GetModelStatus"), name, version, label
+
+    def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, dict]:
+        """Returns (http status, JSON body) for one request; never raises."""
         path = path.split("?", 1)[0]
         if path == HEALTH_PATH and method == "GET":
             ok, reason = self.manager.health()
@@ -241,29 +315,20 @@ class RestApi:
             if ok:
                 return 200, {"status": "ok", "models": versions}
             return 503, {"error": reason, "models": versions}
-        match = _PATH.fullmatch(path)
-        if not match:
-            return 404, {"error": f"Malformed request: {method} {path}; see the /v1/models/<name> API"}
-        name, version, label = match["name"], match["version"], match["label"]
-        api = "Predict" if match["verb"] else ("GetModelMetadata" if match["metadata"] else "GetModelStatus")
         start = time.monotonic()
-        signature_label = ""
+        api, name, signature_label = "Unknown", "", ""
         code = grpc.StatusCode.OK
         try:
-            if match["verb"]:
-                if method != "POST":
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"use POST for :{match['verb']}")
-                if match["verb"] in ("classify", "regress"):
-                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                       f":{match['verb']} is not implemented by this model server; use :predict")
-                if match["verb"] != "predict":
-                    raise not_found(f"unknown method :{match['verb']}; use :predict")
+            api, name, version, label = self.route(method, path)
+            if api == "Predict":
                 request = self._parse_json(body)
-                signature_label = request.get("signature_name") or "serving_default"
-                result = self._predict(name, version, label, request)
-            elif method != "GET":
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"use GET for {path}")
-            elif match["metadata"]:
+                signature_label = request.get("signature_name") or names.DEFAULT_SIGNATURE
+                result = self._predict(name, version, label, request, deadline)
+            elif api in ("Classify", "Regress"):
+                request = self._parse_json(body)
+                signature_label = request.get("signature_name") or names.DEFAULT_SIGNATURE
+                self._classify_regress(api, name, version, label, request)
+            elif api == "GetModelMetadata":
                 result = self._metadata(name, version, label)
             else:
                 result = self._status(name, version, label)
@@ -271,36 +336,65 @@ class RestApi:
         except ServingError as e:
             code = e.code
             return e.http_status, {"error": e.message}
-        except Exception as e:  # a bug must cost one request, not the server
+        except RecursionError:  # nesting past what the parser or the converters walk
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            return 400, {"error": "JSON Parse error: the document is nested too deeply"}
+        except Exception:  # a bug must cost one request, not the server, and not leak internals
             log.exception("REST %s %s failed", method, path)
             code = grpc.StatusCode.INTERNAL
-            return 500, {"error": f"internal error: {type(e).__name__}: {e}"}
+            return 500, {"error": "internal error; the server log has the details"}
         finally:
             model_label = name if self.manager.is_configured(name) else UNKNOWN_MODEL
             self.metrics.observe_request("rest_" + api, model_label, signature_label, code.name, time.monotonic() - start)
 
     @staticmethod
     def _parse_json(body: bytes) -> dict:
+        if not body:
+            raise invalid_argument("JSON Parse error: The document is empty")
         try:
-            request = json.loads(body or b"{}")
+            request = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise invalid_argument(f"JSON Parse error: {e}") from e
         if not isinstance(request, dict):
             raise invalid_argument("JSON Value is not an object; send {\"instances\": [...]} or {\"inputs\": ...}")
-        return request
-
-    def _predict(self, name, version, label, request: dict) -> dict:
-        request_time = time.time()
         signature_name = request.get("signature_name", "")
         if not isinstance(signature_name, str):
-            raise invalid_argument('"signature_name" must be a string')
+            raise invalid_argument(f"JSON Value: {json.dumps(signature_name)[:80]} not formatted correctly. "
+                                   "'signature_name' key must be a string value.")
+        return request
+
+    def _classify_regress(self, api: str, name, version, label, request: dict) -> None:
+        """:classify / :regress: TF Serving's body checks, then its signature checks (inference.py)."""
+        examples = request.get("examples")
+        if examples is None:
+            raise invalid_argument(f"JSON Value: {json.dumps(request)[:80]} When method is classify, key "
+                                   "'examples' is expected and was not found")
+        if not isinstance(examples, list):
+            raise invalid_argument("Expecting 'examples' value to be an list/array")
+        if not examples:
+            raise invalid_argument("'examples' value is an empty array")
+        for example in examples:
+            if not isinstance(example, dict):
+                raise invalid_argument(f"Example must be JSON object but got JSON {type(example).__name__}")
+        spec = _model_spec(name, version, label)
+        version_value = spec.version.value if spec.HasField("version") else None
+        with self.manager.lease(name, version_value, spec.version_label or None) as loaded:
+            signature_name = request.get("signature_name", "")
+            if api == "Classify":
+                inference.classify(loaded, signature_name)
+            else:
+                inference.regress(loaded, signature_name)
+
+    def _predict(self, name, version, label, request: dict, deadline: float | None = None) -> dict:
+        request_time = time.time()
+        signature_name = request.get("signature_name", "")
         spec = _model_spec(name, version, label)
         spec.signature_name = signature_name
         version_value = spec.version.value if spec.HasField("version") else None
         with self.manager.lease(name, version_value, spec.version_label or None) as loaded:
             signature = self.predictor.signature(loaded, signature_name)
-            arrays, row_format = parse_predict_body(request, signature)
-            outputs = self.predictor.run(loaded, signature, arrays, [], None)
+            arrays, row_format = parse_predict_body(request, signature, self.predictor.limits)
+            outputs = self.predictor.run(loaded, signature, arrays, [], deadline)
         result = format_predict_response(outputs, row_format)
         self.predictor.log_rest_predict(spec, loaded.version, signature.name, request_time, arrays, outputs)
         return result
@@ -344,59 +438,15 @@ class RestApi:
 
     def make_server(self, host: str, port: int,
                     ssl_context: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
-        """Binds a ThreadingHTTPServer (HTTPS with `ssl_context`) serving this API (not started)."""
-        api = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "recsys-model-server"
-
-            def log_message(self, format, *args):  # noqa: A002 - keep stderr quiet; metrics count requests
-                log.debug("REST %s", format % args)
-
-            def _reply(self, status: int, payload: dict, headers: dict | None = None) -> None:
-                data = json.dumps(payload, allow_nan=True).encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _serve(self, method: str) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    self.close_connection = True
-                    self._reply(400, {"error": "bad Content-Length header"})
-                    return
-                if length > api.max_body_bytes:
-                    self.close_connection = True  # the unread body would corrupt the next request
-                    self._reply(413, {"error": f"request body of {length} bytes exceeds the {api.max_body_bytes} byte limit"})
-                    return
-                body = self.rfile.read(length) if length > 0 else b""
-                # Checked after reading the body: closing on an unread body resets the connection
-                # before the client can read the 401.
-                refusal = api.unauthenticated(method, self.path, self.headers.get("Authorization"))
-                if refusal is not None:
-                    self._reply(401, {"error": refusal}, {"WWW-Authenticate": 'Bearer realm="recsys-model-server"'})
-                    return
-                status, payload = api.handle(method, self.path, body)
-                self._reply(status, payload)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
+        """Binds an HTTP server (HTTPS with `ssl_context`) serving this API (not started)."""
+        handler = type("RestHandler", (rest_http.Handler,), {
+            "api": self, "timeout": self.timeout_s, "max_body_bytes": self.max_body_bytes})
+        server_class = rest_http.PlainServer if ssl_context is None else rest_http.TlsServer
+        server_class = type(server_class.__name__, (server_class,), {
+            "max_connections": self.max_connections})
         if ssl_context is None:
-            server = http.server.ThreadingHTTPServer((host, port), Handler)
-        else:
-            server = _TlsHTTPServer((host, port), Handler, ssl_context)
-        server.daemon_threads = True
-        return server
+            return server_class((host, port), handler)
+        return server_class((host, port), handler, ssl_context)
 
 
 def _code_name(number: int) -> str:

@@ -18,13 +18,15 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.model_server.auth import TokenAuth, TokenInterceptor
+from serving.model_server.auth import AdminPolicy, TokenAuth, TokenInterceptor
 from serving.model_server.batching import Batcher
 from serving.model_server.config import (
     BatchingOptions, ModelServerConfig, RequestLoggingOptions, load_model_server_config)
 from serving.model_server.grpc_service import ModelService, PredictionService
+from serving.model_server.limits import RequestLimits
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.predictor import Predictor
+from serving.model_server.reload import ConfigReloader
 from serving.model_server.request_logger import RequestLogger
 from serving.model_server.rest import RestApi
 from serving.model_server.tls import TlsOptions
@@ -61,6 +63,13 @@ class ModelServer:
         tls: TlsOptions to serve gRPC and REST over TLS only; None: plaintext.
         auth_token: when given, gRPC and REST calls (except GET /healthz) need
             `authorization: Bearer <auth_token>`; see auth.read_token_file.
+        limits: per-request rows / elements / response-size limits (limits.py).
+        admin_token: the credential HandleReloadConfigRequest needs; None:
+            reloads only when `host` is loopback (auth.AdminPolicy).
+        rest_timeout_s: REST read/idle timeout and request deadline (None: none).
+        rest_max_connections: REST connections served at once (None: no cap).
+        metrics_path: also serve Prometheus metrics on the REST port at this path.
+        allow_version_labels_for_unavailable_models: TF Serving's flag, for reloads.
 
     Raises:
         ConfigError: an invalid config, or a request log directory that cannot be written.
@@ -77,7 +86,10 @@ class ModelServer:
                  max_message_size_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_request_batch_size: int | None = None, grpc_max_workers: int = 16,
                  on_version_event: EventFn | None = None, request_logging: RequestLoggingOptions | None = None,
-                 tls: TlsOptions | None = None, auth_token: str | None = None):
+                 tls: TlsOptions | None = None, auth_token: str | None = None,
+                 limits: RequestLimits | None = None, admin_token: str | None = None,
+                 rest_timeout_s: float | None = 30.0, rest_max_connections: int | None = None,
+                 metrics_path: str | None = None, allow_version_labels_for_unavailable_models: bool = False):
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be > 0")
         self.config = load_model_server_config(model_config)
@@ -103,6 +115,12 @@ class ModelServer:
         if max_request_batch_size is None and batching is not None:
             max_request_batch_size = batching.max_batch_size
         self._max_request_batch_size = max_request_batch_size
+        self.limits = limits if limits is not None else RequestLimits()
+        self._admin = AdminPolicy(admin_token, host)
+        self.reloader = ConfigReloader(self.manager, self.request_logger, self.config,
+                                       allow_version_labels_for_unavailable_models)
+        self._rest_options = {"timeout_s": rest_timeout_s, "max_connections": rest_max_connections,
+                              "metrics_path": metrics_path}
         self._grpc_server: grpc.Server | None = None
         self._http_server: http.server.ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -138,13 +156,14 @@ class ModelServer:
                 self._batcher = Batcher(self.batching, self.metrics)
             self.request_logger.start()
             self._predictor = Predictor(self.manager, self._batcher, self._max_request_batch_size,
-                                        self.request_logger)
+                                        self.request_logger, self.limits)
             if self.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(self.host, self.metrics_port)
             if self.grpc_port is not None:
                 self._start_grpc()
             if self.rest_port is not None:
-                api = RestApi(self._predictor, self.metrics, self.max_message_size_bytes, self._auth)
+                api = RestApi(self._predictor, self.metrics, self.max_message_size_bytes, self._auth,
+                              **self._rest_options)
                 self._http_server = api.make_server(self.host, self.rest_port,
                                                     self.tls.ssl_context() if self.tls else None)
                 self.rest_port = self._http_server.server_address[1]
@@ -167,12 +186,12 @@ class ModelServer:
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self._grpc_max_workers, thread_name_prefix="grpc"),
             options=options,
-            interceptors=[TokenInterceptor(self._auth, self.metrics)] if self._auth else None,
+            interceptors=[TokenInterceptor(self._auth, self.metrics, self._admin)] if self._auth else None,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._predictor, self.metrics), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager, self.metrics, self.request_logger), server)
+            ModelService(self.manager, self.metrics, self.reloader, self._admin), server)
         address = _grpc_address(self.host, self.grpc_port)
         try:
             if self.tls is not None:

@@ -8,6 +8,7 @@ was expected and what was received.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import grpc
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.model_server.errors import ServingError, invalid_argument
+from serving.model_server.limits import UNLIMITED, RequestLimits, check_shapes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,22 +63,112 @@ def dtype_name(dtype: tf.dtypes.DType) -> str:
     return types_pb2.DataType.Name(dtype.as_datatype_enum)
 
 
-def tensor_proto_to_ndarray(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decodes one request input, turning malformed protos into INVALID_ARGUMENT."""
+# Typed TensorProto field of each dtype (TF's ProtoHelper<T> in tensor.cc).
+_FIELDS = {
+    types_pb2.DT_FLOAT: "float_val", types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_INT32: "int_val", types_pb2.DT_INT16: "int_val", types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_UINT8: "int_val", types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val",
+}
+
+
+def proto_shape(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
+    """The shape a TensorProto declares; INVALID_ARGUMENT when it is not a valid one."""
     if proto.dtype == types_pb2.DT_INVALID:
         raise invalid_argument(f"input {name!r}: TensorProto has no dtype; set dtype (e.g. DT_STRING)")
+    if proto.tensor_shape.unknown_rank or any(d.size < 0 for d in proto.tensor_shape.dim):
+        raise invalid_argument(f"input {name!r}: tensor parsing error: the shape must be fully defined, "
+                               f"got {[d.size for d in proto.tensor_shape.dim]}")
+    return tuple(d.size for d in proto.tensor_shape.dim)
+
+
+def _decode_string_list(name: str, content: bytes, n: int) -> np.ndarray:
+    """TF's own DT_STRING tensor_content encoding (port::EncodeStringList): n varint32
+    lengths, then the bytes. Hand-written: tf.make_ndarray reads only string_val."""
+    lengths, pos = [], 0
+    for _ in range(n):
+        value, shift = 0, 0
+        while True:
+            if pos >= len(content) or shift > 28:
+                raise invalid_argument(f"input {name!r}: tensor parsing error: malformed DT_STRING tensor_content")
+            byte = content[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        lengths.append(value)
+    if pos + sum(lengths) != len(content):
+        raise invalid_argument(f"input {name!r}: tensor parsing error: DT_STRING tensor_content does not hold "
+                               f"exactly {n} strings")
+    out = np.empty(n, dtype=object)
+    for i, length in enumerate(lengths):
+        out[i] = content[pos:pos + length]
+        pos += length
+    return out
+
+
+def tensor_proto_to_ndarray(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """Decodes one request input as TF's Tensor::FromProto does (so as TF Serving does).
+
+    tensor_content must hold exactly the shape's elements (numbers: raw little-endian
+    bytes; strings: TF's varint-length encoding). A typed field (float_val...) with
+    more values than the shape uses the first ones, with fewer repeats the last one,
+    and with none gives zeros, TF's rules. Malformed protos are INVALID_ARGUMENT.
+    """
+    shape = proto_shape(name, proto)
+    n = math.prod(shape)
+    field = _FIELDS.get(proto.dtype)
+    if field is None:  # half, bfloat16, complex...: rare; TF's own converter
+        try:
+            return tf.make_ndarray(proto)
+        except Exception as e:  # make_ndarray raises several types for bad protos
+            raise invalid_argument(f"input {name!r}: tensor parsing error: {type(e).__name__}: {e}") from e
+    if proto.dtype == types_pb2.DT_STRING:
+        np_dtype = object
+    else:
+        np_dtype = tf.as_dtype(proto.dtype).as_numpy_dtype
+    if proto.tensor_content:
+        if proto.dtype == types_pb2.DT_STRING:
+            return _decode_string_list(name, proto.tensor_content, n).reshape(shape)
+        itemsize = np.dtype(np_dtype).itemsize
+        if len(proto.tensor_content) != n * itemsize:
+            raise invalid_argument(
+                f"input {name!r}: tensor parsing error: tensor_content holds {len(proto.tensor_content)} bytes, "
+                f"the shape {list(shape)} needs {n * itemsize}")
+        return np.frombuffer(proto.tensor_content, dtype=np.dtype(np_dtype).newbyteorder("<")).astype(
+            np_dtype).reshape(shape)
+    values = getattr(proto, field)
+    count = len(values)
+    if np_dtype is object:
+        out = np.empty(n, dtype=object)
+        if count:
+            out[:min(n, count)] = list(values[:n])
+            if count < n:
+                out[count:] = values[count - 1]
+        else:
+            out[:] = b""
+        return out.reshape(shape)
+    if count == 0:
+        return np.zeros(shape, dtype=np_dtype)
     try:
-        return tf.make_ndarray(proto)
-    except Exception as e:  # make_ndarray raises several types for bad protos
-        raise invalid_argument(f"input {name!r}: cannot decode TensorProto ({type(e).__name__}: {e})") from e
+        head = np.asarray(values[:n] if count > n else values, dtype=np_dtype)
+    except (OverflowError, ValueError) as e:
+        raise invalid_argument(f"input {name!r}: tensor parsing error: {e}") from e
+    if count < n:
+        head = np.concatenate([head, np.full(n - count, head[-1], dtype=np_dtype)])
+    return head.reshape(shape)
 
 
-def decode_inputs(signature: Signature, protos) -> dict[str, np.ndarray]:
-    """Checks the request's input names and dtypes, then decodes them.
+def decode_inputs(signature: Signature, protos, limits: RequestLimits = UNLIMITED) -> dict[str, np.ndarray]:
+    """Checks the request's input names, dtypes and size, then decodes them.
 
     Args:
         signature: the signature being called.
         protos: the request's `inputs` map (name -> TensorProto).
+        limits: rows and elements limits, checked on the declared shapes before
+            anything is decoded.
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the missing/extra/mistyped input.
@@ -99,7 +191,9 @@ def decode_inputs(signature: Signature, protos) -> dict[str, np.ndarray]:
                 f"input {name!r} of signature {signature.name!r}: expected dtype {dtype_name(spec.dtype)}, "
                 f"received {received}"
             )
-        arrays[name] = tensor_proto_to_ndarray(name, proto)
+    check_shapes(limits, {name: proto_shape(name, protos[name]) for name in signature.inputs})
+    for name in signature.inputs:
+        arrays[name] = tensor_proto_to_ndarray(name, protos[name])
     validate_arrays(signature, arrays)
     return arrays
 

@@ -281,7 +281,7 @@ def test_cli_serves_tls_token_and_request_logs(files, tmp_path):
     log_dir = tmp_path / "request_logs"
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.model_server", "--model_config_file", files["config"], "--port", "0",
-         "--rest_api_port", "0", "--monitoring_port", "none", "--log_level", "WARNING",
+         "--rest_api_port", "auto", "--monitoring_port", "none", "--log_level", "WARNING",
          "--ssl_cert_file", files["server"].cert, "--ssl_key_file", files["server"].key,
          "--auth_token_file", files["token_file"], "--request_log_dir", str(log_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -31,14 +31,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # -- Config ---------------------------------------------------------------------------
 
 
-def test_default_models_config_names_every_model(monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_default_models_config_names_every_model():
     config = load_model_server_config(os.path.join(REPO, "serving", "models.config"))
     models = {m.name: m for m in config.model_config_list.config}
     assert tuple(models) == names.ALL_MODELS
     for name, model in models.items():
-        # Relative base paths resolve against the working directory (the repo root).
-        assert model.base_path == os.path.join(REPO, "runs", "movielens_100k", "serving", name)
+        # Absolute, under TF Serving's docker mount point, so tensorflow_model_server takes the file as is.
+        assert model.base_path == f"/models/{name}" and model.model_platform == "tensorflow"
         assert model.model_version_policy.latest.num_versions == 2
 
 

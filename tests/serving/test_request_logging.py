@@ -242,19 +242,21 @@ def test_a_writer_that_cannot_keep_up_drops_records_and_every_request_succeeds(t
 def test_reload_turns_logging_on_and_rejects_a_bad_logging_config(tmp_path, templates):
     logs = tmp_path / "logs"
     base = make_base(tmp_path, templates, "rec", [1])
-    with ModelServer(_config(f'name: "rec" base_path: "{base}"'), rest_port=None, poll_interval_s=POLL_S) as server:
+    entry = f'name: "rec" base_path: "{base}" model_platform: "tensorflow"'
+    with ModelServer(_config(entry), rest_port=None, poll_interval_s=POLL_S,
+                     request_logging=RequestLoggingOptions(allowed_dirs=(str(logs),))) as server:
         server.wait_until_available(60)
         with grpc.insecure_channel(server.grpc_address) as channel:
             models = model_service_pb2_grpc.ModelServiceStub(channel)
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             stub.Predict(recommend_request("rec", ["before"], [1]), timeout=30)
-            bad = text_format.Parse(_config_text(f'name: "rec" base_path: "{base}" {_logging_config(logs / "rec", 1.5)}'),
+            bad = text_format.Parse(_config_text(f'{entry} {_logging_config(logs / "rec", 1.5)}'),
                                     model_server_config_pb2.ModelServerConfig())  # not validated here
             with pytest.raises(grpc.RpcError) as error:
                 models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=60)
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "sampling_rate must be in [0, 1]" in error.value.details()
-            good = _config(f'name: "rec" base_path: "{base}" {_logging_config(logs / "rec")}')
+            good = _config(f'{entry} {_logging_config(logs / "rec")}')
             models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=good), timeout=60)
             stub.Predict(recommend_request("rec", ["after"], [1]), timeout=30)
     users = [e.predict_log.request.inputs[names.USER_ID].string_val[0] for e in read_prediction_logs(str(logs))]
