@@ -247,10 +247,13 @@ def test_evaluation_section_reaches_the_retrieval_trainer(tmp_path):
 
     cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
                                                      "serving_base_path": str(tmp_path / "serving"),
-                                                     "trainer": {"evaluation": {"cold_user_max_events": 7}}})
+                                                     "trainer": {"evaluation": {"cold_user_max_events": 7},
+                                                                 "baseline": {"factors": 5}}})
     trainer = {c.id: c for c in create_pipeline(cfg).components}["RetrievalTrainer"]
     cc = json.loads(trainer.exec_properties["custom_config"])
     assert cc["trainer"]["evaluation"]["cold_user_max_events"] == 7
+    # The classical baseline's settings reach the trainer too (they were once dropped on the way).
+    assert cc["trainer"]["baseline"]["factors"] == 5
 
 
 def test_no_evaluated_user_gives_empty_groups_not_an_error(items):

@@ -69,7 +69,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         "split": to_dict(cfg.examples.split),  # the trainers carve their validation split the same way
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
                     "warm_start": sections["warm_start"], "selection": sections["selection"],
-                    "evaluation": sections["evaluation"]},
+                    "evaluation": sections["evaluation"], "baseline": sections["baseline"]},
         "code_fingerprint": code_fingerprint(),  # cache key follows code changes (see cache_keys.py)
     }
     gate_json = json.dumps(sections["gate"])
