@@ -9,9 +9,13 @@ Serving with ``latest { num_versions: 2 }``, takes out of service while the
 previous complete version serves. With nothing older complete the rollback
 refuses and changes nothing.
 
-The rollback is recorded in ML Metadata (model_marks.py): the models behind the
-rolled-back push are marked ``rolled_back=1`` so the next run neither warm-starts
-from nor gates against them.
+The rollback is recorded in ML Metadata: the models behind the rolled-back push
+get ``rolled_back=1``, and their ModelBlessings are withdrawn (``blessed`` set
+to 0, the gate's verdict kept in ``blessed_before_rollback``). TFX's
+LatestBlessedModelStrategy, which finds the warm-start source and the gates'
+baseline (wiring/training.py), reads ``blessed == 1`` both when run locally and
+in the query it compiles to for Kubeflow, so the next run neither warm-starts
+from nor gates against a rolled-back model, with no custom resolver.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ import time
 from pathlib import Path
 
 from serving.model_server.version_files import incomplete_reason, version_dirs
+
+
+# Custom properties the rollback sets (besides TFX's own `blessed`).
+ROLLED_BACK = "rolled_back"  # int 1 on the PushedModel, Model and ModelBlessing artifacts of the rollback
+ROLLED_BACK_VERSION = "rolled_back_version"  # string: the serving directory that was taken out of service
+BLESSED_BEFORE_ROLLBACK = "blessed_before_rollback"  # int: the gate's verdict, on a withdrawn ModelBlessing
+# TFX's ModelBlessing properties (tfx.components.evaluator.constants; our ModelGate writes the same).
+_BLESSED, _CURRENT_MODEL_ID = "blessed", "current_model_id"
 
 
 class RollbackError(Exception):
@@ -77,8 +89,8 @@ def rollback(model_base: Path, metadata_path: Path | None = None) -> str:
             f"{metadata_path}") from e
     if not marked:
         return message + f"; no push of {source} recorded in {metadata_path}: warm start and gate baselines unchanged"
-    return message + (f"; ML Metadata: model artifact(s) {marked} marked rolled_back=1 (skipped by the warm-start "
-                      f"and gate baselines)")
+    return message + (f"; ML Metadata: model artifact(s) {marked} marked rolled_back=1 and unblessed (the "
+                      f"warm-start and gate baselines skip them)")
 
 
 def _store(metadata_path: Path):
@@ -96,15 +108,16 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def mark_rolled_back(metadata_path: Path, pushed_dir: str) -> list[int]:
-    """Marks the PushedModel of `pushed_dir` and the Model artifacts behind it; returns the Model ids.
+    """Marks the push of `pushed_dir` and the models behind it, and withdraws their blessings.
 
     "Behind" follows each execution's ``model`` input upwards (Pusher <- ScaNN
     IndexBuilder <- Trainer); a Trainer's ``base_model`` (its warm-start source)
-    is another input key and is not marked.
+    is another input key and is left alone.
+
+    Returns:
+        The ids of the Model artifacts marked (empty: no such push recorded).
     """
     from ml_metadata.proto import metadata_store_pb2
-
-    from tfx_pipeline.model_marks import ROLLED_BACK, ROLLED_BACK_VERSION
 
     store = _store(metadata_path)
     pushes = [a for a in store.get_artifacts_by_type("PushedModel")
@@ -130,8 +143,16 @@ def mark_rolled_back(metadata_path: Path, pushed_dir: str) -> list[int]:
             to_mark[artifact.id] = artifact
             frontier += [e.execution_id for e in store.get_events_by_artifact_ids([artifact.id])
                          if e.type == metadata_store_pb2.Event.OUTPUT]
+    models = sorted(i for i, a in to_mark.items() if a.type_id == model_type)
+    for blessing in store.get_artifacts_by_type("ModelBlessing"):
+        props = blessing.custom_properties
+        if _CURRENT_MODEL_ID in props and props[_CURRENT_MODEL_ID].int_value in models:
+            if _BLESSED in props:
+                props[BLESSED_BEFORE_ROLLBACK].int_value = props[_BLESSED].int_value
+            props[_BLESSED].int_value = 0
+            to_mark[blessing.id] = blessing
     for artifact in to_mark.values():
         artifact.custom_properties[ROLLED_BACK].int_value = 1
         artifact.custom_properties[ROLLED_BACK_VERSION].string_value = pushed_dir
     store.put_artifacts(list(to_mark.values()))
-    return sorted(i for i, a in to_mark.items() if a.type_id == model_type)
+    return models

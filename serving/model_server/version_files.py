@@ -114,8 +114,16 @@ def incomplete_reason(path: str) -> str | None:
     """None when the version directory is complete; else what is missing or broken.
 
     Reads saved_model.pb and opens the variables index, so callers should cache the
-    answer per directory fingerprint (see fingerprint()).
+    answer per directory fingerprint (see fingerprint()). A directory that vanishes
+    or cannot be read meanwhile (moved by a rollback, permissions) is incomplete too.
     """
+    try:
+        return _incomplete_reason(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+
+
+def _incomplete_reason(path: str) -> str | None:
     try:
         saved_model = read_saved_model(path)
     except FileNotFoundError:

@@ -228,6 +228,8 @@ class VersionManager:
         merely still loading."""
         try:
             self.poll_once()
+        except Exception:  # reported like any poll's; the poll thread retries
+            log.exception("initial version poll failed; retrying every %.1fs", self._poll_interval_s)
         finally:
             self._initial_load_done.set()
 

@@ -316,3 +316,15 @@ def test_health_is_not_ready_before_the_initial_load(tmp_path, templates):
         assert manager.health() == (True, "")
     finally:
         manager.stop()
+
+
+def test_infra_validation_refuses_an_incomplete_export_at_once(tmp_path, vocab_templates):
+    from serving.model_server import infra_validate
+    from serving.model_server.infra_validation import InfraValidationError
+
+    broken = shutil.copytree(vocab_templates[1], tmp_path / "export")
+    os.remove(broken / "variables" / "variables.data-00001-of-00004")
+    started = time.monotonic()
+    with pytest.raises(InfraValidationError, match=r"incomplete SavedModel \(variables/ lacks data shard\(s\) \[1\]"):
+        infra_validate(str(broken), "m", timeout_s=60)
+    assert time.monotonic() - started < 5  # not the timeout

@@ -4,7 +4,8 @@ The metadata half runs on a real ML Metadata sqlite store holding what two pipel
 runs record (TFX's artifact types, event keys and the Pusher's pushed_destination):
 run 1 trains model A and pushes it; run 2 warm-starts from A (``base_model``),
 trains B, builds the ScaNN model S from B (``model``) and pushes S. Rolling S's
-version back marks S and B, not A, and the baselines' resolver then answers A.
+version back marks S and B (not A) and withdraws B's blessing, and TFX's
+LatestBlessedModelStrategy, the baselines' resolver, then answers A.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import yaml
 import serving  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tests.support.model_servers import install_version, save_model
 from tfx_pipeline.cli import main
-from tfx_pipeline.model_marks import ROLLED_BACK, LatestUsableBlessedModelStrategy
-from tfx_pipeline.rollback import RollbackError, rollback, versions
+from tfx_pipeline.rollback import BLESSED_BEFORE_ROLLBACK, ROLLED_BACK, RollbackError, rollback, versions
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,9 @@ class _Store:
         by_id = {a.id: a for a in artifacts}
         self.store.put_execution(execution, [(by_id[a.id], e) for a, e in pairs], contexts=[])
 
-    def latest_usable_blessed(self, strategy=LatestUsableBlessedModelStrategy) -> int | None:
-        """What the baselines' Resolver (wiring/training.py) answers, through TFX's artifact classes."""
+    def latest_blessed(self) -> int | None:
+        """What the baselines' Resolver (wiring/training.py) answers, through TFX's own classes."""
+        from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
         from tfx.types import artifact_utils
 
         def load(type_name):
@@ -132,7 +133,7 @@ class _Store:
             return [artifact_utils.deserialize_artifact(artifact_type, a)
                     for a in self.store.get_artifacts_by_type(type_name)]
 
-        result = strategy().resolve_artifacts(
+        result = LatestBlessedModelStrategy().resolve_artifacts(
             self.store, {"model": load("Model"), "model_blessing": load("ModelBlessing")})
         return result["model"][0].id if result["model"] else None
 
@@ -159,31 +160,29 @@ def _two_runs(tmp_path: Path, exported: str, base: Path) -> tuple[_Store, dict]:
         pushed = db.artifact("PushedModel", str(tmp_path / f"run{run}/pushed"), pushed=1,
                              pushed_destination=destination, pushed_version=str(version))
         db.execution("Pusher", {"model": pushed_input, "model_blessing": blessing}, {"pushed_model": pushed})
-        ids[f"model{run}"], ids[f"pushed{run}"] = model, pushed
+        ids[f"model{run}"], ids[f"pushed{run}"], ids[f"blessing{run}"] = model, pushed, blessing
     return db, ids
 
 
 def test_rollback_marks_the_pushed_models_and_the_baseline_resolver_skips_them(tmp_path, exported):
-    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
-
     base = tmp_path / "serving" / "retrieval"
     db, ids = _two_runs(tmp_path, exported, base)
-    assert db.latest_usable_blessed() == ids["model2"]
+    assert db.latest_blessed() == ids["model2"]
 
     message = rollback(base, db.path)
     assert "now serving 100" in message
-    assert f"model artifact(s) {sorted([ids['model2'], ids['scann2']])} marked rolled_back=1" in message
-    # The pushed model and the models behind it through `model` inputs; not run 1's A,
-    # which run 2 only warm-started from (`base_model`).
-    assert db.rolled_back() == {ids["model2"], ids["scann2"], ids["pushed2"]}
-    assert db.latest_usable_blessed() == ids["model1"]
-    # TFX's own strategy would still answer the rolled-back model.
-    assert db.latest_usable_blessed(LatestBlessedModelStrategy) == ids["model2"]
+    assert f"model artifact(s) {sorted([ids['model2'], ids['scann2']])} marked rolled_back=1 and unblessed" in message
+    # The pushed model, the models behind it through `model` inputs and B's blessing; not
+    # run 1's A, which run 2 only warm-started from (`base_model`).
+    assert db.rolled_back() == {ids["model2"], ids["scann2"], ids["pushed2"], ids["blessing2"]}
+    blessing = db.store.get_artifacts_by_id([ids["blessing2"]])[0].custom_properties
+    assert blessing["blessed"].int_value == 0 and blessing[BLESSED_BEFORE_ROLLBACK].int_value == 1
+    assert db.latest_blessed() == ids["model1"]
 
     # Rolling run 1 back too is refused: nothing older is complete, nothing is marked.
     with pytest.raises(RollbackError, match="nothing older"):
         rollback(base, db.path)
-    assert db.latest_usable_blessed() == ids["model1"]
+    assert db.latest_blessed() == ids["model1"]
 
 
 def test_rollback_of_a_version_the_pipeline_did_not_push_says_the_metadata_is_unchanged(tmp_path, exported):
@@ -193,4 +192,4 @@ def test_rollback_of_a_version_the_pipeline_did_not_push_says_the_metadata_is_un
     message = rollback(base, db.path)
     assert "now serving 200" in message and "no push of" in message and "baselines unchanged" in message
     assert db.rolled_back() == set()
-    assert db.latest_usable_blessed() == ids["model2"]
+    assert db.latest_blessed() == ids["model2"]

@@ -15,7 +15,6 @@ from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
 from tfx_pipeline.config import PipelineConfig
-from tfx_pipeline.model_marks import LatestUsableBlessedModelStrategy
 from trainer.gate import ranking_eval_config
 from trainer.artifacts import EVAL, TRAIN
 from trainer.hparams import sections as config_sections
@@ -24,10 +23,11 @@ from trainer.typed_config import to_dict
 
 
 def _latest_blessed(trainer_id: str, gate_id: str):
-    """The latest blessed model from this trainer that was not rolled back, by ML Metadata
-    (the change baseline and the warm-start source; model_marks.py)."""
+    """The latest blessed model from this trainer, by ML Metadata (the change baseline and the
+    warm-start source). `recsys rollback` unblesses a rolled-back model (rollback.py), so
+    this stock strategy, local or compiled for Kubeflow, skips it."""
     return tfx.dsl.Resolver(
-        strategy_class=LatestUsableBlessedModelStrategy,
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model, producer_component_id=trainer_id),
         model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing, producer_component_id=gate_id),
     ).with_id(ids.latest_blessed(trainer_id))
