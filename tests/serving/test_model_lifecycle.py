@@ -303,7 +303,8 @@ def test_restart_never_answers_not_found_once_the_port_is_open(tmp_path, templat
         for t in clients:
             t.join()
     assert codes.get("NOT_FOUND", 0) == 0, codes
-    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    # Port closed: UNAVAILABLE; an RPC arriving while the first server shuts down: CANCELLED.
+    assert set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, codes
     assert set(http) == {200}, http
 
 
