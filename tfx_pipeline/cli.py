@@ -8,7 +8,7 @@
   recsys pipeline compile --config C -o F  Kubeflow v2 pipeline spec JSON
   recsys serve [...]                       the TF-Serving-compatible model server
   recsys recommend --user U [...]          two-stage recommendations over gRPC
-  recsys rollback --config C --model M     take the newest pushed version out of service
+  recsys rollback --config C --model M     take the newest complete pushed version out of service
   recsys feedback build-span --config C --logs G --events E --out D --span N
                                            request logs + new events -> the next span
 """
@@ -86,7 +86,7 @@ def cmd_rollback(args) -> int:
     from tfx_pipeline.rollback import rollback
 
     cfg = _load(args)
-    print(rollback(cfg.serving_root / args.model))
+    print(rollback(cfg.serving_root / args.model, cfg.metadata_path))  # RollbackError: exit 2 with the reason
     return 0
 
 
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--image", default="ghcr.io/example/recsys-pipeline:0.1.0")
     comp.add_argument("--beam-arg", action="append")
 
-    rb = sub.add_parser("rollback", help="move the newest pushed version of a model aside")
+    rb = sub.add_parser("rollback", help="move the newest complete pushed version of a model aside "
+                        "(refused when nothing older is complete; recorded in ML Metadata)")
     _add_config(rb)
     rb.add_argument("--model", required=True)
 

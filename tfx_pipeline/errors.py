@@ -14,6 +14,7 @@ KNOWN_ERRORS = (
     ("tfx_pipeline.data.validation", "DataValidationError"),
     ("trainer.retrieval.index", "IndexRecallError"),
     ("trainer.skeleton", "TrainingDataError"),
+    ("tfx_pipeline.rollback", "RollbackError"),
 )
 
 

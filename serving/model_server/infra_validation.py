@@ -18,6 +18,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.server import ModelServer
+from serving.model_server.version_files import incomplete_reason
 from serving.model_server.version_manager import State
 from serving.model_server.warmup_file import read_warmup_requests, warmup_file
 
@@ -43,12 +44,16 @@ def infra_validate(model_dir: str, model_name: str, timeout_s: float = 120.0) ->
          "latency_ms": {"mean", "p50", "p95", "max"}, "load_seconds"}.
 
     Raises:
-        InfraValidationError: no SavedModel or warmup file, load/warmup failure,
+        InfraValidationError: no SavedModel or warmup file, an incomplete SavedModel
+            (version_files.py), load/warmup failure,
             timeout, or a failed request.
     """
     model_dir = os.path.abspath(model_dir)
     if not any(os.path.exists(os.path.join(model_dir, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise InfraValidationError(f"{model_dir} is not a SavedModel directory (no saved_model.pb)")
+    reason = incomplete_reason(model_dir)
+    if reason is not None:  # the server would skip it as still being written, until the timeout
+        raise InfraValidationError(f"{model_dir} is an incomplete SavedModel ({reason}); export it again")
     if not os.path.exists(warmup_file(model_dir)):
         raise InfraValidationError(
             f"no warmup file at {warmup_file(model_dir)}; export one (PredictionLog TFRecord) so the model can be validated"

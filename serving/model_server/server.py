@@ -75,8 +75,8 @@ class ModelServer:
         ConfigError: an invalid config, or a request log directory that cannot be written.
 
     Example:
-        with ModelServer("serving/models.config") as server:
-            server.wait_until_available(60)
+        with ModelServer("serving/models.config") as server:  # returns once the models loaded
+            server.wait_until_available(0)  # raises with the reason when one failed
             print(server.grpc_port)
     """
 
@@ -143,7 +143,13 @@ class ModelServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self.rest_port}"
 
     def start(self) -> "ModelServer":
-        """Binds every endpoint and starts loading models (does not wait for them).
+        """Loads every configured model, then binds gRPC and REST and starts polling.
+
+        As TF Serving does, the gRPC and REST ports open only after the initial load
+        finished (each model's versions loaded, or failed and reported in
+        GetModelStatus and /healthz), so a client that reaches the port never gets
+        NOT_FOUND for a model that is merely still loading. The metrics port opens
+        first, so a slow initial load can be watched.
 
         Raises:
             OSError: a port cannot be bound; pick another or free it.
@@ -159,6 +165,7 @@ class ModelServer:
                                         self.request_logger, self.limits)
             if self.metrics_port is not None:
                 self.metrics_port = self.metrics.serve(self.host, self.metrics_port)
+            self.manager.initial_load()
             if self.grpc_port is not None:
                 self._start_grpc()
             if self.rest_port is not None:

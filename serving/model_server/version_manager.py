@@ -6,8 +6,14 @@ applies the version policy, loads the versions wanted, warms each one up, and
 only then makes it visible to requests. Versions that fall out of the policy are
 unloaded afterwards, and only once requests still using them have finished.
 
-A version that fails to load or warm up is reported as END with its error and is
-not retried until its directory changes; it never displaces a working version.
+Only complete version directories are considered (version_files.py: the graph,
+the variables index and all its shards, the assets the graph references); one
+still being written is skipped with a log line and re-checked on every poll. A
+loaded version whose directory listing changes (or whose model moved to another
+base path) is loaded again, and the new copy replaces the old only once it
+serves. A version that fails to load or warm up is reported as END with its
+error and is not retried until its directory changes; it never displaces a
+working version.
 """
 
 from __future__ import annotations
@@ -21,13 +27,12 @@ import time
 from typing import Callable, Iterator
 
 import grpc
-from google.protobuf import text_format
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving.model_server.config import ModelConfig, ModelServerConfig, load_model_server_config
 from serving.model_server.errors import ServingError, invalid_argument, not_found
 from serving.model_server.signatures import Signature
+from serving.model_server.version_files import fingerprint, incomplete_reason, read_saved_model, version_dirs
 from serving.model_server.warmup_file import read_warmup_requests
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,8 @@ class LoadedVersion:
         model_name: the model's name.
         version: the version number.
         path: the version directory.
+        source: (absolute directory, fingerprint) of the copy loaded; a poll that
+            finds another reloads the version (new copy first, then the old dropped).
         signatures: signature key -> Signature.
         signature_def_map: the SavedModel's SignatureDefs, for GetModelMetadata.
     """
@@ -74,6 +81,7 @@ class LoadedVersion:
         self.model_name = model_name
         self.version = version
         self.path = path
+        self.source: tuple[str, tuple] = (os.path.abspath(path), ())  # (directory, fingerprint) loaded from
         self.signatures: dict[str, Signature] = signatures
         self.signature_def_map = signature_def_map
         self._module = module  # keeps the restored variables alive
@@ -123,14 +131,7 @@ def load_version(model_name: str, version: int, path: str) -> LoadedVersion:
 
 def read_signature_def_map(path: str) -> get_model_metadata_pb2.SignatureDefMap:
     """The SignatureDefs of a SavedModel's serving MetaGraph, as TF Serving reports them."""
-    saved_model = saved_model_pb2.SavedModel()
-    pb = os.path.join(path, "saved_model.pb")
-    if os.path.exists(pb):
-        with open(pb, "rb") as f:
-            saved_model.ParseFromString(f.read())
-    else:
-        with open(os.path.join(path, "saved_model.pbtxt"), encoding="utf-8") as f:
-            text_format.Parse(f.read(), saved_model)
+    saved_model = read_saved_model(path)
     result = get_model_metadata_pb2.SignatureDefMap()
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
@@ -157,22 +158,14 @@ class _Model:
         self.config = config
         self.available: dict[int, LoadedVersion] = {}
         self.status: dict[int, VersionStatus] = {}
-        self.failed: dict[int, tuple] = {}  # version -> directory fingerprint when it failed
+        # version -> (directory, fingerprint) of a copy that failed to load or warm up:
+        # not retried until the directory or its listing changes.
+        self.failed: dict[int, tuple[str, tuple]] = {}
+        # version -> why its directory is not loadable yet (still being written).
+        self.incomplete: dict[int, str] = {}
+        # directory -> (fingerprint, incomplete_reason) so a SavedModel is parsed once per change.
+        self.checked: dict[str, tuple[tuple, str | None]] = {}
         self.base_path_error: str | None = None
-
-
-def version_dirs(base_path: str) -> dict[int, str]:
-    """Numbered version directories under a base path that hold a SavedModel.
-
-    A directory without saved_model.pb(txt) is still being written (exporters copy
-    files in before the graph) and is skipped until the graph appears.
-    """
-    result = {}
-    for entry in os.scandir(base_path):
-        if entry.is_dir() and entry.name.isdigit():
-            if any(os.path.exists(os.path.join(entry.path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-                result[int(entry.name)] = entry.path
-    return result
 
 
 def aspired_versions(config: ModelConfig, on_disk: set[int]) -> set[int]:
@@ -185,22 +178,6 @@ def aspired_versions(config: ModelConfig, on_disk: set[int]) -> set[int]:
         return set(policy.specific.versions) & on_disk
     num = max(1, policy.latest.num_versions) if choice == "latest" else 1
     return set(sorted(on_disk)[-num:])
-
-
-def fingerprint(path: str) -> tuple:
-    """Cheap change detector for a version directory (names, sizes, mtimes, two levels)."""
-    items = []
-    for root, dirs, files in os.walk(path):
-        depth = root[len(path):].count(os.sep)
-        if depth >= 2:
-            dirs[:] = []
-        for name in sorted(files + dirs):
-            try:
-                st = os.stat(os.path.join(root, name))
-            except OSError:
-                continue
-            items.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(items))
 
 
 WarmupFn = Callable[[LoadedVersion, object], None]
@@ -232,15 +209,29 @@ class VersionManager:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._initial_load_done = threading.Event()
+        self._removed: dict[str, dict[int, VersionStatus]] = {}  # removed model -> its versions, END
         self._set_config(load_model_server_config(config))
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the polling thread; the first poll runs immediately."""
+        """Starts the polling thread; its first poll runs immediately."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="version-manager", daemon=True)
             self._thread.start()
+
+    def initial_load(self) -> None:
+        """Runs the first poll synchronously: every configured model's aspired versions
+        are loaded (or have failed) when this returns. The server opens its ports after
+        it, as TF Serving does, so a client never sees NOT_FOUND for a model that is
+        merely still loading."""
+        try:
+            self.poll_once()
+        except Exception:  # reported like any poll's; the poll thread retries
+            log.exception("initial version poll failed; retrying every %.1fs", self._poll_interval_s)
+        finally:
+            self._initial_load_done.set()
 
     def stop(self) -> None:
         """Stops polling and unloads every version (after in-flight requests finish)."""
@@ -260,14 +251,18 @@ class VersionManager:
                 self.poll_once()
             except Exception:  # never let a bad poll kill the manager thread
                 log.exception("version poll failed; retrying in %.1fs", self._poll_interval_s)
+            self._initial_load_done.set()
             self._wake.wait(self._poll_interval_s)
             self._wake.clear()
 
     def reload_config(self, config: ModelServerConfig) -> None:
         """Replaces the served model list (HandleReloadConfigRequest).
 
-        New models are loaded before this returns; removed models are unloaded.
-        A model whose base_path changed is reloaded from the new path.
+        New models are loaded before this returns; removed models are unloaded and
+        their versions then report END. A model whose base_path changed keeps
+        serving its loaded versions until the new path has a version loaded (each
+        version from the new path is loaded before the old copy is dropped); a new
+        path that is missing or holds no complete version leaves the old serving.
         """
         config = load_model_server_config(config)
         with self._poll_lock:
@@ -275,6 +270,9 @@ class VersionManager:
             for model in removed:
                 for version in list(model.available):
                     self._unload(model, version)
+                with self._lock:
+                    self._removed[model.config.name] = {
+                        v: dataclasses.replace(s, state=State.END) for v, s in model.status.items()}
             self._poll_locked()
 
     def _set_config(self, config: ModelServerConfig) -> list[_Model]:
@@ -282,11 +280,20 @@ class VersionManager:
         removed = []
         with self._lock:
             for name, model in list(self._models.items()):
-                if name not in new or new[name].base_path != model.config.base_path:
+                if name not in new:
                     removed.append(self._models.pop(name))
             for name, model_config in new.items():
+                self._removed.pop(name, None)
                 if name in self._models:
-                    self._models[name].config = model_config
+                    model = self._models[name]
+                    if model_config.base_path != model.config.base_path:
+                        log.info("model %s: base path %s -> %s; serving the loaded versions until the new path "
+                                 "has one loaded", name, model.config.base_path, model_config.base_path)
+                        model.failed.clear()
+                        model.incomplete.clear()
+                        model.checked.clear()
+                        model.base_path_error = None
+                    model.config = model_config
                 else:
                     self._models[name] = _Model(model_config)
         return removed
@@ -306,30 +313,65 @@ class VersionManager:
                 return
             self._poll_model(model)
 
+    def _complete_versions(self, model: _Model, on_disk: dict[int, str]) -> dict[int, tuple[str, tuple]]:
+        """version -> (directory, fingerprint) of the complete ones; logs each incomplete one once per change."""
+        complete, incomplete = {}, {}
+        for version, path in on_disk.items():
+            print_fp = fingerprint(path)
+            cached = model.checked.get(path)
+            if cached is not None and cached[0] == print_fp:
+                reason = cached[1]
+            else:
+                reason = incomplete_reason(path)
+                model.checked[path] = (print_fp, reason)
+                if reason is not None and reason != model.incomplete.get(version):
+                    log.warning("model %s: version %d at %s is incomplete (%s); not loading it, re-checking on "
+                                "the next poll", model.config.name, version, path, reason)
+            if reason is None:
+                complete[version] = (path, print_fp)
+            else:
+                incomplete[version] = reason
+        for path in set(model.checked) - set(on_disk.values()):
+            del model.checked[path]
+        with self._lock:
+            model.incomplete = incomplete
+        return complete
+
     def _poll_model(self, model: _Model) -> None:
         name, base_path = model.config.name, model.config.base_path
         try:
             on_disk = version_dirs(base_path)
-            model.base_path_error = None
         except OSError as e:
-            # Keep serving what is loaded: a transiently unreadable path must not take the model down.
+            # Keep serving what is loaded: an unreadable or missing path (a transient
+            # error, or a reload to a wrong path) must not take the model down.
             if model.base_path_error is None:
-                log.warning("model %s: cannot list base path %s: %s", name, base_path, e)
+                kept = sorted(model.available)
+                log.warning("model %s: cannot list base path %s: %s%s", name, base_path, e,
+                            f"; still serving version(s) {kept}" if kept else "")
             model.base_path_error = f"cannot list base path {base_path}: {e.strerror or e}"
             return
-        aspired = aspired_versions(model.config, set(on_disk))
+        model.base_path_error = None
+        complete = self._complete_versions(model, on_disk)
+        # The policy sees complete versions only: a version still being copied is not
+        # there yet, so the previous one stays aspired and serving meanwhile.
+        aspired = aspired_versions(model.config, set(complete))
         for version in list(model.failed):
-            if version not in on_disk:
+            if version not in complete:
                 del model.failed[version]  # a re-created directory gets a fresh try
         for version in sorted(aspired, reverse=True):  # newest first: it takes traffic soonest
             if self._stop.is_set():
                 return
-            if version in model.available:
+            path, print_fp = complete[version]
+            loaded = model.available.get(version)
+            if loaded is not None and loaded.source == (os.path.abspath(path), print_fp):
                 continue
-            print_fp = fingerprint(on_disk[version])
-            if model.failed.get(version) == print_fp:
+            if model.failed.get(version) == (path, print_fp):
                 continue
-            self._load(model, version, on_disk[version], print_fp)
+            if loaded is not None:
+                # Same version, another copy (a new base path, or files changed in place):
+                # load the new copy first, then drop the old one.
+                log.info("model %s: version %d changed on disk (%s); reloading it", name, version, path)
+            self._load(model, version, path, print_fp, replacing=loaded)
         # Unload what the policy no longer wants, but only once something it wants
         # is serving: a failed new version must never leave the model with nothing.
         with self._lock:
@@ -340,14 +382,17 @@ class VersionManager:
         for version in extra:
             self._unload(model, version)
 
-    def _load(self, model: _Model, version: int, path: str, print_fp: tuple) -> None:
+    def _load(self, model: _Model, version: int, path: str, print_fp: tuple,
+              replacing: LoadedVersion | None = None) -> None:
         name = model.config.name
-        with self._lock:
-            model.status[version] = VersionStatus(version, State.LOADING)
+        if replacing is None:
+            with self._lock:
+                model.status[version] = VersionStatus(version, State.LOADING)
         start = time.monotonic()
         loaded = None
         try:
             loaded = load_version(name, version, path)
+            loaded.source = (os.path.abspath(path), print_fp)
             warmup_requests = read_warmup_requests(path)
             for request in warmup_requests:
                 self._warmup(loaded, request)
@@ -355,12 +400,15 @@ class VersionManager:
             stage = "warm up" if loaded is not None else "load"
             code = e.code if isinstance(e, ServingError) else grpc.StatusCode.UNKNOWN
             message = f"failed to {stage} version {version} of model {name} from {path}: {e}"
-            log.error("%s", message)
             if loaded is not None:
                 loaded.drop()
             with self._lock:
-                model.status[version] = VersionStatus(version, State.END, code, message)
-                model.failed[version] = print_fp
+                model.failed[version] = (path, print_fp)
+                if replacing is None:
+                    model.status[version] = VersionStatus(version, State.END, code, message)
+            if replacing is not None:
+                message += f"; the copy from {replacing.path} keeps serving"
+            log.error("%s", message)
             if self._metrics:
                 self._metrics.model_loads.labels(name, "failure").inc()
             self._emit("failed", name, version, message)
@@ -371,11 +419,22 @@ class VersionManager:
             model.status[version] = VersionStatus(version, State.AVAILABLE)
             model.failed.pop(version, None)
         seconds = time.monotonic() - start
-        log.info("model %s: version %d available (%.2fs, %d warmup requests)", name, version, seconds, len(warmup_requests))
+        log.info("model %s: version %d available from %s (%.2fs, %d warmup requests)",
+                 name, version, path, seconds, len(warmup_requests))
         if self._metrics:
             self._metrics.model_loads.labels(name, "success").inc()
             self._metrics.loaded_versions.labels(name).set(len(model.available))
+        if replacing is not None:
+            self._drain_and_drop(replacing)
+            log.info("model %s: previous copy of version %d (%s) unloaded", name, version, replacing.path)
         self._emit("loaded", name, version, path)
+
+    def _drain_and_drop(self, loaded: LoadedVersion) -> None:
+        # Requests that leased this version before it left `available` finish first.
+        if not loaded.wait_idle(UNLOAD_DRAIN_TIMEOUT_S):
+            log.warning("model %s version %d: requests still running after %.0fs; unloading anyway",
+                        loaded.model_name, loaded.version, UNLOAD_DRAIN_TIMEOUT_S)
+        loaded.drop()
 
     def _unload(self, model: _Model, version: int) -> None:
         name = model.config.name
@@ -384,11 +443,7 @@ class VersionManager:
             if loaded is None:
                 return
             model.status[version] = VersionStatus(version, State.UNLOADING)
-        # Requests that leased this version before it left `available` finish first.
-        if not loaded.wait_idle(UNLOAD_DRAIN_TIMEOUT_S):
-            log.warning("model %s version %d: requests still running after %.0fs; unloading anyway",
-                        name, version, UNLOAD_DRAIN_TIMEOUT_S)
-        loaded.drop()
+        self._drain_and_drop(loaded)
         with self._lock:
             model.status[version] = VersionStatus(version, State.END)
         if self._metrics:
@@ -450,25 +505,25 @@ class VersionManager:
         return loaded
 
     def model_status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
-        """Version statuses for GetModelStatus, sorted by version.
+        """Version statuses for GetModelStatus, newest version first (TF Serving's order).
+
+        As in TF Serving, a version label is ignored (every version is reported), and
+        a model removed by a config reload reports its versions in state END.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model/version, INVALID_ARGUMENT for
-                an unknown label.
+            ServingError: NOT_FOUND for an unknown model or version.
         """
+        del label  # TF Serving's GetModelStatus reads model_spec.version only
         with self._lock:
             model = self._models.get(name)
-            if model is None or not model.status:
+            statuses = model.status if model is not None else self._removed.get(name, {})
+            if not statuses:
                 raise not_found(f"Could not find any versions of model {name}")
-            if label:
-                if label not in model.config.version_labels:
-                    raise invalid_argument(f"Unrecognized servable version label: {label}")
-                version = model.config.version_labels[label]
             if version is not None:
-                if version not in model.status:
+                if version not in statuses:
                     raise not_found(f"Could not find version {version} of model {name}")
-                return [dataclasses.replace(model.status[version])]
-            return [dataclasses.replace(s) for _, s in sorted(model.status.items())]
+                return [dataclasses.replace(statuses[version])]
+            return [dataclasses.replace(s) for _, s in sorted(statuses.items(), reverse=True)]
 
     def model_names(self) -> list[str]:
         with self._lock:
@@ -484,7 +539,10 @@ class VersionManager:
             return {name: sorted(m.available) for name, m in self._models.items()}
 
     def health(self) -> tuple[bool, str]:
-        """(True, "") when every model has a servable version, else (False, reason)."""
+        """(True, "") when the initial load finished and every model has a servable
+        version, else (False, reason)."""
+        if not self._initial_load_done.is_set():
+            return False, "initial model load in progress"
         problems = []
         with self._lock:
             for name, model in sorted(self._models.items()):
@@ -497,6 +555,8 @@ class VersionManager:
                     why = failures[-1]
                 elif any(s.state == State.LOADING for s in model.status.values()):
                     why = "loading"
+                elif model.incomplete:
+                    why = "; ".join(f"version {v} incomplete: {r}" for v, r in sorted(model.incomplete.items()))
                 else:
                     why = f"no version directories under {model.config.base_path}"
                 problems.append(f"model {name}: no servable version ({why})")

@@ -219,9 +219,9 @@ def test_version_policies_and_labels(env):
     assert _rpc_error(predict, recommend_request("multi", version=2)).code() == grpc.StatusCode.NOT_FOUND
     # latest {2}: versions 2 and 3.
     assert {v: s.state for v, s in _status(env, "latest2").items()} == {2: State.AVAILABLE, 3: State.AVAILABLE}
-    # Status by version and by label.
+    # Status by version; by label, every version (TF Serving ignores the label), newest first.
     assert list(_status(env, "multi", version=1)) == [1]
-    assert list(_status(env, "multi", label="canary")) == [3]
+    assert list(_status(env, "multi", label="canary")) == [3, 1]
 
 
 def test_get_model_status_errors(env):
@@ -277,12 +277,9 @@ def test_new_version_switches_without_failed_requests_and_bad_version_is_isolate
         if 2 in versions:
             assert 1 not in versions[versions.index(2):], versions
 
-    # A corrupt version 3 fails, is reported, and version 2 keeps serving.
-    bad = os.path.join(base, ".tmp-3")
-    os.makedirs(bad)
-    with open(os.path.join(bad, "saved_model.pb"), "wb") as f:
-        f.write(b"this is not a SavedModel")
-    os.rename(bad, os.path.join(base, "3"))
+    # A complete version 3 whose warmup fails is reported, and version 2 keeps serving.
+    # (An incomplete or unparseable one is not even tried: tests/serving/test_model_lifecycle.py.)
+    install_version(templates["bad_warmup"], base, 3)
     _wait_for(lambda: 3 in _status(env, "swap") and _status(env, "swap")[3].state == State.END, what="v3 failure")
     status = _status(env, "swap")
     assert status[3].status.error_code != 0 and "version 3" in status[3].status.error_message
@@ -361,9 +358,9 @@ def test_rest_status_metadata_and_health(env):
     rest = env["server"].rest_url
     status, body = _http(rest + "/v1/models/multi")
     assert status == 200
-    assert body["model_version_status"] == [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+    assert body["model_version_status"] == [  # newest first, as TF Serving lists them
         {"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
     ]
     status, body = _http(rest + "/v1/models/multi/versions/1")
     assert status == 200 and [s["version"] for s in body["model_version_status"]] == ["1"]

@@ -155,8 +155,42 @@ def test_span_2_warm_starts_passes_the_gate_and_switches_the_served_version(tmp_
         assert (_uri(third, "RetrievalGate", "blessing") / "NOT_BLESSED").exists()
         assert _versions(strict) == v2
         assert _served_version(server.grpc_address)[0] == v2[-1]
+
+        # Rolling span 2's retrieval back: the server returns to v1, and in the run's own
+        # ML Metadata span 2's models are unblessed, so the baseline resolver (warm start,
+        # gates) answers span 1's model again.
+        from tfx_pipeline.rollback import rollback
+
+        assert _latest_blessed_retrieval(cfg) == str(_uri(second, "RetrievalTrainer", "model"))
+        message = rollback(cfg.serving_root / "retrieval", cfg.metadata_path)
+        assert f"now serving {v1[0]}" in message and "marked rolled_back=1 and unblessed" in message, message
+        assert _wait_for_version(server.grpc_address, v1[0]) == v1[0]
+        assert _latest_blessed_retrieval(cfg) == str(_uri(first, "RetrievalTrainer", "model"))
+        assert not [p for p in (cfg.serving_root / "retrieval").iterdir() if p.name.startswith(".tmp-")]
     finally:
         server.stop()
+
+
+def _latest_blessed_retrieval(cfg) -> str:
+    """The URI TFX's LatestBlessedModelStrategy resolves over the retrieval trainer's models and gate's blessings."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+    from tfx.types import artifact_utils
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(cfg.metadata_path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = mlmd.MetadataStore(config)
+
+    def load(type_name, component):
+        artifact_type = store.get_artifact_type(type_name)
+        return [artifact_utils.deserialize_artifact(artifact_type, a) for a in store.get_artifacts_by_type(type_name)
+                if f"/{component}/" in a.uri]
+
+    result = LatestBlessedModelStrategy().resolve_artifacts(
+        store, {"model": load("Model", "RetrievalTrainer"), "model_blessing": load("ModelBlessing", "RetrievalGate")})
+    return result["model"][0].uri
 
 
 def _uri(states, component, key):

@@ -10,6 +10,7 @@ from tfx.types import standard_artifacts
 from serving import names
 from tfx_pipeline import component_ids as ids
 from tfx_pipeline.cache_keys import code_fingerprint
+from tfx_pipeline.components.atomic_pusher import AtomicPusher
 from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
@@ -22,7 +23,9 @@ from trainer.typed_config import to_dict
 
 
 def _latest_blessed(trainer_id: str, gate_id: str):
-    """The latest blessed model from this trainer, by ML Metadata (the change baseline)."""
+    """The latest blessed model from this trainer, by ML Metadata (the change baseline and the
+    warm-start source). `recsys rollback` unblesses a rolled-back model (rollback.py), so
+    this stock strategy, local or compiled for Kubeflow, skips it."""
     return tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=standard_artifacts.Model, producer_component_id=trainer_id),
@@ -31,7 +34,8 @@ def _latest_blessed(trainer_id: str, gate_id: str):
 
 
 def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_name: str):
-    return tfx.components.Pusher(
+    # TFX's Pusher, writing each version to a temporary sibling and renaming it into place.
+    return AtomicPusher(
         model=model_channel,
         model_blessing=blessing,
         infra_blessing=infra_blessing,
@@ -128,7 +132,8 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
         # Load in the model server on a free port and replay the warmup requests.
         infra = InfraValidator(model=model_channel, blessing=gate.outputs["blessing"],
                                model_name=model_name).with_id(ids.infra_validator(model_name))
-        # Versioned directory <serving base>/<model>/<version>/ when blessed and infra-blessed.
+        # Versioned directory <serving base>/<model>/<version>/ when blessed and infra-blessed
+        # (written to a temporary sibling, then renamed: atomic_pusher.py).
         pusher = _pusher(model_channel, gate.outputs["blessing"], infra.outputs["infra_blessing"], cfg, model_name)
         components += [infra, pusher]
     return components
