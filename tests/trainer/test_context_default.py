@@ -82,3 +82,43 @@ def test_context_dropout_rate_is_checked():
         trainer_config({"retrieval": {"context_dropout": 1.0}})
     with pytest.raises(ConfigError, match="context_dropout"):
         trainer_config({"ranking": {"context_dropout": -0.1}})
+
+
+def _query_embeddings(fn, users, side, hour, day, hours):
+    n = len(users)
+    inputs = {names.USER_ID: tf.constant([u.encode() for u in users]),
+              names.HISTORY_ITEM_IDS: tf.constant([[b""]] * n),
+              names.HOUR_OF_DAY: tf.constant([hour] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([day] * n, tf.int64),
+              names.HOURS_SINCE_PREV_EVENT: tf.constant([hours] * n, tf.float32)}
+    for key, kind in side.items():
+        if key.startswith(F.USER_FEATURE_PREFIX):
+            inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
+    q = fn(**inputs)["embedding"].numpy()
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def _share_inside_known_contexts(fn, users, side, probe=(-1, -1, -1.0)) -> float:
+    """Share of users whose query with context ``probe`` (default: none) is at least as close to the centre of their
+    known-context queries (36 hour x weekday x recency combinations) as the closest three
+    quarters of those (their 25th percentile of cosine to the centre)."""
+    known = np.stack([_query_embeddings(fn, users, side, h, d, r)
+                      for h in (0, 6, 12, 18) for d in (0, 3, 6) for r in (0.5, 24.0, 240.0)])  # [C, U, D]
+    centre = known.mean(axis=0)
+    centre /= np.linalg.norm(centre, axis=1, keepdims=True)
+    farthest = np.quantile(np.einsum("cud,ud->cu", known, centre), 0.25, axis=0)
+    unknown = np.einsum("ud,ud->u", _query_embeddings(fn, users, side, *probe), centre)
+    return float(np.mean(unknown >= farthest))
+
+
+def test_a_request_without_context_scores_like_the_trained_contexts(trained_retrieval, tiny_pipeline):
+    """Score level: the query of a request with no context lies among the queries of the
+    contexts training saw, for (nearly) every user; and the check can fail: a context far
+    outside what training saw (10,000 hours since the previous event) lands outside."""
+    out, _, side = trained_retrieval
+    loaded = tf.saved_model.load(str(out / "model" / "Format-Serving"))  # keeps the variables alive
+    fn = loaded.signatures["query_embedding"]
+    users = list(tiny_pipeline.user_ids)
+    inside = _share_inside_known_contexts(fn, users, side)
+    assert inside >= 0.9, inside
+    outlier = _share_inside_known_contexts(fn, users, side, probe=(6, 3, 10_000.0))
+    assert outlier < 0.5, (inside, outlier)
