@@ -28,7 +28,7 @@ from serving import names
 from serving.model_server import ModelServer
 from serving.model_server.version_files import complete_versions, incomplete_reason, version_dirs
 from serving.model_server.version_manager import VersionManager
-from tests.support.model_servers import install_version, make_base, recommend_request
+from tests.support.model_servers import install_version, make_base, recommend_request, wait_for
 from tests.support.steady_load import SteadyLoad
 from tests.support.vocab_models import check_response, request as vocab_request, save_vocab_model, slow_copy
 from tfx_pipeline.rollback import rollback
@@ -70,13 +70,6 @@ def _status(models_stub, name: str) -> dict[int, int]:
     return {s.version: s.state for s in models_stub.GetModelStatus(request, timeout=10).model_version_status}
 
 
-def _wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _template_answer_ok(response) -> str | None:
@@ -140,7 +133,7 @@ def test_slow_in_place_copy_is_served_only_once_complete(tmp_path, vocab_templat
             # Each pause spans two polls, so every partial state is seen by the server.
             files = slow_copy(vocab_templates[2], str(base / "2"), pause_s=2 * POLL_S,
                               on_file=lambda rel: statuses.append((rel, _status(models, "m"))))
-            _wait_for(lambda: load.last_version() == 2, what="traffic on version 2")
+            wait_for(lambda: load.last_version() == 2, what="traffic on version 2")
         assert files[0] == "saved_model.pb" and files[-1] == "assets/users.txt"
         # Until the last file landed, version 2 was not even tried (no LOADING, no failed END).
         assert all(2 not in status for _, status in statuses[:-1]), statuses
@@ -155,7 +148,7 @@ def test_atomic_push_and_version_switch_under_load(tmp_path, templates):
         channel, predict, models = _stubs(server)
         with channel, SteadyLoad(predict, lambda: recommend_request("m"), check=_template_answer_ok) as load:
             install_version(templates[2], base, 2)
-            _wait_for(lambda: _status(models, "m") == {2: State.AVAILABLE, 1: State.END}, what="switch to 2")
+            wait_for(lambda: _status(models, "m") == {2: State.AVAILABLE, 1: State.END}, what="switch to 2")
         assert load.failures == [] and load.wrong == []
         assert load.last_version() == 2
 
@@ -178,7 +171,7 @@ def test_loaded_version_changed_in_place_is_reloaded_without_a_gap(tmp_path, voc
                 tmp = Path(version_dir, "assets", ".users.txt.tmp")
                 tmp.write_text("\n".join(reversed_users) + "\n")
                 os.replace(tmp, Path(version_dir, "assets/users.txt"))
-                _wait_for(lambda: sum(e[0] == "loaded" for e in events) == 2, what="the reload")
+                wait_for(lambda: sum(e[0] == "loaded" for e in events) == 2, what="the reload")
             answer = predict.Predict(vocab_request("m"), timeout=10)
         assert load.failures == [] and load.wrong == []
         assert answer.outputs[names.OUT_ITEM_IDS].string_val[0] == str(reversed_users.index("u3")).encode()
@@ -245,7 +238,7 @@ def test_rollback_under_load_switches_to_the_previous_complete_version(tmp_path,
             assert load.last_version() == 2
             message = rollback(Path(base))
             assert "now serving 1" in message and "3" in message  # the incomplete 3 is named, not counted
-            _wait_for(lambda: _status(models, "m") == {2: State.END, 1: State.AVAILABLE}, what="rollback to 1")
+            wait_for(lambda: _status(models, "m") == {2: State.END, 1: State.AVAILABLE}, what="rollback to 1")
         assert load.failures == [] and load.wrong == []
         assert load.last_version() == 1
 
@@ -297,7 +290,7 @@ def test_restart_never_answers_not_found_once_the_port_is_open(tmp_path, templat
         for _ in range(2):  # a start, then a restart on the same ports
             ok, healthy = codes.get("OK", 0), http.get(200, 0)
             with _server(_config(m=base), grpc_port=grpc_port, rest_port=rest_port):
-                _wait_for(lambda: codes.get("OK", 0) > ok + 20 and http.get(200, 0) > healthy + 5, what="answers")
+                wait_for(lambda: codes.get("OK", 0) > ok + 20 and http.get(200, 0) > healthy + 5, what="answers")
     finally:
         stop.set()
         for t in clients:

@@ -22,7 +22,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.support.model_servers import SCORE_SIGNATURE, install_version, make_base, recommend_request, score_request
+from tests.support.model_servers import (SCORE_SIGNATURE, install_version, make_base, recommend_request, score_request,
+                                         wait_for)
 from serving import names
 from serving.model_server import BatchingOptions, ModelServer, parse_model_server_config
 
@@ -97,13 +98,6 @@ def _http(url: str, body: dict | bytes | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def _wait_for(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- Predict -------------------------------------------------------------------
@@ -256,13 +250,13 @@ def test_new_version_switches_without_failed_requests_and_bad_version_is_isolate
     for t in threads:
         t.start()
     try:
-        _wait_for(lambda: len(seen) > 5, what="first responses")
+        wait_for(lambda: len(seen) > 5, what="first responses")
         install_version(templates[2], base, 2)
-        _wait_for(lambda: seen and seen[-1] == 2, what="traffic on version 2")
+        wait_for(lambda: seen and seen[-1] == 2, what="traffic on version 2")
         # latest {1}: version 1 is unloaded once 2 serves.
-        _wait_for(lambda: _status(env, "swap")[1].state == State.END, what="version 1 unloaded")
+        wait_for(lambda: _status(env, "swap")[1].state == State.END, what="version 1 unloaded")
         n = len(seen)
-        _wait_for(lambda: len(seen) > n + 5, what="more responses after the unload")
+        wait_for(lambda: len(seen) > n + 5, what="more responses after the unload")
     finally:
         stop.set()
         for t in threads:
@@ -280,7 +274,7 @@ def test_new_version_switches_without_failed_requests_and_bad_version_is_isolate
     # A complete version 3 whose warmup fails is reported, and version 2 keeps serving.
     # (An incomplete or unparseable one is not even tried: tests/serving/test_model_lifecycle.py.)
     install_version(templates["bad_warmup"], base, 3)
-    _wait_for(lambda: 3 in _status(env, "swap") and _status(env, "swap")[3].state == State.END, what="v3 failure")
+    wait_for(lambda: 3 in _status(env, "swap") and _status(env, "swap")[3].state == State.END, what="v3 failure")
     status = _status(env, "swap")
     assert status[3].status.error_code != 0 and "version 3" in status[3].status.error_message
     assert status[2].state == State.AVAILABLE
@@ -452,5 +446,5 @@ def test_batching_merges_concurrent_requests(tmp_path, templates):
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "8" in error.details()
             error = _rpc_error(stub.Predict, score_request("rec", [[0, 0]], ["u"]), timeout=0.03)
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            _wait_for(lambda: server.metrics.requests.labels("Predict", "rec", "score", "DEADLINE_EXCEEDED")._value.get() == 1,
+            wait_for(lambda: server.metrics.requests.labels("Predict", "rec", "score", "DEADLINE_EXCEEDED")._value.get() == 1,
                       what="server-side DEADLINE_EXCEEDED")

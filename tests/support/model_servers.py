@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -132,3 +133,13 @@ def make_base(tmp_path, templates, name: str, versions) -> str:
     for v in versions:
         install_version(templates[v], base, v)
     return base
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", poll_s: float = 0.02) -> None:
+    """Polls ``predicate`` every ``poll_s`` until it is true; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
