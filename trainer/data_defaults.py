@@ -1,7 +1,8 @@
 """Hyper-parameters derived from the data when the config leaves them at 0.
 
-One rule so far, for the retrieval model's id embeddings (``id_embedding_dim: 0``, the
-default): an id table gets about ``DIMS_PER_EVENT`` dimensions per training event per id
+One rule so far, for the retrieval model's id embeddings (``id_embedding_dim: 0``; opt-in,
+the default is 48: a derived size can change between spans, and warm start then cannot
+carry the id tables; the base model's size would have to win there first): an id table gets about ``DIMS_PER_EVENT`` dimensions per training event per id
 (events / (users + items)), rounded up to a multiple of 8, between ``MIN_ID_DIM`` and
 ``MAX_ID_DIM``. A dense log (MovieLens-100K: 38 events per id; MovieLens-1M: 100) gets
 ``MAX_ID_DIM``, the size the dense-data tables were measured with; a sparse one (the
