@@ -27,6 +27,7 @@ __all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "conf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # data.fetch: the built-in sources (tfx_pipeline/data/datasets.py), or none.
 FETCH_KINDS = ("none", "movielens_100k", "movielens_1m", "synthetic_implicit")
+ID_WHITESPACE = ("error", "keep")  # data.id_whitespace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,9 @@ class EventsTable:
     event_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     # Timestamps in the table: "unix_seconds" (int/float) or "iso8601" strings.
     timestamp_format: str = "unix_seconds"
+    # Event times later than now + this many seconds are an error (a unit or clock
+    # mistake, e.g. milliseconds read as seconds). Raise it for logs stamped ahead on purpose.
+    max_future_seconds: int = 86_400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,10 @@ class DataConfig:
     # synthetic_implicit, or none (the user provides them; configs/movielens_1m_sparse.yaml
     # names the command that makes its tables).
     fetch: str = "none"
+    # Ids with leading or trailing whitespace ("u1 " next to "u1"): "error" (the default)
+    # stops the run naming the rows; "keep" reads them as written, as ids distinct from
+    # the trimmed spelling. Ids are never trimmed, so two spellings are never merged.
+    id_whitespace: str = "error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +175,10 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
                 raise ConfigError(f"{where}: feature {col!r} has kind {kind!r}; expected one of {F.FEATURE_KINDS}")
     if cfg.data.users and any(k in (F.MULTI_VALUED, F.TEXT) for k in cfg.data.users.features.values()):
         raise ConfigError(f"{where}: user features may be categorical or numeric only")
+    if cfg.data.id_whitespace not in ID_WHITESPACE:
+        raise ConfigError(f"{where}: data.id_whitespace must be one of {', '.join(ID_WHITESPACE)}")
+    if cfg.data.events.max_future_seconds < 0:
+        raise ConfigError(f"{where}: data.events.max_future_seconds must be >= 0")
     if cfg.data.fetch not in FETCH_KINDS:
         raise ConfigError(f"{where}: data.fetch must be one of {', '.join(FETCH_KINDS)}")
     if cfg.data.spans is not None:

@@ -6,6 +6,12 @@ from tfx_pipeline.config import ConfigError, load_config, parse_config
 from tfx_pipeline.data.tables import DataError, load_tables
 
 
+def _raw(tmp_path, **events_extra) -> dict:
+    return {"name": "t", "schema_dir": str(tmp_path),
+            "data": {"events": {"path": str(tmp_path / "events.csv"),
+                                "columns": {"user": "u", "item": "i", "timestamp": "t", "rating": "r"}, **events_extra}}}
+
+
 def _cfg(tmp_path, events_csv: str, items_csv: str | None = None, **events_extra):
     (tmp_path / "events.csv").write_text(events_csv)
     raw = {
@@ -105,12 +111,28 @@ def test_unknown_event_type_without_weight(tmp_path):
 
 # -- nothing read silently wrong (ids, times, encodings, line numbers) ----------------------
 
-def test_ids_are_kept_exactly_as_written(tmp_path):
-    # "u1" and "u1 " are different strings: neither is trimmed into the other.
-    events, _, _ = load_tables(_cfg(tmp_path, "u,i,t,r\nu1,10,100,4\nu1 ,10,200,5\n"))
+def test_ids_with_surrounding_whitespace_are_an_error_unless_kept(tmp_path):
+    # "u1" and "u1 " would be two users: by default the run stops and names the row and the option.
+    text = "u,i,t,r\nu1,10,100,4\nu1 ,10,200,5\n"
+    with pytest.raises(DataError) as e:
+        load_tables(_cfg(tmp_path, text))
+    msg = str(e.value)
+    assert "column 'u' has ids with leading or trailing whitespace in 1 row(s) (line 3)" in msg
+    assert "'u1 '" in msg and "data.id_whitespace: keep" in msg
+    # The explicit option reads them exactly as written: neither is trimmed into the other.
+    kept = parse_config({**_raw(tmp_path), "data": {**_raw(tmp_path)["data"], "id_whitespace": "keep"}})
+    events, _, _ = load_tables(kept)
     assert events["user_id"].tolist() == ["u1", "u1 "]
+    with pytest.raises(ConfigError, match=r"data.id_whitespace must be one of error, keep"):
+        parse_config({**_raw(tmp_path), "data": {**_raw(tmp_path)["data"], "id_whitespace": "strip"}})
     with pytest.raises(DataError, match=r"column 'u' is empty in 1 row\(s\) \(line 2\)"):
         load_tables(_cfg(tmp_path, "u,i,t,r\n   ,10,100,4\n"))
+
+
+def test_item_table_ids_follow_the_same_whitespace_rule(tmp_path):
+    cfg = _cfg(tmp_path, "u,i,t,r\n1,10,100,4\n", items_csv="i,genres\n10,a\n 11,b\n")
+    with pytest.raises(DataError, match=r"items.csv: column 'i' has ids with leading or trailing whitespace"):
+        load_tables(cfg)
 
 
 def _parquet_cfg(tmp_path, frame, **events_extra):
@@ -140,12 +162,25 @@ def test_parquet_timestamp_column_is_read_in_its_own_unit(tmp_path):
     assert events["timestamp"].tolist() == [891388800]
 
 
-@pytest.mark.parametrize("value,hint", [("32503680000", "more than a day in the future"),  # the year 3000
+@pytest.mark.parametrize("value,hint", [("32503680000", "more than 86400 s in the future"),  # the year 3000
                                         ("891388800000", "look like milliseconds")])
 def test_future_times_are_refused(tmp_path, value, hint):
     with pytest.raises(DataError, match=hint) as e:
         load_tables(_cfg(tmp_path, f"u,i,t,r\n1,10,100,4\n1,11,{value},5\n"))
-    assert "line 3" in str(e.value)
+    assert "line 3" in str(e.value) and "data.events.max_future_seconds" in str(e.value)
+
+
+def test_the_future_horizon_is_configurable(tmp_path):
+    import time
+
+    ahead = int(time.time()) + 3 * 86_400  # three days ahead: refused by default, read with a wider horizon
+    text = f"u,i,t,r\n1,10,100,4\n1,11,{ahead},5\n"
+    with pytest.raises(DataError, match=r"more than 86400 s in the future"):
+        load_tables(_cfg(tmp_path, text))
+    events, _, _ = load_tables(_cfg(tmp_path, text, max_future_seconds=7 * 86_400))
+    assert events["timestamp"].tolist() == [100, ahead]
+    with pytest.raises(ConfigError, match=r"max_future_seconds must be >= 0"):
+        _cfg(tmp_path, text, max_future_seconds=-1)
 
 
 def test_non_utf8_file_names_line_and_fix(tmp_path):

@@ -24,7 +24,6 @@ from tfx_pipeline.config import EventsTable, PipelineConfig, SideTable, resolve_
 from trainer import features as F
 
 MAX_ROWS_IN_MESSAGE = 5
-MAX_FUTURE_S = 86_400  # event times later than a day from now are a unit or clock error
 
 
 class DataError(ValueError):
@@ -108,8 +107,13 @@ def _require_columns(df: pd.DataFrame, path: Path, needed: dict[str, str]) -> No
             )
 
 
-def _nonempty_str(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
-    """An id column as strings, exactly as written (ids are never trimmed or re-formatted)."""
+def _nonempty_str(df: pd.DataFrame, col: str, path: Path, whitespace: str = "error") -> pd.Series:
+    """An id column as strings, exactly as written (ids are never trimmed or re-formatted).
+
+    ``whitespace`` (``data.id_whitespace``): "error" refuses ids with leading or trailing
+    whitespace, which would otherwise be ids of their own beside the trimmed spelling
+    ("u1 " and "u1": one user split in two, silently); "keep" accepts them as written.
+    """
     values = df[col]
     if pd.api.types.is_float_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise DataError(f"{path}: column {col!r} holds {values.dtype} values; ids must be strings or integers "
@@ -120,6 +124,15 @@ def _nonempty_str(df: pd.DataFrame, col: str, path: Path) -> pd.Series:
     bad = (s.str.strip() == "").to_numpy() | values.isna().to_numpy()
     if bad.any():
         raise DataError(f"{path}: column {col!r} is empty in {_rows(bad, df)}")
+    if whitespace == "error":
+        padded = (s != s.str.strip()).to_numpy()
+        if padded.any():
+            examples = [repr(v) for v in s[padded].head(3)]
+            raise DataError(
+                f"{path}: column {col!r} has ids with leading or trailing whitespace in {_rows(padded, df)}: "
+                f"e.g. {', '.join(examples)}. Ids are read exactly as written, so these would be ids of their "
+                f"own beside the trimmed spelling; fix the file, or set data.id_whitespace: keep to read them "
+                f"as written")
     return s
 
 
@@ -139,8 +152,8 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
     cols = spec.columns
     _require_columns(df, path, cols)
     out = pd.DataFrame({
-        F.USER_ID: _nonempty_str(df, cols["user"], path),
-        F.ITEM_ID: _nonempty_str(df, cols["item"], path),
+        F.USER_ID: _nonempty_str(df, cols["user"], path, cfg.data.id_whitespace),
+        F.ITEM_ID: _nonempty_str(df, cols["item"], path, cfg.data.id_whitespace),
     })
     ts_col = cols["timestamp"]
     if pd.api.types.is_datetime64_any_dtype(df[ts_col]):
@@ -161,11 +174,13 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
         out[F.TIMESTAMP] = _numeric(df, ts_col, path).astype("int64")
     if (out[F.TIMESTAMP] < 0).any():
         raise DataError(f"{path}: column {ts_col!r} is negative in {_rows((out[F.TIMESTAMP] < 0).to_numpy(), df)}")
-    future = (out[F.TIMESTAMP] > time.time() + MAX_FUTURE_S).to_numpy()
+    horizon = spec.max_future_seconds
+    future = (out[F.TIMESTAMP] > time.time() + horizon).to_numpy()
     if future.any():
         hint = (" (these look like milliseconds or microseconds: the column must be unix seconds)"
                 if out[F.TIMESTAMP].max() > 1e11 else "")
-        raise DataError(f"{path}: column {ts_col!r} is more than a day in the future in {_rows(future, df)}, "
+        raise DataError(f"{path}: column {ts_col!r} is more than {horizon} s in the future "
+                        f"(data.events.max_future_seconds) in {_rows(future, df)}, "
                         f"e.g. {int(out[F.TIMESTAMP][future].iloc[0])}{hint}")
 
     if "rating" in cols:
@@ -191,12 +206,13 @@ def load_events(cfg: PipelineConfig, path: Path | None = None) -> pd.DataFrame:
     return out
 
 
-def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None) -> pd.DataFrame:
+def load_side_table(spec: SideTable, prefix_fn, path: Path | None = None,
+                    id_whitespace: str = "error") -> pd.DataFrame:
     """Returns a frame indexed by id with canonical feature columns (``prefix_fn(col)``)."""
     path = path or resolve_path(spec.path)
     df = read_table(path, spec.format)
     _require_columns(df, path, {"id": spec.id_column, **{c: c for c in spec.features}})
-    ids = _nonempty_str(df, spec.id_column, path)
+    ids = _nonempty_str(df, spec.id_column, path, id_whitespace)
     dup = ids.duplicated().to_numpy()
     if dup.any():
         raise DataError(f"{path}: column {spec.id_column!r} has duplicate ids in {_rows(dup, df)}")
@@ -268,7 +284,8 @@ def load_exposures(cfg: PipelineConfig, selected: list | None = None) -> pd.Data
         if bad.any():
             raise DataError(f"{path}: column 'engaged' must be 0 or 1 in {_rows(bad, df)}")
         frames.append(pd.DataFrame({
-            F.USER_ID: _nonempty_str(df, "user_id", path), F.ITEM_ID: _nonempty_str(df, "item_id", path),
+            F.USER_ID: _nonempty_str(df, "user_id", path, cfg.data.id_whitespace),
+            F.ITEM_ID: _nonempty_str(df, "item_id", path, cfg.data.id_whitespace),
             F.TIMESTAMP: _numeric(df, "request_timestamp", path).astype("int64"),
             "engaged": engaged.astype("int64")}))
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -308,8 +325,10 @@ def load_tables(cfg: PipelineConfig, selected: list | None = None,
         selected = selected or selected_spans(cfg)
     paths = table_paths(cfg, selected)
     events = _span_events(cfg, selected) if selected is not None else load_events(cfg)
-    users = load_side_table(cfg.data.users, F.user_feature, paths.get("users")) if cfg.data.users else None
-    items = load_side_table(cfg.data.items, F.item_feature, paths.get("items")) if cfg.data.items else None
+    users = (load_side_table(cfg.data.users, F.user_feature, paths.get("users"), cfg.data.id_whitespace)
+             if cfg.data.users else None)
+    items = (load_side_table(cfg.data.items, F.item_feature, paths.get("items"), cfg.data.id_whitespace)
+             if cfg.data.items else None)
     events_path = paths["events"]
     for table, col, name in ((users, F.USER_ID, "users"), (items, F.ITEM_ID, "items")):
         if table is None:
