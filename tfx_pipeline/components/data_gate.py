@@ -17,9 +17,10 @@ def DataGate(
 ) -> None:
     """Raises ``DataValidationError`` (failing the run before Transform) on any finding."""
     from tfx_pipeline.config import config_from_json
-    from tfx_pipeline.data.validation import check_data
+    from tfx_pipeline.data.validation import LAST_REPORT_FILE, check_data
 
     cfg = config_from_json(config_json)
     # StatisticsGen copies the examples' span onto the statistics artifact.
     span = int(statistics.span) if cfg.data.spans is not None else None
-    check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri, span=span)
+    check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri, span=span,
+               split_strategy=cfg.examples.split.strategy, last_report_path=str(cfg.root / LAST_REPORT_FILE))

@@ -25,6 +25,7 @@ import shutil
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
+from serving.features import HOURS_SINCE_PREV_EVENT
 from trainer.artifacts import EVAL, LATEST_SPAN_SPLIT, TRAIN, split_dir
 
 LATEST_SPAN = LATEST_SPAN_SPLIT
@@ -32,6 +33,14 @@ LATEST_SPAN = LATEST_SPAN_SPLIT
 STATS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"
 REPORT_FILE = "data_validation.json"
+# A copy of the latest report outside the artifact store, under the pipeline root: TFX
+# removes a failed component's output directory, which held the report a failure names.
+LAST_REPORT_FILE = "data_validation_last.json"
+
+# Features that a time-ordered split shifts by design, so train/eval skew on them is not
+# bad data: under a global time split the eval events come after every train event, and the
+# hours since a user's previous event grow with the gap. Still checked for run-to-run drift.
+TIME_SHIFTED_BY_SPLIT = {"global_time": (HOURS_SINCE_PREV_EVENT,)}
 
 
 class DataValidationError(RuntimeError):
@@ -99,11 +108,15 @@ def _span_baselines(baseline_dir: str) -> dict[int, str]:
 
 
 def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseline_dir: str,
-               report_uri: str, span: int | None = None) -> dict:
+               report_uri: str, span: int | None = None, split_strategy: str = "",
+               last_report_path: str = "") -> dict:
     """Raises DataValidationError on any finding; writes a JSON report either way.
 
     ``span``: the run's span, for spans datasets (their statistics have a
-    ``latest_span`` split); None otherwise.
+    ``latest_span`` split); None otherwise. ``split_strategy``: the examples' split
+    (``TIME_SHIFTED_BY_SPLIT`` names the features it shifts on purpose, left out of the
+    train/eval skew check). ``last_report_path``: where a copy of the report is written
+    too, so it outlives a failed step.
     """
     schema = load_schema(schema_uri)
     findings: list[str] = []
@@ -118,13 +131,17 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
         report["anomalies"][split] = lines
         findings += lines
 
+    schema_findings = len(findings)
     train = tfdv.load_stats_binary(_split_file(stats_uri, TRAIN, STATS_FILE))
     evals = tfdv.load_stats_binary(_split_file(stats_uri, EVAL, STATS_FILE))
     exclude = set(vcfg.exclude_from_drift)
-    lines, values = _distribution_findings(schema, evals, train, vcfg.skew_linf, vcfg.skew_jsd, exclude,
-                                           "train/eval skew")
+    shifted = [f for f in TIME_SHIFTED_BY_SPLIT.get(split_strategy, ()) if f not in exclude]
+    lines, values = _distribution_findings(schema, evals, train, vcfg.skew_linf, vcfg.skew_jsd,
+                                           exclude | set(shifted), "train/eval skew")
     findings += lines
     report["skew_train_vs_eval"] = values
+    if shifted:
+        report["skew_not_checked"] = {f: f"the {split_strategy} split shifts it by design" for f in shifted}
 
     if has_span_split:
         # The new span against the newest earlier span that passed.
@@ -149,11 +166,25 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
     os.makedirs(report_uri, exist_ok=True)
     with open(os.path.join(report_uri, REPORT_FILE), "w") as fh:
         json.dump(report, fh, indent=2)
+    where = os.path.join(report_uri, REPORT_FILE)
+    if last_report_path:
+        os.makedirs(os.path.dirname(last_report_path), exist_ok=True)
+        with open(last_report_path, "w") as fh:
+            json.dump(report, fh, indent=2)
+        where = last_report_path
     if findings:
+        knobs = []
+        if schema_findings:
+            knobs.append("schema anomalies: fix the data, or the curated schema in schemas/ if the change is "
+                         "intended")
+        if len(findings) > schema_findings:
+            knobs.append("skew or drift (a distribution moved; the schema does not govern these): if the shift "
+                         "is expected, raise validation.skew_jsd / skew_linf (skew) or drift_jsd / drift_linf "
+                         "(drift), or list the feature in validation.exclude_from_drift")
         raise DataValidationError(
-            "data validation failed; nothing was trained or pushed. Fix the data, or the curated schema in "
-            "schemas/ if the change is intended:\n  " + "\n  ".join(findings)
-            + f"\n(report: {os.path.join(report_uri, REPORT_FILE)})"
+            "data validation failed; nothing was trained or pushed.\n  " + "\n  ".join(findings)
+            + "\nWhat to do, by kind of finding:\n  - " + "\n  - ".join(knobs)
+            + f"\n(report: {where})"
         )
     os.makedirs(os.path.dirname(baseline_path), exist_ok=True)
     shutil.copyfile(_split_file(stats_uri, current_split, STATS_FILE), baseline_path)
