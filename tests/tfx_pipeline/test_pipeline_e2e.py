@@ -37,6 +37,11 @@ def test_data_half_runs_records_mlmd_and_caches(tmp_path):
     second = run_local(cfg, stage="data")
     states = {r["component"]: r["state"] for r in second}
     assert states["ExampleBuilder"] == "CACHED" and states["Transform"] == "CACHED"
+    # A validation threshold is DataGate's alone: the examples and their statistics stay cached.
+    third = run_local(_cfg(tmp_path, validation={"skew_jsd": 0.25}), stage="data")
+    states = {r["component"]: r["state"] for r in third}
+    assert states["ExampleBuilder"] == "CACHED" and states["StatisticsGen"] == "CACHED", states
+    assert states["Transform"] == "CACHED" and states["DataGate"] == "COMPLETE", states
 
 
 def test_schema_anomaly_stops_before_transform(tmp_path):

@@ -16,7 +16,7 @@ from tfx_pipeline import component_ids as ids
 from tfx_pipeline.cache_keys import code_fingerprint, data_fingerprint
 from tfx_pipeline.components.data_gate import DataGate
 from tfx_pipeline.components.example_builder import ExampleBuilder
-from tfx_pipeline.config import PipelineConfig, resolve_path
+from tfx_pipeline.config import PipelineConfig, ValidationConfig, resolve_path
 from tfx_pipeline.wiring.training import training_components
 from trainer.artifacts import SIDE_SPLITS, TRAIN
 from trainer.hparams import TrainerConfig
@@ -44,11 +44,15 @@ def create_pipeline(
     # Data components get the config without the trainer/serving sections, so tuning a
     # model does not invalidate their cached outputs.
     config_json = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="").to_json()
+    # ExampleBuilder (and so StatisticsGen, ExampleValidator and Transform downstream of its
+    # examples) does not read the validation thresholds: changing one re-runs DataGate only.
+    examples_config_json = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="",
+                                               validation=ValidationConfig()).to_json()
     components = []
 
     # Events + side tables -> train/eval examples, candidate items, user state.
     example_builder = ExampleBuilder(
-        config_json=config_json,
+        config_json=examples_config_json,
         data_fingerprint=f"{data_fingerprint(cfg) if fingerprint_inputs else 'at-run-time'}-{code_fingerprint()}",
         beam_pipeline_args_json=json.dumps(beam_args),
     ).with_id(ids.EXAMPLE_BUILDER)
