@@ -163,15 +163,12 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
         findings += lines
         report["drift_vs_previous_run"] = values
     report["findings"] = findings
-    os.makedirs(report_uri, exist_ok=True)
-    with open(os.path.join(report_uri, REPORT_FILE), "w") as fh:
-        json.dump(report, fh, indent=2)
-    where = os.path.join(report_uri, REPORT_FILE)
-    if last_report_path:
-        os.makedirs(os.path.dirname(last_report_path), exist_ok=True)
-        with open(last_report_path, "w") as fh:
-            json.dump(report, fh, indent=2)
-        where = last_report_path
+    text = json.dumps(report, indent=2)
+    for path in filter(None, (os.path.join(report_uri, REPORT_FILE), last_report_path)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(text)
+    where = last_report_path or os.path.join(report_uri, REPORT_FILE)
     if findings:
         knobs = []
         if schema_findings:

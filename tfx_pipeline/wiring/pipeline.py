@@ -43,11 +43,11 @@ def create_pipeline(
     beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
     # Data components get the config without the trainer/serving sections, so tuning a
     # model does not invalidate their cached outputs.
-    config_json = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="").to_json()
+    data_cfg = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="")
+    config_json = data_cfg.to_json()
     # ExampleBuilder (and so StatisticsGen, ExampleValidator and Transform downstream of its
     # examples) does not read the validation thresholds: changing one re-runs DataGate only.
-    examples_config_json = dataclasses.replace(cfg, trainer=TrainerConfig(), serving_base_path="",
-                                               validation=ValidationConfig()).to_json()
+    examples_config_json = dataclasses.replace(data_cfg, validation=ValidationConfig()).to_json()
     components = []
 
     # Events + side tables -> train/eval examples, candidate items, user state.
