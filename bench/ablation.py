@@ -48,6 +48,13 @@ VARIANTS: dict[str, dict] = {
     "full_embedding_l2_1e-4": dict(embedding_l2=1e-4),
     "full_dropout_0.3": dict(dropout=0.3),
     "sasrec_mixed_negatives": dict(history_encoder="sasrec", uniform_negatives=256),
+    # The sequence objective (trainer/retrieval/sequence.py): every event of a user's sequence a
+    # target of its prefix, full softmax over the catalogue.
+    "seq_gru": dict(objective="sequence", history_encoder="gru"),
+    "seq_sasrec": dict(objective="sequence", history_encoder="sasrec"),
+    "seq_mean": dict(objective="sequence", history_encoder="mean"),
+    "seq_sasrec_history_only": dict(objective="sequence", history_encoder="sasrec", use_user_id=False,
+                                    use_content_features=False, use_context=False),
     # Leave-one-out from the default: what each part contributes on top of the rest.
     "full_no_logq": dict(logq_correction=False),
     "full_no_accidental_hits": dict(remove_accidental_hits=False),

@@ -31,7 +31,14 @@ class HistoryEncoder(tf.keras.layers.Layer):
     ``sasrec``: SASRec-style (Kang & McAuley, 2018): ``blocks`` causal pre-LN
     Transformer blocks over item + position embeddings; the output at the latest
     item is the encoding (see ``CausalSequence``).
+
+    ``call_sequence`` encodes every prefix of a left-padded sequence at once ([B, L] ->
+    [B, L, D]: position t sees items 0..t), what the sequence objective trains on
+    (trainer/retrieval/sequence.py); ``call`` is its value at the latest item. The
+    order-free ``attention`` encoder has no prefix form.
     """
+
+    SEQUENCE_KINDS = ("mean", "gru", "sasrec")
 
     def __init__(self, kind: str, item_embedding: tf.keras.layers.Embedding, dim: int, max_len: int,
                  heads: int = 2, dropout: float = 0.1, blocks: int = 2, **kwargs):
@@ -41,7 +48,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
         if kind == "sasrec":
             self.sequence = CausalSequence(item_embedding.output_dim, max_len, heads, blocks, dropout)
         elif kind == "gru":
-            self.gru = tf.keras.layers.GRU(dim)
+            # Every step's output: ``call`` takes the latest valid one, ``call_sequence`` all of them.
+            self.gru = tf.keras.layers.GRU(dim, return_sequences=True)
         elif kind == "attention":
             self.positions = tf.keras.layers.Embedding(max_len + 1, item_embedding.output_dim)
             self.attention = tf.keras.layers.MultiHeadAttention(heads, key_dim=max(8, item_embedding.output_dim // heads),
@@ -64,14 +72,33 @@ class HistoryEncoder(tf.keras.layers.Layer):
         if self.kind == "sasrec":
             return self.sequence(emb, valid, training=training)
         if self.kind == "gru":
-            # Right-align isn't needed: Keras masking skips padded steps.
-            return self.gru(emb, mask=valid, training=training)
+            # Keras masking skips padded steps; the output at each row's latest item.
+            out = self.gru(emb, mask=valid, training=training)
+            lengths = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)
+            last = tf.gather(out, tf.maximum(lengths - 1, 0), batch_dims=1)
+            return tf.where((lengths > 0)[:, None], last, tf.zeros_like(last))
         length = tf.shape(ids)[1]
         emb = emb + self.positions(tf.range(length))[None]
         attn_mask = tf.logical_and(valid[:, :, None], valid[:, None, :])
         x = self.norm1(emb + self.attention(emb, emb, attention_mask=attn_mask, training=training))
         x = self.norm2(x + self.ffn(x))
         return self.pool(x, ids)
+
+
+    def call_sequence(self, ids, training=False):
+        """[B, L] item indices, left-padded (0), oldest first -> [B, L, D]: the encoding of each prefix."""
+        if self.kind not in self.SEQUENCE_KINDS:
+            raise ValueError(f"history encoder {self.kind!r} has no per-prefix form: the sequence objective "
+                             f"needs one of {', '.join(self.SEQUENCE_KINDS)}")
+        emb = self.item_embedding(ids)
+        valid = tf.not_equal(ids, 0)
+        if self.kind == "sasrec":
+            return self.sequence.call_all(emb, valid, training=training)
+        if self.kind == "gru":
+            out = self.gru(emb, mask=valid, training=training)
+            return out * tf.cast(valid, out.dtype)[..., None]
+        mask = tf.cast(valid, emb.dtype)[..., None]
+        return tf.cumsum(emb * mask, axis=1) / tf.maximum(tf.cumsum(mask, axis=1), 1.0)
 
 
 class CausalBlock(tf.keras.layers.Layer):
@@ -120,14 +147,30 @@ class CausalSequence(tf.keras.layers.Layer):
         length = tf.shape(emb)[1]
         lengths = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1)  # histories are right-padded
         back = lengths[:, None] - tf.range(length)[None, :]  # 1 = the latest item
+        x = self._blocks(emb, valid, back, training)
+        last = tf.gather(x, tf.maximum(lengths - 1, 0), batch_dims=1)
+        return tf.where((lengths > 0)[:, None], last, tf.broadcast_to(self.empty, tf.shape(last)))
+
+    def call_all(self, emb, valid, training=False):
+        """Every position's output [B, L, E] for left-padded sequences (the latest item last).
+
+        Positions count back from the end of the window, so the last position is encoded
+        exactly as ``call`` encodes the same items as a history (SASRec's absolute positions
+        of a right-aligned window); earlier positions see only the items up to themselves.
+        """
+        length = tf.shape(emb)[1]
+        back = length - tf.range(length)[None, :]
+        return self._blocks(emb, valid, back, training)
+
+    def _blocks(self, emb, valid, back, training):
+        length = tf.shape(emb)[1]
         pos = tf.where(valid, tf.clip_by_value(back, 1, self.max_len), 0)
         x = self.drop(emb * tf.sqrt(float(self.dim)) + self.positions(pos), training=training)
         causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)  # key <= query
         mask = tf.logical_and(causal[None], valid[:, None, :])
         for block in self.blocks:
             x = block(x, mask, training=training)
-        last = tf.gather(self.norm(x), tf.maximum(lengths - 1, 0), batch_dims=1)
-        return tf.where((lengths > 0)[:, None], last, tf.broadcast_to(self.empty, tf.shape(last)))
+        return self.norm(x)
 
 
 def embedding(rows: int, dim: int, name: str, l2: float = 0.0) -> tf.keras.layers.Embedding:
@@ -186,18 +229,35 @@ class QueryEncoder(tf.keras.layers.Layer):
                                       heads=hp.attention_heads, dropout=hp.dropout, blocks=hp.sequence_blocks)
 
     def call(self, x, training=False):
+        history = self.history(x[F.HISTORY_IDX], training=training) if self.hp.use_history else None
+        return tf.concat(self._parts(x, history, lambda t: t), axis=-1)
+
+    def call_sequence(self, x, training=False):
+        """Every position of left-padded sequences at once: [B, L, features].
+
+        ``x``: the user's features [B] (id and side features), ``history_item_ids_idx``
+        [B, L] the items (left-padded), the context of each position's *next* event
+        (hour, weekday, recency) [B, L]. Position t is the query that predicts the event
+        after item t, as ``call`` is for a history ending at item t.
+        """
+        length = tf.shape(x[F.HISTORY_IDX])[1]
+        history = self.history.call_sequence(x[F.HISTORY_IDX], training=training) if self.hp.use_history else None
+        per_user = lambda t: tf.repeat(t[:, None], length, axis=1)  # noqa: E731 - [B, ...] -> [B, L, ...]
+        return tf.concat(self._parts(x, history, per_user), axis=-1)
+
+    def _parts(self, x, history, per_user):
         parts = []
         if self.hp.use_user_id:
-            parts.append(self.user_embedding(x[F.USER_ID_IDX]))
+            parts.append(per_user(self.user_embedding(x[F.USER_ID_IDX])))
         if self.hp.use_content_features:
             for n in self.layout.user_cats:
-                parts.append(self.embeddings[n](x[n]))
+                parts.append(per_user(self.embeddings[n](x[n])))
             for k in self.layout.user_nums:
-                parts.append(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX]))
-                parts.append(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], self.compute_dtype), -1))
-        if self.hp.use_history:
-            parts.append(self.history(x[F.HISTORY_IDX], training=training))
+                parts.append(per_user(self.embeddings[k + F.BUCKET_SUFFIX](x[k + F.BUCKET_SUFFIX])))
+                parts.append(per_user(tf.expand_dims(tf.cast(x[k + F.Z_SUFFIX], self.compute_dtype), -1)))
+        if history is not None:
+            parts.append(history)
         if self.hp.use_context:
             parts += [self.hour(x[F.HOUR_OF_DAY]), self.day(x[F.DAY_OF_WEEK]),
                       tf.expand_dims(tf.cast(x[F.RECENCY_Z], self.compute_dtype), -1)]
-        return tf.concat(parts, axis=-1)
+        return parts

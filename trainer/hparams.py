@@ -26,6 +26,7 @@ def check_rate(name: str, value: float) -> None:
 
 
 HISTORY_ENCODERS = ("mean", "gru", "attention", "sasrec")
+OBJECTIVES = ("in_batch", "sequence")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -57,6 +58,15 @@ class RetrievalHParams:
     # (mixed negative sampling; logQ-corrected for the mixture).
     uniform_negatives: int = 0
     temperature: float = 0.05  # logits are cosine similarities / temperature
+    # in_batch: one example row per event, in-batch softmax with the corrections above.
+    # sequence: each user's events in time order, every event a next-item target of the
+    # prefix before it, full softmax over the catalogue (trainer/retrieval/sequence.py;
+    # history_encoder mean, gru or sasrec).
+    objective: str = "in_batch"
+    sequence_batch_size: int = 128  # windows of history_length events per batch (sequence objective)
+    # The sequence objective's softmax covers the whole catalogue up to this many items; a
+    # larger catalogue falls back to the batch's other targets as negatives (logQ-corrected).
+    full_softmax_max_items: int = 50000
     batch_size: int = 512
     learning_rate: float = 0.003
     # 0 = derived from the data: at least 8, raised on a small log until training takes
@@ -79,6 +89,12 @@ class RetrievalHParams:
     def __post_init__(self):
         one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
         one_of("precision", self.precision, PRECISIONS)
+        one_of("objective", self.objective, OBJECTIVES)
+        if self.objective == "sequence" and self.history_encoder == "attention":
+            raise ConfigError("objective: sequence needs a history_encoder with a causal form (mean, gru or "
+                              "sasrec); attention sees the whole history at once")
+        if self.sequence_batch_size < 1 or self.full_softmax_max_items < 0:
+            raise ConfigError("sequence_batch_size must be >= 1 and full_softmax_max_items >= 0")
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)

@@ -124,6 +124,7 @@ class Prepared:
     probe: Callable[[tf.keras.Model, tf.data.Dataset], Any]  # one forward pass that creates every variable
     extras: dict = dataclasses.field(default_factory=dict)
     describe: str = ""  # the "training ..." log line's model-specific part
+    steps_per_epoch: int = 0  # > 0: the batches of an epoch when they are not rows / batch size
 
 
 @dataclasses.dataclass
@@ -241,16 +242,19 @@ def _build(recipe: Recipe, data: TrainingData, hp, prepared: Prepared, base_mode
 AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 8, 50
 
 
-def epochs_for_steps(epochs: int, min_steps: int, rows: int, batch_size: int, kind: str = "") -> int:
+def epochs_for_steps(epochs: int, min_steps: int, rows: int, batch_size: int, kind: str = "",
+                     steps_per_epoch: int = 0) -> int:
     """``epochs`` when given (> 0); for 0 (the default), derived from the data: at least
     ``AUTO_MIN_EPOCHS``, raised until training takes ``min_steps`` optimizer steps (at most
     ``AUTO_MAX_EPOCHS``), so a small log gets as many updates as a larger one; early
     stopping on the validation split still ends training when it stops improving."""
     if epochs > 0:
         return epochs
-    steps = max(1, rows // max(1, batch_size))  # the training batches drop the remainder
+    # The training batches drop the remainder; ``steps_per_epoch`` > 0 when a recipe's batches
+    # are not rows (the sequence objective's are windows of a user's events).
+    steps = max(1, steps_per_epoch or rows // max(1, batch_size))
     chosen = min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, -(-max(min_steps, 0) // steps)))
-    log(f"{kind}: epochs derived from the data: {chosen} ({rows:,} rows = {steps} step(s) an epoch; "
+    log(f"{kind}: epochs derived from the data: {chosen} ({rows:,} rows, {steps} step(s) an epoch; "
         f"min_train_steps {min_steps})")
     return chosen
 
@@ -281,7 +285,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
     model, warm, warm_epochs = _build(recipe, data, hp, prepared, base_model, warm_start_cfg)
     if epochs is None:
         epochs = epochs_for_steps(warm_epochs, getattr(hp, "min_train_steps", 0), len(fit_split.raw[F.USER_ID]),
-                                  data.batch_size(hp.batch_size), recipe.kind)
+                                  data.batch_size(hp.batch_size), recipe.kind, prepared.steps_per_epoch)
     monitor, mode, selection_callback = (recipe.selection_monitor(data, model, hp, selection, prepared)
                                          if validating else (None, "min", None))
     callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,

@@ -26,6 +26,11 @@ class Tower(tf.keras.Model):
         out = tf.cast(self.mlp(self.encoder(x, **kwargs), training=training), tf.float32)
         return tf.math.l2_normalize(out, axis=-1)
 
+    def call_sequence(self, x, training=False):
+        """The query tower at every position of left-padded sequences: [B, L, D] (QueryEncoder.call_sequence)."""
+        out = tf.cast(self.mlp(self.encoder.call_sequence(x, training=training), training=training), tf.float32)
+        return tf.math.l2_normalize(out, axis=-1)
+
 
 def build_towers(layout: FeatureLayout, hp, history_len: int) -> tuple[Tower, Tower]:
     item_embedding = embedding(layout.num_items, hp.id_embedding_dim, "emb_item_id", hp.embedding_l2)

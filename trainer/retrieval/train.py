@@ -24,7 +24,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
-from trainer.retrieval import classical, export, metrics as retrieval_metrics, slices
+from trainer.retrieval import classical, export, metrics as retrieval_metrics, sequence, slices
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability, item_probabilities
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
@@ -123,6 +123,8 @@ class RetrievalRecipe:
         if not counts.sum():
             raise skeleton.TrainingDataError("retrieval: the train split is empty (after carving validation off "
                                              "it): nothing to train on")
+        if hp.objective == "sequence":
+            return self._sequence_datasets(data, hp, train, counts + 1)
         fit_batch = data.fit_batch_size(hp.batch_size, int(counts.sum()), self.kind)
         return Prepared(
             train_ds=batched(train.rows, fit_batch, True, hp.seed, lambda b: sampling(unknown_context(b))),
@@ -131,6 +133,32 @@ class RetrievalRecipe:
             extras={"item_counts": counts + 1},
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "
                       f"{data.layout.num_users - 2} users"))
+
+    def _sequence_datasets(self, data: TrainingData, hp, train: SplitData, item_counts: np.ndarray) -> Prepared:
+        """The sequence objective's batches: windows of each user's train events (trainer/retrieval/sequence.py)."""
+        per_user = sequence.user_keys(data.layout)
+        present = train.rows.element_spec
+        keys = [F.ITEM_ID_IDX, *[k for k in sequence.CONTEXT_KEYS if k in present], *per_user]
+        columns = sequence.event_columns(train.rows, keys)
+        windows = sequence.build_sequences(columns, train.raw[F.USER_ID], train.raw[F.TIMESTAMP],
+                                           data.history_length, per_user)
+        count = len(windows.get(sequence.TARGETS, ()))
+        if not count:
+            raise skeleton.TrainingDataError(
+                "retrieval: objective sequence needs users with at least two train events (each event after a "
+                "user's first is a target); none has: use objective in_batch on this log")
+        targets = int((windows[sequence.TARGETS] > 0).sum())
+        batch = data.fit_batch_size(hp.sequence_batch_size, count, self.kind)
+        ds = sequence.sequence_dataset(windows, batch, True, hp.seed,
+                                       sequence.drop_sequence_context(hp.context_dropout, hp.seed))
+        catalogue = len(data.items[F.ITEM_ID])
+        loss = ("full softmax" if catalogue <= hp.full_softmax_max_items else
+                f"in-batch softmax (catalogue {catalogue:,} > full_softmax_max_items {hp.full_softmax_max_items:,})")
+        return Prepared(
+            train_ds=ds, eval_ds=None, probe=lambda model, d: model.compute_loss(next(iter(d))),
+            extras={"item_counts": item_counts}, steps_per_epoch=count // batch,
+            describe=(f"sequence objective: {count:,} windows of {data.history_length} ({targets:,} targets), "
+                      f"{loss}, encoder {hp.history_encoder}, {catalogue:,} items"))
 
     def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
         """User-level ``selection.retrieval_metric`` on the validation split, after every epoch."""
@@ -141,6 +169,12 @@ class RetrievalRecipe:
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         hp = skeleton.resolved(data, hp, self.kind)  # a no-op when fit_and_evaluate resolved it
         query_tower, candidate_tower = build_towers(data.layout, hp, data.history_length)
+        if hp.objective == "sequence":
+            probabilities = item_probabilities(tf.constant(prepared.extras["item_counts"])).numpy()
+            model = sequence.SequenceRetrievalModel(query_tower, candidate_tower, hp, export.item_model_inputs(data),
+                                                    probabilities)
+            model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
+            return model
         catalogue, probabilities = None, None
         if hp.uniform_negatives:  # mixed negatives: the catalogue's candidate inputs, by item index
             catalogue = export.item_model_inputs(data)

@@ -1,0 +1,163 @@
+"""The sequence objective of the retrieval model: every event of a user's sequence is a target.
+
+``trainer.retrieval.objective: sequence`` trains the same two towers (so the export,
+the index and the serving signatures do not change) on each user's train events in
+time order instead of on one example row per event:
+
+- a user's events e_0 .. e_{n-1} give the targets e_1 .. e_{n-1}; each target's query is
+  the prefix before it, encoded by the history encoder's per-prefix form
+  (``HistoryEncoder.call_sequence``: causal SASRec, GRU or cumulative mean) plus the
+  user's features and the target event's context (hour, weekday, recency);
+- the targets are cut, from the latest backwards, into windows of ``history_length``
+  (the history the model serves with); each window is left-padded, so its last
+  position is encoded exactly as a served history of the same items;
+- the loss is the softmax over the whole catalogue (SASRec with full cross-entropy,
+  Klenitskiy & Vasilev 2023; no sampling bias, so no logQ correction) while the
+  catalogue has at most ``full_softmax_max_items`` items; past that, the other targets of
+  the batch are the negatives (in-batch softmax, logQ-corrected, accidental hits removed,
+  as the per-event objective).
+
+One pass over the sequence of a user computes every target's query at once, where the
+per-event objective re-encodes the whole history for every event: the cost of an epoch
+is that of one forward pass per window rather than per event.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from trainer import features as F
+from trainer.distribute import policy_scope
+from trainer.model_inputs import FeatureLayout, UNKNOWN_CONTEXT
+from trainer.retrieval.towers import Tower
+
+TARGETS = "sequence_targets"  # [S, L] item index of each position's next event (0 = no target)
+CONTEXT_KEYS = (F.HOUR_OF_DAY, F.DAY_OF_WEEK, F.RECENCY_Z)
+
+
+def user_keys(layout: FeatureLayout) -> list[str]:
+    """The model inputs that are the same on every event of a user (id and side features)."""
+    keys = [F.USER_ID_IDX, *layout.user_cats]
+    for k in layout.user_nums:
+        keys += [k + F.BUCKET_SUFFIX, k + F.Z_SUFFIX]
+    return keys
+
+
+def event_columns(rows: tf.data.Dataset, keys) -> dict[str, np.ndarray]:
+    """The scalar model inputs ``keys`` of unbatched rows, as numpy [N] columns (file order)."""
+    keys = list(keys)
+    parts: dict[str, list] = {k: [] for k in keys}
+    for batch in rows.map(lambda row: {k: row[k] for k in keys}).batch(65536):
+        for k in keys:
+            parts[k].append(batch[k].numpy())
+    return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
+
+
+def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamps: np.ndarray,
+                    window: int, per_user_keys) -> dict[str, np.ndarray]:
+    """Windows of each user's events in time order (ties in file order).
+
+    ``columns``: per-event model inputs (item index, context, user features) [N];
+    ``users``/``timestamps``: the raw user id and timestamp of each event [N].
+    Returns ``history_item_ids_idx`` [S, window] (the items, left-padded with 0),
+    ``TARGETS`` [S, window] (the item after each position, 0 where none), the target
+    events' context [S, window] and the user features [S]: a user with n events gives
+    ceil((n - 1) / window) windows, the latest first in the user's block.
+    """
+    n = len(users)
+    if n == 0:
+        return {}
+    order = np.lexsort((np.arange(n), timestamps, users))
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    counts = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(len(starts)), counts)
+    rank = np.arange(n) - starts[group]  # position of the event in its user's sequence
+    windows = -(-(counts - 1) // window)  # users with one event have no target
+    offset = np.r_[0, np.cumsum(windows)[:-1]]
+    target = rank >= 1
+    back = (counts[group] - 1 - rank)[target]  # 0 = the user's latest event
+    seq = offset[group[target]] + back // window
+    col = window - 1 - back % window
+    total = int(windows.sum())
+    items = columns[F.ITEM_ID_IDX][order]
+    out = {F.HISTORY_IDX: np.zeros([total, window], np.int64), TARGETS: np.zeros([total, window], np.int64)}
+    target_rows = np.flatnonzero(target)
+    out[F.HISTORY_IDX][seq, col] = items[target_rows - 1]
+    out[TARGETS][seq, col] = items[target_rows]
+    for key in CONTEXT_KEYS:
+        if key in columns:
+            values = columns[key][order]
+            out[key] = np.full([total, window], UNKNOWN_CONTEXT[key], values.dtype)
+            out[key][seq, col] = values[target_rows]
+    first = starts[windows > 0]
+    for key in per_user_keys:
+        out[key] = np.repeat(columns[key][order][first], windows[windows > 0])
+    return out
+
+
+def drop_sequence_context(rate: float, seed: int):
+    """``model_inputs.drop_context`` for sequence batches: each position's context dropped alone."""
+    def fn(batch: dict) -> dict:
+        if rate <= 0.0 or not all(k in batch for k in CONTEXT_KEYS):
+            return batch
+        batch = dict(batch)
+        drop = tf.random.uniform(tf.shape(batch[TARGETS]), seed=seed) < rate
+        for key in CONTEXT_KEYS:
+            value = batch[key]
+            batch[key] = tf.where(drop, tf.cast(tf.fill(tf.shape(value), UNKNOWN_CONTEXT[key]), value.dtype), value)
+        return batch
+
+    return fn
+
+
+def sequence_dataset(sequences: dict, batch_size: int, shuffle: bool, seed: int, map_fn=None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(sequences)
+    if shuffle:
+        ds = ds.shuffle(len(sequences[TARGETS]), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=shuffle)
+    if map_fn is not None:
+        ds = ds.map(map_fn)
+    return ds.prefetch(2)
+
+
+class SequenceRetrievalModel(tfrs.Model):
+    """The two towers trained on the sequence objective (module docstring)."""
+
+    def __init__(self, query_tower: Tower, candidate_tower: Tower, hp, catalogue: dict, item_probabilities):
+        """``catalogue``: every catalogue item's candidate-tower inputs (candidates split order);
+        ``item_probabilities`` [num_items]: p(item) by item index, for the in-batch fallback."""
+        super().__init__()
+        self.query_tower, self.candidate_tower, self.hp = query_tower, candidate_tower, hp
+        self.catalogue = catalogue
+        ids = np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)
+        self.catalogue_size = len(ids)
+        rows = np.full(len(item_probabilities), -1, np.int64)
+        rows[ids] = np.arange(len(ids))
+        self.item_rows = tf.constant(rows)  # item index -> catalogue row (-1: not a candidate)
+        self.item_probabilities = tf.constant(item_probabilities, tf.float32)
+        self.full_softmax = self.catalogue_size <= hp.full_softmax_max_items
+        self.task = tfrs.tasks.Retrieval(temperature=hp.temperature, remove_accidental_hits=hp.remove_accidental_hits)
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        query = self.query_tower.call_sequence(inputs, training=training)  # [B, L, D]
+        targets = inputs[TARGETS]
+        rows = tf.gather(self.item_rows, targets)
+        keep = tf.logical_and(targets > 0, rows >= 0)
+        query, rows, targets = tf.boolean_mask(query, keep), tf.boolean_mask(rows, keep), tf.boolean_mask(targets, keep)
+        with policy_scope("float32"):
+            if self.full_softmax:
+                candidates = self.candidate_tower(self.catalogue, training=training)  # [C, D]
+                logits = tf.matmul(query, candidates, transpose_b=True) / self.hp.temperature
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits)
+                return tf.reduce_mean(losses)
+            picked = {k: tf.gather(v, rows) for k, v in self.catalogue.items()}
+            candidates = self.candidate_tower(picked, training=training)
+            probability = tf.gather(self.item_probabilities, targets)
+            return self.task(query, candidates,
+                             candidate_sampling_probability=probability if self.hp.logq_correction else None,
+                             candidate_ids=targets if self.hp.remove_accidental_hits else None,
+                             compute_metrics=False)
+
