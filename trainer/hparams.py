@@ -64,6 +64,10 @@ class RetrievalHParams:
     # history_encoder mean, gru or sasrec).
     objective: str = "in_batch"
     sequence_batch_size: int = 128  # windows of history_length events per batch (sequence objective)
+    # Events between the ends of a user's consecutive windows (each keeps that many targets);
+    # 0 = half of history_length, so every target but a user's first few sees at least half
+    # a served history; history_length = windows side by side (each event in one window).
+    sequence_stride: int = 0
     # The sequence objective's softmax covers the whole catalogue up to this many items; a
     # larger catalogue falls back to the batch's other targets as negatives (logQ-corrected).
     full_softmax_max_items: int = 50000
@@ -93,8 +97,8 @@ class RetrievalHParams:
         if self.objective == "sequence" and self.history_encoder == "attention":
             raise ConfigError("objective: sequence needs a history_encoder with a causal form (mean, gru or "
                               "sasrec); attention sees the whole history at once")
-        if self.sequence_batch_size < 1 or self.full_softmax_max_items < 0:
-            raise ConfigError("sequence_batch_size must be >= 1 and full_softmax_max_items >= 0")
+        if self.sequence_batch_size < 1 or self.full_softmax_max_items < 0 or self.sequence_stride < 0:
+            raise ConfigError("sequence_batch_size must be >= 1, full_softmax_max_items and sequence_stride >= 0")
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)

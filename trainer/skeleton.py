@@ -125,6 +125,7 @@ class Prepared:
     extras: dict = dataclasses.field(default_factory=dict)
     describe: str = ""  # the "training ..." log line's model-specific part
     steps_per_epoch: int = 0  # > 0: the batches of an epoch when they are not rows / batch size
+    batch_size: int = 0  # > 0: what a training batch holds when it is not hp.batch_size rows
 
 
 @dataclasses.dataclass
@@ -290,7 +291,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
                                          if validating else (None, "min", None))
     callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,
                                                            log_dir, monitor, mode, selection_callback)
-    log(f"{recipe.kind}: training {epochs} epoch(s), batch {data.batch_size(hp.batch_size)}, "
+    log(f"{recipe.kind}: training {epochs} epoch(s), batch {prepared.batch_size or data.batch_size(hp.batch_size)}, "
         f"{data.replicas} replica(s), {prepared.describe}"
         + (f"; early stopping on {monitor} (validation split)" if validating else "; no validation split"))
     fit = model.fit(prepared.train_ds, validation_data=prepared.eval_ds, epochs=epochs, callbacks=callbacks,

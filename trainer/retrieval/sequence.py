@@ -8,9 +8,12 @@ time order instead of on one example row per event:
   the prefix before it, encoded by the history encoder's per-prefix form
   (``HistoryEncoder.call_sequence``: causal SASRec, GRU or cumulative mean) plus the
   user's features and the target event's context (hour, weekday, recency);
-- the targets are cut, from the latest backwards, into windows of ``history_length``
-  (the history the model serves with); each window is left-padded, so its last
-  position is encoded exactly as a served history of the same items;
+- windows of ``history_length`` items (the history the model serves with) are cut from
+  the latest event backwards, ``sequence_stride`` apart; each keeps its last
+  ``sequence_stride`` positions as targets (so a target sees at least ``history_length -
+  sequence_stride`` items of history, as a served query sees ``history_length``) and
+  is left-padded, so its last position is encoded exactly as a served history of the same
+  items;
 - the loss is the softmax over the whole catalogue (SASRec with full cross-entropy,
   Klenitskiy & Vasilev 2023; no sampling bias, so no logQ correction) while the
   catalogue has at most ``full_softmax_max_items`` items; past that, the other targets of
@@ -56,45 +59,48 @@ def event_columns(rows: tf.data.Dataset, keys) -> dict[str, np.ndarray]:
 
 
 def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamps: np.ndarray,
-                    window: int, per_user_keys) -> dict[str, np.ndarray]:
+                    window: int, per_user_keys, stride: int = 0) -> dict[str, np.ndarray]:
     """Windows of each user's events in time order (ties in file order).
 
     ``columns``: per-event model inputs (item index, context, user features) [N];
     ``users``/``timestamps``: the raw user id and timestamp of each event [N].
+
+    A user's events e_0 .. e_{n-1} give the targets e_1 .. e_{n-1}. Window w (w = 0 the
+    latest) ends at target e_{n-1-w*stride} and holds the ``window`` items before each of its
+    positions' targets; it keeps as targets only its last ``stride`` positions (``stride``
+    0 = ``window``: windows side by side), so with a stride below the window every target
+    but a user's first few sees at least ``window - stride`` items of history, closer to a
+    served history of ``window`` items. A user with n events gives ceil((n - 1) / stride)
+    windows, the latest first in the user's block.
+
     Returns ``history_item_ids_idx`` [S, window] (the items, left-padded with 0),
-    ``TARGETS`` [S, window] (the item after each position, 0 where none), the target
-    events' context [S, window] and the user features [S]: a user with n events gives
-    ceil((n - 1) / window) windows, the latest first in the user's block.
+    ``TARGETS`` [S, window] (the item after each position, 0 = not a target), the target
+    events' context [S, window] ("unknown" where no target) and the user features [S].
     """
+    stride = min(stride or window, window)
     n = len(users)
-    if n == 0:
-        return {}
     order = np.lexsort((np.arange(n), timestamps, users))
     sorted_users = users[order]
-    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
-    counts = np.diff(np.r_[starts, n])
-    group = np.repeat(np.arange(len(starts)), counts)
-    rank = np.arange(n) - starts[group]  # position of the event in its user's sequence
-    windows = -(-(counts - 1) // window)  # users with one event have no target
-    offset = np.r_[0, np.cumsum(windows)[:-1]]
-    target = rank >= 1
-    back = (counts[group] - 1 - rank)[target]  # 0 = the user's latest event
-    seq = offset[group[target]] + back // window
-    col = window - 1 - back % window
-    total = int(windows.sum())
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1] if n else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[starts, n]).astype(np.int64)
+    windows = -(-(counts - 1) // stride)  # users with one event have no target
+    user = np.repeat(np.arange(len(starts)), windows)  # the user of each window
+    w = np.arange(len(user)) - np.repeat(np.r_[0, np.cumsum(windows)[:-1]], windows)
+    end = counts[user] - 1 - w * stride  # rank of the window's latest target
+    rank = end[:, None] - (window - 1 - np.arange(window))[None, :]  # target rank of each position
+    has_input = rank >= 1
+    is_target = has_input & (end[:, None] - rank < stride)
+    first = starts[user][:, None]
     items = columns[F.ITEM_ID_IDX][order]
-    out = {F.HISTORY_IDX: np.zeros([total, window], np.int64), TARGETS: np.zeros([total, window], np.int64)}
-    target_rows = np.flatnonzero(target)
-    out[F.HISTORY_IDX][seq, col] = items[target_rows - 1]
-    out[TARGETS][seq, col] = items[target_rows]
+    out = {F.HISTORY_IDX: np.where(has_input, items[np.where(has_input, first + rank - 1, 0)], 0).astype(np.int64),
+           TARGETS: np.where(is_target, items[np.where(is_target, first + rank, 0)], 0).astype(np.int64)}
     for key in CONTEXT_KEYS:
         if key in columns:
             values = columns[key][order]
-            out[key] = np.full([total, window], UNKNOWN_CONTEXT[key], values.dtype)
-            out[key][seq, col] = values[target_rows]
-    first = starts[windows > 0]
+            picked = values[np.where(is_target, first + rank, 0)]
+            out[key] = np.where(is_target, picked, UNKNOWN_CONTEXT[key]).astype(values.dtype)
     for key in per_user_keys:
-        out[key] = np.repeat(columns[key][order][first], windows[windows > 0])
+        out[key] = columns[key][order][starts[user]] if len(user) else np.zeros(0, columns[key].dtype)
     return out
 
 

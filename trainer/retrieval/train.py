@@ -140,8 +140,9 @@ class RetrievalRecipe:
         present = train.rows.element_spec
         keys = [F.ITEM_ID_IDX, *[k for k in sequence.CONTEXT_KEYS if k in present], *per_user]
         columns = sequence.event_columns(train.rows, keys)
+        stride = hp.sequence_stride or max(1, data.history_length // 2)
         windows = sequence.build_sequences(columns, train.raw[F.USER_ID], train.raw[F.TIMESTAMP],
-                                           data.history_length, per_user)
+                                           data.history_length, per_user, stride)
         count = len(windows.get(sequence.TARGETS, ()))
         if not count:
             raise skeleton.TrainingDataError(
@@ -156,8 +157,9 @@ class RetrievalRecipe:
                 f"in-batch softmax (catalogue {catalogue:,} > full_softmax_max_items {hp.full_softmax_max_items:,})")
         return Prepared(
             train_ds=ds, eval_ds=None, probe=lambda model, d: model.compute_loss(next(iter(d))),
-            extras={"item_counts": item_counts}, steps_per_epoch=count // batch,
-            describe=(f"sequence objective: {count:,} windows of {data.history_length} ({targets:,} targets), "
+            extras={"item_counts": item_counts}, steps_per_epoch=count // batch, batch_size=batch,
+            describe=(f"sequence objective: {count:,} windows of {data.history_length}, stride {stride} "
+                      f"({targets:,} targets), "
                       f"{loss}, encoder {hp.history_encoder}, {catalogue:,} items"))
 
     def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
