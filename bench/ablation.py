@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict] = {
     # The sequence objective (trainer/retrieval/sequence.py): every event of a user's sequence a
     # target of its prefix, full softmax over the catalogue.
     "seq_gru": dict(objective="sequence", history_encoder="gru"),
+    "seq_gru_side_by_side": dict(objective="sequence", history_encoder="gru", sequence_stride=10 ** 9),
     "seq_sasrec": dict(objective="sequence", history_encoder="sasrec"),
     "seq_mean": dict(objective="sequence", history_encoder="mean"),
     "seq_sasrec_history_only": dict(objective="sequence", history_encoder="sasrec", use_user_id=False,

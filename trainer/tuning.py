@@ -62,19 +62,24 @@ RETRIEVAL = "retrieval"
 RANKING = "ranking"
 
 
-def retrieval_search_space():
-    """The retrieval search space, a ``keras_tuner.HyperParameters``."""
+def retrieval_search_space(base: RetrievalHParams | None = None):
+    """The retrieval search space, a ``keras_tuner.HyperParameters``; under the sequence
+    objective (``base.objective``) only the encoders with a causal form are tried."""
     import keras_tuner as kt
+
+    encoders = ["mean", "gru", "attention", "sasrec"]
+    if base is not None and base.objective == "sequence":
+        encoders.remove("attention")
 
     hp = kt.HyperParameters()
     hp.Float("learning_rate", 3e-4, 1e-2, sampling="log", default=RetrievalHParams.learning_rate)
     hp.Choice("temperature", [0.02, 0.05, 0.1, 0.2], default=RetrievalHParams.temperature)
     hp.Choice("embedding_dim", [32, 64, 128], default=RetrievalHParams.embedding_dim)
-    hp.Choice("history_encoder", ["mean", "gru", "attention", "sasrec"], default=RetrievalHParams.history_encoder)
+    hp.Choice("history_encoder", encoders, default=RetrievalHParams.history_encoder)
     return hp
 
 
-def ranking_search_space():
+def ranking_search_space(base: RankingHParams | None = None):
     """The ranking search space, a ``keras_tuner.HyperParameters``."""
     import keras_tuner as kt
 
@@ -86,7 +91,7 @@ def ranking_search_space():
     return hp
 
 
-SEARCH_SPACES: dict[str, Callable[[], Any]] = {RETRIEVAL: retrieval_search_space, RANKING: ranking_search_space}
+SEARCH_SPACES: dict[str, Callable[..., Any]] = {RETRIEVAL: retrieval_search_space, RANKING: ranking_search_space}
 # (metric name, direction) of each model's tuning objective (see the module docstring).
 OBJECTIVES = {RETRIEVAL: ("val_selection", "max"), RANKING: ("val_loss", "min")}
 
@@ -146,11 +151,12 @@ def make_tuner(oracle, trial_fn: Callable[[dict], dict], time_budget_s: float = 
     return _trial_tuner_class()(oracle, trial_fn, time_budget_s=time_budget_s, **kwargs)
 
 
-def make_oracle(tuning: TuningConfig, kind: str):
+def make_oracle(tuning: TuningConfig, kind: str, base=None):
+    """``base``: the section's configured hyper-parameters (the space leaves out what they rule out)."""
     import keras_tuner as kt
 
     common = dict(objective=kt.Objective(*OBJECTIVES[kind]), max_trials=tuning.max_trials,
-                  hyperparameters=SEARCH_SPACES[kind](), allow_new_entries=False, tune_new_entries=False,
+                  hyperparameters=SEARCH_SPACES[kind](base), allow_new_entries=False, tune_new_entries=False,
                   seed=tuning.seed)
     if tuning.algorithm == "bayesian":
         return kt.oracles.BayesianOptimizationOracle(**common)
@@ -213,7 +219,7 @@ def build_tuner(kind: str, examples_uri: str, transform_dir: str, side_features:
                     tuning.epochs_per_trial, split)
     log(f"tuning {kind}: {tuning.algorithm} search, {tuning.max_trials} trial(s) of {tuning.epochs_per_trial} "
         f"epoch(s), objective {OBJECTIVES[kind][0]} ({OBJECTIVES[kind][1]})")
-    return make_tuner(make_oracle(tuning, kind), trials, time_budget_s=tuning.time_budget_s, directory=directory,
+    return make_tuner(make_oracle(tuning, kind, getattr(config, kind)), trials, time_budget_s=tuning.time_budget_s, directory=directory,
                       project_name=f"{kind}_tuning", overwrite=True)
 
 

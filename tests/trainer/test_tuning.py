@@ -230,3 +230,11 @@ def test_time_budget_stops_starting_trials(tmp_path):
     assert run(0.0, "no_budget") == 4
     with pytest.raises(ValueError, match="time_budget_s"):
         trainer_config({"tuning": {"time_budget_s": -1}})
+
+
+def test_sequence_objective_search_space_leaves_out_the_order_free_encoder():
+    space = tuning.SEARCH_SPACES["retrieval"](RetrievalHParams(objective="sequence"))
+    choices = {p.name: p for p in space.space}["history_encoder"].values
+    assert "attention" not in choices and {"mean", "gru", "sasrec"} <= set(choices)
+    default = {p.name: p for p in tuning.SEARCH_SPACES["retrieval"]().space}["history_encoder"].values
+    assert "attention" in default
