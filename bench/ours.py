@@ -37,6 +37,23 @@ def ours_fixed_epochs(train_events, task, bcfg):
     return _ours(train_events, task, bcfg, {"selection": {"validation": False}})
 
 
+def _keep_metrics(metrics: dict, name: str) -> None:
+    """The trainer's own metrics.json (model vs popularity vs ALS, slices, beyond accuracy) and its
+    slice table, kept in bench/results: the report's tables for a benchmark run."""
+    import json
+    from pathlib import Path
+
+    from trainer.report import slice_table
+
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ours_{name}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    table = slice_table(metrics)
+    if table:
+        (out / f"ours_{name}_slices.md").write_text("\n".join(table) + "\n")
+    print(f"[ours] trainer metrics and slice table in {out}/ours_{name}_*", flush=True)
+
+
 def _ours(train_events, task, bcfg, trainer_overrides: dict):
     import tensorflow as tf
 
@@ -58,8 +75,10 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
     examples = latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = latest(cfg.root, ids.TRANSFORM, "transform_graph")
     with tempfile.TemporaryDirectory() as tmp:
-        train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
-                         cfg.side_features(), cfg.examples.history_length, cfg.trainer, split=cfg.examples.split)
+        metrics = train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
+                                   cfg.side_features(), cfg.examples.history_length, cfg.trainer,
+                                   split=cfg.examples.split)
+        _keep_metrics(metrics, cfg.name)
         model = tf.saved_model.load(os.path.join(tmp, "serving"))
         emb = model.candidate_embeddings.numpy()
         ids = [i.decode() for i in model.candidate_ids.numpy()]
