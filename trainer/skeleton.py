@@ -260,10 +260,24 @@ def epochs_for_steps(epochs: int, min_steps: int, rows: int, batch_size: int, ki
     return chosen
 
 
-def resolved(data: TrainingData, hp, kind: str = ""):
-    """``hp`` with the fields the config left to the data filled in (trainer/data_defaults.py)."""
+def resolved(data: TrainingData, hp, kind: str = "", base_model: str | None = None, warm_start_cfg=None):
+    """``hp`` with the fields the config left to the data filled in (trainer/data_defaults.py);
+    when the run will warm-start from ``base_model``, its id size is kept."""
+    base_dim = None
+    if base_model and warm_start_cfg is not None and warm_start_cfg.enabled:
+        base_dim = base_metric(base_model, "id_embedding_dim")
     return data_defaults.resolve(hp, len(data.train.raw[F.USER_ID]), data.layout.num_users, data.layout.num_items,
-                                 kind)
+                                 kind, base_dim)
+
+
+def base_metric(base_model: str, key: str):
+    """``key`` of the base model's metrics.json (beside ``<artifact>/Format-Serving``), or None."""
+    for directory in (base_model, os.path.dirname(base_model.rstrip("/"))):
+        path = os.path.join(directory, artifacts.METRICS_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as fh:
+                return json.load(fh).get(key)
+    return None
 
 
 def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,
@@ -278,7 +292,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
     classical baseline, ``trainer.baseline``); default ``TrainerConfig()``.
     """
     selection = selection or SelectionConfig()
-    hp = resolved(data, hp, recipe.kind)
+    hp = resolved(data, hp, recipe.kind, base_model, warm_start_cfg)
     validating = data.validation is not None
     fit_split = data.fit if validating else data.train
     prepared = recipe.datasets(data, hp, fit_split, data.validation)

@@ -19,10 +19,17 @@ def test_id_embedding_dim_from_events_per_id(events, users, items, dim):
 
 
 def test_a_configured_size_is_kept_and_zero_is_derived():
-    assert RetrievalHParams().id_embedding_dim == 48  # opt-in: 0 derives it
+    assert RetrievalHParams().id_embedding_dim == 0  # the default derives it
     kept = resolve(RetrievalHParams(id_embedding_dim=32), 20_000, 6_040, 3_400)
     assert kept.id_embedding_dim == 32
     derived = resolve(RetrievalHParams(id_embedding_dim=0), 20_000, 6_040, 3_400)
     assert derived.id_embedding_dim == 16 and derived.embedding_dim == RetrievalHParams().embedding_dim
     with pytest.raises(ConfigError, match="id_embedding_dim"):
         trainer_config({"retrieval": {"id_embedding_dim": -1}})
+
+
+def test_a_warm_started_run_keeps_its_base_models_id_size():
+    kept = resolve(RetrievalHParams(id_embedding_dim=0), 20_000, 6_040, 3_400, base_dim=48)
+    assert kept.id_embedding_dim == 48  # derived would be 16
+    configured = resolve(RetrievalHParams(id_embedding_dim=24), 20_000, 6_040, 3_400, base_dim=48)
+    assert configured.id_embedding_dim == 24  # a configured size is used as given

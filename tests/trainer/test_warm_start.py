@@ -80,8 +80,9 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
     from trainer.retrieval.towers import build_towers
     from trainer.warm_start import warm_start
 
-    root, first, _, ex2, tr2, cfg = two_spans
-    hp = trainer_config({"retrieval": {"batch_size": 64}}).retrieval
+    root, first, m1, ex2, tr2, cfg = two_spans
+    # The base model's id size, as a warm-started run keeps it (trainer/data_defaults.py).
+    hp = trainer_config({"retrieval": {"batch_size": 64, "id_embedding_dim": m1["id_embedding_dim"]}}).retrieval
     tft_out = TFTransformOutput(tr2)
     layout = layout_from_transform(tft_out, cfg.side_features())
     rows = raw_data.transformed_rows(raw_data.split_files(ex2, "train"), tft_out.raw_feature_spec(),
@@ -111,13 +112,17 @@ def test_known_ids_keep_their_learned_rows_after_vocabulary_growth(two_spans):
 def test_warm_trainer_run_records_it_and_cold_switch_forces_scratch(two_spans):
     from trainer.retrieval.train import train_and_export
 
-    root, first, _, ex2, tr2, cfg = two_spans
+    root, first, m1, ex2, tr2, cfg = two_spans
     base = str(root / "m1" / "Format-Serving")
     warm = train_and_export(ex2, tr2, str(root / "m2" / "Format-Serving"), str(root / "r2"), cfg.side_features(),
                             cfg.examples.history_length,
                             trainer_config({"retrieval": {"epochs": 3, "batch_size": 64}, "warm_start": {"epochs": 1}}),
                             base_model=base)
     assert warm["warm_start"]["taken"] and warm["epochs_run"] == 1
+    # The id size is derived (id_embedding_dim 0) and the warm run keeps the base model's, so the
+    # id tables carry over row by row instead of being left fresh.
+    assert warm["id_embedding_dim"] == m1["id_embedding_dim"]
+    assert {vocabulary_of(k) for k in warm["warm_start"]["remapped"]} >= {F.USER_VOCAB, F.ITEM_VOCAB}
     cold = train_and_export(ex2, tr2, str(root / "m3" / "Format-Serving"), str(root / "r3"), cfg.side_features(),
                             cfg.examples.history_length,
                             trainer_config({"retrieval": {"epochs": 1, "batch_size": 64}, "warm_start": {"enabled": False}}),
