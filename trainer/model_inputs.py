@@ -105,6 +105,9 @@ UNKNOWN_CONTEXT = {F.HOUR_OF_DAY: 0, F.DAY_OF_WEEK: 0, F.RECENCY_Z: 0.0}
 def drop_context(rate: float, seed: int):
     """A training-batch map fn: each row's context set to ``UNKNOWN_CONTEXT`` with probability ``rate``.
 
+    The draw has the context's shape: one per row of a [B] batch, one per position of the
+    sequence objective's [B, L] windows (trainer/retrieval/sequence.py).
+
     Requests without context are common at serving (the client knows no time, or a batch
     job scores offline); without this the "unknown" rows of the context embeddings are
     never trained and such requests score with untrained weights.
@@ -113,8 +116,7 @@ def drop_context(rate: float, seed: int):
         if rate <= 0.0 or not all(k in batch for k in UNKNOWN_CONTEXT):
             return batch
         batch = dict(batch)
-        rows = tf.shape(batch[F.HOUR_OF_DAY])[0]
-        drop = tf.random.uniform([rows], seed=seed) < rate
+        drop = tf.random.uniform(tf.shape(batch[F.HOUR_OF_DAY]), seed=seed) < rate
         for key, unknown in UNKNOWN_CONTEXT.items():
             value = batch[key]
             batch[key] = tf.where(drop, tf.cast(tf.fill(tf.shape(value), unknown), value.dtype), value)

@@ -40,7 +40,7 @@ from trainer.splits import SplitConfig, assign_splits
 from trainer.typed_config import build
 from trainer.model_inputs import FeatureLayout, layout_from_transform
 from trainer.training_logs import GradientNormLogger, log
-from trainer.warm_start import maybe_warm_start, save_state
+from trainer.warm_start import base_metric, maybe_warm_start, save_state
 
 
 class TrainingDataError(ValueError):
@@ -268,16 +268,6 @@ def resolved(data: TrainingData, hp, kind: str = "", base_model: str | None = No
         base_dim = base_metric(base_model, "id_embedding_dim")
     return data_defaults.resolve(hp, len(data.train.raw[F.USER_ID]), data.layout.num_users, data.layout.num_items,
                                  kind, base_dim)
-
-
-def base_metric(base_model: str, key: str):
-    """``key`` of the base model's metrics.json (beside ``<artifact>/Format-Serving``), or None."""
-    for directory in (base_model, os.path.dirname(base_model.rstrip("/"))):
-        path = os.path.join(directory, artifacts.METRICS_FILE)
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as fh:
-                return json.load(fh).get(key)
-    return None
 
 
 def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: SelectionConfig | None = None, *,

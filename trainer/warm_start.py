@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from trainer import features as F
-from trainer.artifacts import SERVING_DIR, WARM_START_DIR
+from trainer.artifacts import METRICS_FILE, SERVING_DIR, WARM_START_DIR
 from trainer.training_logs import log
 
 STATE_DIR = WARM_START_DIR
@@ -96,14 +96,29 @@ def _read_vocab(path: str) -> list[bytes]:
         return [line.rstrip(b"\n") for line in fh]
 
 
+def _artifact_dirs(base_model: str) -> tuple[str, str]:
+    """Where a base model's own files may be: the path TFX passes (``<artifact>/Format-Serving``) and its parent."""
+    return base_model, os.path.dirname(base_model.rstrip("/"))
+
+
 def state_dir_of(base_model: str | None) -> str | None:
     """The warm-start state of a base model given as TFX passes it (``<artifact>/Format-Serving``)."""
     if not base_model:
         return None
-    for candidate in (base_model, os.path.dirname(base_model.rstrip("/"))):
+    for candidate in _artifact_dirs(base_model):
         path = os.path.join(candidate, STATE_DIR)
         if os.path.exists(os.path.join(path, INDEX_FILE)):
             return path
+    return None
+
+
+def base_metric(base_model: str, key: str):
+    """``key`` of the base model's metrics.json (written beside its serving dir), or None."""
+    for candidate in _artifact_dirs(base_model):
+        path = os.path.join(candidate, METRICS_FILE)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as fh:
+                return json.load(fh).get(key)
     return None
 
 

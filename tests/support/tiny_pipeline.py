@@ -193,3 +193,20 @@ def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables) -> TinyPip
     run_transform(examples_uri, transform_dir, cfg.side_features(), os.path.join(root, "tft_tmp"))
     return TinyPipeline(examples_uri, transform_dir, cfg.side_features(), cfg.examples.history_length,
                         list(users.index), list(items.index))
+
+
+def train_sequential(root: str, retrieval: dict):
+    """A retrieval model trained on ``sequential_tables`` (order is all there is to learn) with
+    ``retrieval`` settings, user id, content and context off, selected on validation NDCG@10.
+    Returns (the tiny pipeline, the metrics, the serving dir)."""
+    from trainer.hparams import trainer_config
+    from trainer.retrieval.train import train_and_export
+
+    tiny = build_tiny_pipeline(os.path.join(root, "data"), make_tables=sequential_tables)
+    cfg = trainer_config({"retrieval": {**retrieval, "use_user_id": False, "use_content_features": False,
+                                        "use_context": False},
+                          "selection": {"retrieval_metric": "ndcg@10"}})
+    serving_dir = os.path.join(root, "model", "Format-Serving")
+    metrics = train_and_export(tiny.examples_uri, tiny.transform_dir, serving_dir, os.path.join(root, "run"),
+                               tiny.side_features, tiny.history_length, cfg)
+    return tiny, metrics, serving_dir

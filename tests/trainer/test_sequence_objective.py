@@ -92,21 +92,11 @@ def test_attention_encoder_is_refused_for_the_sequence_objective():
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
-    from tests.support.tiny_pipeline import build_tiny_pipeline, sequential_tables
-    from trainer.hparams import trainer_config
-    from trainer.retrieval.train import train_and_export
+    from tests.support.tiny_pipeline import train_sequential
 
-    root = tmp_path_factory.mktemp("sequence_objective")
-    tiny = build_tiny_pipeline(str(root / "data"), make_tables=sequential_tables)
-    cfg = trainer_config({"retrieval": {"objective": "sequence", "history_encoder": "gru", "epochs": 12,
-                                        "sequence_batch_size": 16, "learning_rate": 0.01,
-                                        "early_stopping_patience": 12, "use_user_id": False,
-                                        "use_content_features": False, "use_context": False},
-                          "selection": {"retrieval_metric": "ndcg@10"}})
-    serving_dir = str(root / "model" / "Format-Serving")
-    metrics = train_and_export(tiny.examples_uri, tiny.transform_dir, serving_dir, str(root / "run"),
-                               tiny.side_features, tiny.history_length, cfg)
-    return tiny, metrics, serving_dir
+    return train_sequential(str(tmp_path_factory.mktemp("sequence_objective")),
+                            {"objective": "sequence", "history_encoder": "gru", "epochs": 12,
+                             "sequence_batch_size": 16, "learning_rate": 0.01, "early_stopping_patience": 12})
 
 
 def test_sequence_objective_learns_the_order_popularity_cannot(sequential):

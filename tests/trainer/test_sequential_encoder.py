@@ -61,21 +61,11 @@ def test_causal_mask_earlier_positions_do_not_see_later_items():
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
-    from tests.support.tiny_pipeline import build_tiny_pipeline, sequential_tables
-    from trainer.hparams import trainer_config
-    from trainer.retrieval.train import train_and_export
+    from tests.support.tiny_pipeline import train_sequential
 
-    root = tmp_path_factory.mktemp("sequential")
-    tiny = build_tiny_pipeline(str(root / "data"), make_tables=sequential_tables)
-    cfg = trainer_config({"retrieval": {"history_encoder": "sasrec", "epochs": 20, "batch_size": 64,
-                                        "learning_rate": 0.01, "early_stopping_patience": 20,
-                                        "use_user_id": False, "use_content_features": False,
-                                        "use_context": False},
-                          "selection": {"retrieval_metric": "ndcg@10"}})
-    serving_dir = str(root / "model" / "Format-Serving")
-    metrics = train_and_export(tiny.examples_uri, tiny.transform_dir, serving_dir, str(root / "run"),
-                               tiny.side_features, tiny.history_length, cfg)
-    return tiny, metrics, serving_dir
+    return train_sequential(str(tmp_path_factory.mktemp("sequential")),
+                            {"history_encoder": "sasrec", "epochs": 20, "batch_size": 64, "learning_rate": 0.01,
+                             "early_stopping_patience": 20})
 
 
 def test_sequential_encoder_learns_the_order_popularity_cannot(sequential):

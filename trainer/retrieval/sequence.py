@@ -37,7 +37,7 @@ from trainer.model_inputs import FeatureLayout, UNKNOWN_CONTEXT
 from trainer.retrieval.towers import Tower
 
 TARGETS = "sequence_targets"  # [S, L] item index of each position's next event (0 = no target)
-CONTEXT_KEYS = (F.HOUR_OF_DAY, F.DAY_OF_WEEK, F.RECENCY_Z)
+CONTEXT_KEYS = tuple(UNKNOWN_CONTEXT)  # hour, weekday, recency: per target event
 
 
 def user_keys(layout: FeatureLayout) -> list[str]:
@@ -104,21 +104,6 @@ def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamp
     return out
 
 
-def drop_sequence_context(rate: float, seed: int):
-    """``model_inputs.drop_context`` for sequence batches: each position's context dropped alone."""
-    def fn(batch: dict) -> dict:
-        if rate <= 0.0 or not all(k in batch for k in CONTEXT_KEYS):
-            return batch
-        batch = dict(batch)
-        drop = tf.random.uniform(tf.shape(batch[TARGETS]), seed=seed) < rate
-        for key in CONTEXT_KEYS:
-            value = batch[key]
-            batch[key] = tf.where(drop, tf.cast(tf.fill(tf.shape(value), UNKNOWN_CONTEXT[key]), value.dtype), value)
-        return batch
-
-    return fn
-
-
 def sequence_dataset(sequences: dict, batch_size: int, shuffle: bool, seed: int, map_fn=None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(sequences)
     if shuffle:
@@ -127,6 +112,11 @@ def sequence_dataset(sequences: dict, batch_size: int, shuffle: bool, seed: int,
     if map_fn is not None:
         ds = ds.map(map_fn)
     return ds.prefetch(2)
+
+
+def full_softmax(catalogue_size: int, hp) -> bool:
+    """Whether the loss covers the whole catalogue (else the batch's targets are the negatives)."""
+    return catalogue_size <= hp.full_softmax_max_items
 
 
 class SequenceRetrievalModel(tfrs.Model):
@@ -144,7 +134,7 @@ class SequenceRetrievalModel(tfrs.Model):
         rows[ids] = np.arange(len(ids))
         self.item_rows = tf.constant(rows)  # item index -> catalogue row (-1: not a candidate)
         self.item_probabilities = tf.constant(item_probabilities, tf.float32)
-        self.full_softmax = self.catalogue_size <= hp.full_softmax_max_items
+        self.full_softmax = full_softmax(self.catalogue_size, hp)
         self.task = tfrs.tasks.Retrieval(temperature=hp.temperature, remove_accidental_hits=hp.remove_accidental_hits)
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:

@@ -151,9 +151,9 @@ class RetrievalRecipe:
         targets = int((windows[sequence.TARGETS] > 0).sum())
         batch = data.fit_batch_size(hp.sequence_batch_size, count, self.kind)
         ds = sequence.sequence_dataset(windows, batch, True, hp.seed,
-                                       sequence.drop_sequence_context(hp.context_dropout, hp.seed))
+                                       drop_context(hp.context_dropout, hp.seed))
         catalogue = len(data.items[F.ITEM_ID])
-        loss = ("full softmax" if catalogue <= hp.full_softmax_max_items else
+        loss = ("full softmax" if sequence.full_softmax(catalogue, hp) else
                 f"in-batch softmax (catalogue {catalogue:,} > full_softmax_max_items {hp.full_softmax_max_items:,})")
         return Prepared(
             train_ds=ds, eval_ds=None, probe=lambda model, d: model.compute_loss(next(iter(d))),
