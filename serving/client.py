@@ -1,8 +1,16 @@
-"""Two-stage recommendations over TF Serving's gRPC API.
+"""Recommendations over TF Serving's gRPC API: one call, or the two stages.
 
 `RecommenderClient` talks to any TF-Serving-compatible server (the project's
 `serving.model_server` or `tensorflow_model_server`) with the official
-`PredictionService` stub. One `recommend()` call:
+`PredictionService` stub.
+
+By default one `recommend()` is one Predict on the one-call model that wraps the
+retrieval model (names.RECOMMENDER_OF: `recommender` for `retrieval`,
+`recommender_brute_force` for `retrieval_brute_force`; trainer/recommender/export.py),
+which does every step below in the server. Where that model is not served (NOT_FOUND)
+the client logs a warning once and runs the same steps itself over the separate
+models (3-5 RPCs), and tries the one-call model again a minute later;
+`recommender_model=None` always runs them here. The steps:
 
 1. retrieval: `retrieval.recommend` for `num_candidates` items (over-fetched so
    exclusions and filters still leave k); for an unknown user with no history
@@ -56,11 +64,13 @@ from serving import features as F
 
 log = logging.getLogger(__name__)
 
-RANK_BY = ("engagement", "rating", "blend")
-REASON_POPULAR = "popular with all users"
-REASON_PROFILE = "matches your profile"
-SOURCE_RETRIEVAL = "retrieval"
-SOURCE_POPULAR = "popular"
+RANK_BY = names.RANK_BY_VALUES
+REASON_POPULAR = names.REASON_POPULAR
+REASON_PROFILE = names.REASON_PROFILE
+SOURCE_RETRIEVAL = names.SOURCE_RETRIEVAL
+SOURCE_POPULAR = names.SOURCE_POPULAR
+AUTO = "auto"  # recommender_model: the one-call model of the retrieval model (names.RECOMMENDER_OF)
+_ONE_CALL_RETRY_S = 60.0  # after NOT_FOUND, two-stage calls for this long before trying again
 
 _SIGNATURE_DEF_FIELD = "signature_def"
 _UNKNOWN_CONTEXT = -1  # names.py: hour_of_day / day_of_week / hours_since_prev_event unknown
@@ -206,14 +216,19 @@ def _context_values(context: Mapping | None) -> dict:
 
 
 class RecommenderClient:
-    """gRPC client for the retrieval + ranking models.
+    """gRPC client for the one-call recommender, or the retrieval + ranking models.
 
     Args:
         target: host:port of the model server's gRPC endpoint.
         timeout_s: deadline of each logical call, retries included.
         retrieval_model: model with recommend / popular / item_features /
             candidate_embedding (names.RETRIEVAL_MODEL or RETRIEVAL_BRUTE_FORCE_MODEL).
-        ranking_model: model with the score signature; None: no ranking stage.
+        ranking_model: model with the score signature; None: no ranking stage
+            (retrieval order, always two-stage).
+        recommender_model: the one-call model `recommend()` uses: AUTO (default) is
+            names.RECOMMENDER_OF[retrieval_model] (none for another retrieval model);
+            None: always the two stages. It must wrap the same retrieval and ranking
+            models (the pipeline pushes them together).
         channel_options: grpc channel options.
         credentials: grpc.ChannelCredentials for TLS; None: plaintext (or root_cert_file).
         root_cert_file: PEM root certificates to verify the server's TLS
@@ -229,7 +244,7 @@ class RecommenderClient:
                  channel_options: Sequence[tuple[str, object]] = DEFAULT_CHANNEL_OPTIONS,
                  credentials: grpc.ChannelCredentials | None = None, max_retries: int = 2,
                  retry_backoff_s: float = 0.05, interceptors: Sequence = (), root_cert_file: str | None = None,
-                 token: str | None = None):
+                 token: str | None = None, recommender_model: str | None = AUTO):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if max_retries < 0:
@@ -245,6 +260,11 @@ class RecommenderClient:
         self._call_metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.target, self.timeout_s = target, float(timeout_s)
         self.retrieval_model, self.ranking_model = retrieval_model, ranking_model
+        self._auto = recommender_model == AUTO
+        if self._auto:
+            recommender_model = names.RECOMMENDER_OF.get(retrieval_model)
+        self.recommender_model = recommender_model if ranking_model is not None else None
+        self._one_call_retry_at = 0.0  # monotonic time before which AUTO does not try the one-call model
         self.max_retries, self.retry_backoff_s = int(max_retries), float(retry_backoff_s)
         options = list(channel_options)
         if credentials is None:
@@ -377,11 +397,12 @@ class RecommenderClient:
                 inputs[key] = [spec.neutral_value()]  # user_<name>: "" or NaN
         return inputs
 
-    def _check_user_features(self, meta: SignatureMeta, user_features: dict) -> None:
+    def _check_user_features(self, meta: SignatureMeta, user_features: dict, model: str | None = None) -> None:
         accepted = sorted(k for k in meta.inputs if k.startswith(F.USER_FEATURE_PREFIX) and k != names.USER_ID)
         unknown = sorted(set(user_features) - set(accepted))
         if unknown:
-            raise ValueError(f"unknown user feature(s) {unknown}; model {self.retrieval_model!r} accepts {accepted}")
+            raise ValueError(f"unknown user feature(s) {unknown}; model {model or self.retrieval_model!r} "
+                             f"accepts {accepted}")
 
     # -- stages ------------------------------------------------------------------
 
@@ -469,10 +490,54 @@ class RecommenderClient:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         user_id = str(user_id)
         history = [str(h) for h in (history or ()) if str(h)]
+        exclude = [str(e) for e in exclude]  # read once: either path may use it
         ctx = _context_values(context)
         ufeats = _normalize_keys(user_features, F.USER_FEATURE_PREFIX)
         filters = _normalize_filter(item_filter)
         num_candidates = max(int(num_candidates), int(k))
+        if self.recommender_model is not None and time.monotonic() >= self._one_call_retry_at:
+            try:
+                return self._recommend_one_call(user_id, int(k), history, ctx, ufeats, num_candidates, exclude,
+                                                exclude_history, filters, float(diversity), rank_by, explain)
+            except RecommenderError as e:
+                if not (self._auto and e.code == grpc.StatusCode.NOT_FOUND):
+                    raise
+                log.warning("model %r is not served at %s (%s); recommending in two stages over %r and %r, "
+                            "retrying it in %.0fs", self.recommender_model, self.target, e, self.retrieval_model,
+                            self.ranking_model, _ONE_CALL_RETRY_S)
+                self._one_call_retry_at = time.monotonic() + _ONE_CALL_RETRY_S
+        return self._recommend_two_stage(user_id, int(k), history, ctx, ufeats, num_candidates, exclude,
+                                         exclude_history, filters, diversity, rank_by, explain)
+
+    def _recommend_one_call(self, user_id, k, history, ctx, ufeats, num_candidates, exclude, exclude_history,
+                            filters, diversity, rank_by, explain) -> list[Recommendation]:
+        """One Predict on the one-call model; its outputs as Recommendations."""
+        model = self.recommender_model
+        meta = self.signature(model, names.RECOMMEND_SIGNATURE)
+        self._check_user_features(meta, ufeats, model)
+        feature_keys = sorted(key[len(names.FILTER_PREFIX):] for key in meta.inputs
+                              if key.startswith(names.FILTER_PREFIX))
+        unknown = sorted(key for key in filters if key not in feature_keys)
+        if unknown:
+            raise ValueError(f"cannot filter on {unknown}: model {model!r} filters on {feature_keys}")
+        extra = {
+            names.K: [k], names.EXCLUDE_HISTORY: [bool(exclude_history)], names.NUM_CANDIDATES: [num_candidates],
+            names.EXCLUDE_ITEM_IDS: [sorted({str(e) for e in exclude}) or [""]],
+            names.RANK_BY: [rank_by], names.DIVERSITY: [diversity],
+        }
+        for key in feature_keys:
+            extra[names.filter_input(key)] = [sorted(filters.get(key, ())) or [""]]
+        out = self.predict(model, names.RECOMMEND_SIGNATURE,
+                           self._query_inputs(meta, user_id, history, ctx, ufeats, extra))
+        try:
+            return _one_call_recommendations(out, feature_keys, explain)
+        except (KeyError, IndexError, ValueError) as e:
+            raise RecommenderError(f"Predict {model}/{names.RECOMMEND_SIGNATURE}: unexpected answer: {e!r}",
+                                   None, model, names.RECOMMEND_SIGNATURE) from e
+
+    def _recommend_two_stage(self, user_id, k, history, ctx, ufeats, num_candidates, exclude, exclude_history,
+                             filters, diversity, rank_by, explain) -> list[Recommendation]:
+        """The steps of the module docstring, over the separate models."""
         self._check_user_features(self.signature(self.retrieval_model, names.RECOMMEND_SIGNATURE), ufeats)
 
         # Stage 1: retrieval, or popularity for a cold user.
@@ -566,6 +631,29 @@ def _dtype_of(value) -> int:
     if key not in mapping:
         raise ValueError(f"cannot send an array of dtype {array.dtype}")
     return mapping[key]
+
+
+def _one_call_recommendations(out: dict, feature_keys: list[str], explain: bool) -> list[Recommendation]:
+    """Row 0 of the one-call model's answer (names.py: its outputs) -> Recommendations."""
+    def row(key):
+        return np.asarray(out[key])[0]
+
+    ids, source = row(names.OUT_ITEM_IDS), str(row(names.OUT_SOURCE))
+    score, retrieval, rating, engagement = (row(key).astype(np.float64) for key in (
+        names.OUT_SCORES, names.OUT_RETRIEVAL_SCORES, names.OUT_RATING, names.OUT_ENGAGEMENT))
+    reasons, sim_ids, sim_scores = row(names.OUT_REASONS), row(names.OUT_SIMILAR_ITEM_IDS), row(names.OUT_SIMILAR_SCORES)
+    feats = {key: row(key) for key in feature_keys}
+    result = []
+    for j, item in enumerate(ids):
+        item = str(item)
+        if not item:
+            continue
+        similar = tuple((str(h), float(c)) for h, c in zip(sim_ids[j], sim_scores[j]) if str(h))
+        result.append(Recommendation(
+            item_id=item, score=float(score[j]), retrieval_score=float(retrieval[j]), rating=float(rating[j]),
+            engagement=float(engagement[j]), features={key: str(v[j]) for key, v in feats.items()},
+            reason=str(reasons[j]) if explain else "", similar_to=similar if explain else (), source=source))
+    return result
 
 
 def _row_items(ids: np.ndarray, scores: np.ndarray) -> list[tuple[str, float]]:

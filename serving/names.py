@@ -12,7 +12,15 @@ from serving import features as F
 RETRIEVAL_MODEL = "retrieval"
 RETRIEVAL_BRUTE_FORCE_MODEL = "retrieval_brute_force"
 RANKING_MODEL = "ranking"
-ALL_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL)
+# The one-call models (trainer/recommender/export.py): retrieval -> filters -> ranking ->
+# top k in one Predict. RECOMMENDER_MODEL wraps the ScaNN retrieval export (needs the Scann
+# ops); RECOMMENDER_BRUTE_FORCE_MODEL wraps the brute-force one: stock ops, stock TF Serving.
+RECOMMENDER_MODEL = "recommender"
+RECOMMENDER_BRUTE_FORCE_MODEL = "recommender_brute_force"
+ALL_MODELS = (RETRIEVAL_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL, RANKING_MODEL, RECOMMENDER_MODEL,
+              RECOMMENDER_BRUTE_FORCE_MODEL)
+# The one-call model that wraps each retrieval model.
+RECOMMENDER_OF = {RETRIEVAL_MODEL: RECOMMENDER_MODEL, RETRIEVAL_BRUTE_FORCE_MODEL: RECOMMENDER_BRUTE_FORCE_MODEL}
 
 # Signatures.
 RECOMMEND_SIGNATURE = "recommend"  # retrieval: query features -> top-k item ids + scores
@@ -42,6 +50,21 @@ EXCLUDE_HISTORY = "exclude_history"  # bool [B]: drop the row's history items
 CANDIDATE_ITEM_IDS = "candidate_item_ids"  # string [B, C]: ranking candidates
 ITEM_IDS_INPUT = F.ITEM_ID  # string [B]: candidate_embedding input
 
+# Inputs of the one-call recommender's recommend signature, besides the query inputs,
+# K and EXCLUDE_HISTORY (every one batch-major and always sent; the neutral value in brackets):
+NUM_CANDIDATES = "num_candidates"  # int32 [B]: stage-1 size (0: the model's default); at least k
+EXCLUDE_ITEM_IDS = "exclude_item_ids"  # string [B, E]: never return these ("" padding)
+RANK_BY = "rank_by"  # string [B]: "engagement" ("" too), "rating" or "blend"
+RANK_BY_VALUES = ("engagement", "rating", "blend")
+DIVERSITY = "diversity"  # float32 [B] in 0..1: MMR weight of dissimilarity (0: ranking order)
+FILTER_PREFIX = "filter_"  # filter_<item feature key>: string [B, V]; keep items holding one value
+
+
+def filter_input(item_feature_key: str) -> str:
+    """The recommender input that filters on an item feature: filter_item_genres."""
+    return FILTER_PREFIX + item_feature_key
+
+
 # Output tensors.
 OUT_ITEM_IDS = "item_ids"  # string [B, max(k)]; "" past a row's own k
 OUT_SCORES = "scores"  # float32 [B, max(k)]; -inf past a row's own k
@@ -54,6 +77,19 @@ OUT_KNOWN_ITEM = "known_item"  # bool [B]: the item id is in the served catalogu
 MULTI_VALUE_JOIN = "|"
 OUT_RATING = "rating"  # float32 [B, C]: predicted rating
 OUT_ENGAGEMENT = "engagement"  # float32 [B, C]: probability of engagement
+# One-call recommender outputs besides OUT_ITEM_IDS, OUT_SCORES (the final score the list is
+# ordered by), OUT_RATING / OUT_ENGAGEMENT ([B, k]), OUT_KNOWN_USER and one string [B, k]
+# per item side feature (item_<name>, as item_features answers); -inf / "" past a row's k.
+OUT_RETRIEVAL_SCORES = "retrieval_scores"  # float32 [B, k]: stage-1 score (popularity count for the fallback)
+OUT_SOURCE = "source"  # string [B]: SOURCE_RETRIEVAL, or SOURCE_POPULAR for an unknown user with no history
+OUT_REASONS = "reasons"  # string [B, k]: why, for people
+OUT_SIMILAR_ITEM_IDS = "similar_item_ids"  # string [B, k, R]: history items behind the reason, closest first
+OUT_SIMILAR_SCORES = "similar_scores"  # float32 [B, k, R]: their cosines (-inf for "")
+OUT_HISTORY_ITEM_IDS = "history_item_ids"  # string [B, H]: the history the model used (sent or stored)
+SOURCE_RETRIEVAL = "retrieval"
+SOURCE_POPULAR = "popular"
+REASON_POPULAR = "popular with all users"
+REASON_PROFILE = "matches your profile"
 
 # Warmup file, TF Serving's convention.
 WARMUP_DIR = "assets.extra"

@@ -1,8 +1,12 @@
-"""`recsys recommend`: two-stage recommendations for one user from a running model server.
+"""`recsys recommend`: recommendations for one user from a running model server.
 
     recsys recommend --user 42 --k 10 [--history 50,172,133] [--target localhost:8500]
         [--exclude 1,2] [--filter item_genres=Comedy] [--diversity 0.3] [--no-rank] [--json]
-        [--root-cert-file ca.pem] [--token-file token.txt]
+        [--recommender-model none] [--root-cert-file ca.pem] [--token-file token.txt]
+
+One Predict on the one-call model of the retrieval model (`recommender` for
+`retrieval`) where the server has it; the two stages in the client otherwise
+(serving/client.py).
 
 Also `python -m serving.recommend_cli ...`. Exit status: 0 ok, 1 the server call
 failed, 2 bad arguments.
@@ -59,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval-model", default=names.RETRIEVAL_MODEL,
                    help=f"retrieval model name (default {names.RETRIEVAL_MODEL}; or {names.RETRIEVAL_BRUTE_FORCE_MODEL})")
     p.add_argument("--ranking-model", default=names.RANKING_MODEL)
+    p.add_argument("--recommender-model", default="auto",
+                   help="one-call model (default auto: the one wrapping --retrieval-model, two stages where it is "
+                        "not served; none: always the two stages)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per call, retries included (default 5)")
     p.add_argument("--root-cert-file", default=DEFAULT_ROOT_CERT_FILE, metavar="PEM",
                    help="PEM root certificate(s) to verify the server with; turns TLS on (env RECSYS_ROOT_CERT_FILE)")
@@ -127,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         context["day_of_week"] = args.day_of_week
     user_features = dict(args.user_feature)
 
-    from serving.client import RecommenderClient, RecommenderError
+    from serving.client import AUTO, RecommenderClient, RecommenderError
 
     try:
         token = _read_token(args.token_file) if args.token_file else None
+        recommender = {"auto": AUTO, "none": None}.get(args.recommender_model, args.recommender_model)
         with RecommenderClient(args.target, timeout_s=args.timeout, retrieval_model=args.retrieval_model,
                                ranking_model=None if args.no_rank else args.ranking_model,
+                               recommender_model=recommender,
                                root_cert_file=args.root_cert_file, token=token) as client:
             # Numeric user features go as numbers (the client casts to the signature's dtype).
             recs = client.recommend(

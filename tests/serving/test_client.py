@@ -1,7 +1,9 @@
 """RecommenderClient and `recsys recommend` against a real ModelServer on free ports.
 
-The models are tests/support/client_models.py's hand-built ones; the expected lists below are
-derived by hand from its tables (see that module's docstring).
+The models are tests/support/client_models.py's hand-built ones, and the one-call
+`recommender` built over them by trainer/recommender/export.py; the expected lists below are
+derived by hand from its tables (see that module's docstring). Every test on the `client`
+fixture runs twice: one Predict on the one-call model, and the two stages in the client.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from serving.recommend_cli import main as cli_main
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    config = save_models(str(tmp_path_factory.mktemp("client_models")))
+    config = save_models(str(tmp_path_factory.mktemp("client_models")), recommender=True)
     srv = ModelServer(config, grpc_port=0, rest_port=None, metrics_port=None, poll_interval_s=5.0)
     srv.start()
     try:
@@ -61,9 +63,11 @@ class Recorder(grpc.UnaryUnaryClientInterceptor):
         return [r for m, r in self.calls if m == "Predict" and r.model_spec.signature_name == signature]
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with RecommenderClient(server.grpc_address, timeout_s=10) as c:
+@pytest.fixture(scope="module", params=["one_call", "two_stage"])
+def client(server, request):
+    one_call = request.param == "one_call"
+    with RecommenderClient(server.grpc_address, timeout_s=10,
+                           recommender_model=names.RECOMMENDER_MODEL if one_call else None) as c:
         yield c
 
 
@@ -177,8 +181,15 @@ def test_reasons_name_the_nearest_history_item(client):
     # i19 = 0.2 u0 + 0.6 u3: near i00 only (orthogonal to i10, so i10 is not named).
     assert [h for h, _ in by_id["i19"].similar_to] == ["i00"]
     assert by_id["i04"].similar_to[0][1] == pytest.approx(0.6 / math.hypot(0.6, 0.2), abs=1e-4)
-    # Known user with no history sent: the profile.
-    assert {r.reason for r in client.recommend("u1", k=3)} == {REASON_PROFILE}
+    # Known user with no history sent: the one-call model names their stored history ([i05]),
+    # which the two-stage client does not see (it says "matches your profile").
+    stored = client.recommend("u1", k=3)
+    assert ids(stored) == ["i04", "i03", "i02"]  # cluster 0 by engagement; each has cos > 0 to i05
+    if client.recommender_model:
+        assert all(r.reason.startswith('similar to i05 "Item 05" (') for r in stored), [r.reason for r in stored]
+        assert all([h for h, _ in r.similar_to] == ["i05"] for r in stored)
+    else:
+        assert {r.reason for r in stored} == {REASON_PROFILE}
     # explain=False: no reasons, and no embedding call.
     assert {r.reason for r in client.recommend("nobody", k=3, history=["i00"], explain=False)} == {""}
 
@@ -199,9 +210,56 @@ def test_popularity_fallback_for_unknown_user_without_history(client, retrieval_
     assert retrieval_only.recommend("stranger", k=1, history=["i00"])[0].source == "retrieval"
 
 
-def test_user_feature_defaults_from_metadata(server):
+def test_one_call_is_one_predict_with_every_input(server):
     recorder = Recorder()
     with RecommenderClient(server.grpc_address, timeout_s=10, interceptors=[recorder]) as c:
+        assert c.recommender_model == names.RECOMMENDER_MODEL  # the default for "retrieval"
+        recs = c.recommend("nobody", k=2, history=["i00"], context={"hour_of_day": 13}, exclude=["i04"],
+                           item_filter={"genres": "Comedy"}, rank_by="rating", diversity=0.25)
+        assert [m for m, _ in recorder.calls] == ["GetModelMetadata", "Predict"]
+        (request,) = recorder.predicts(names.RECOMMEND_SIGNATURE)
+        assert request.model_spec.name == names.RECOMMENDER_MODEL
+        inputs = {k: make_ndarray(v) for k, v in request.inputs.items()}
+        assert set(inputs) == set(c.signature(names.RECOMMENDER_MODEL, names.RECOMMEND_SIGNATURE).inputs)
+        assert inputs[names.K].tolist() == [2] and inputs[names.NUM_CANDIDATES].tolist() == [100]
+        assert inputs[names.EXCLUDE_ITEM_IDS].tolist() == [["i04"]] and inputs[names.RANK_BY].tolist() == ["rating"]
+        assert inputs[names.filter_input("item_genres")].tolist() == [["comedy"]]
+        assert inputs[names.filter_input("item_title")].tolist() == [[""]]  # no filter
+        assert inputs[names.DIVERSITY].tolist() == [0.25] and inputs[names.HOUR_OF_DAY].tolist() == [13]
+        assert np.isnan(inputs["user_age"][0]) and inputs["user_country"].tolist() == [""]
+        # Rating order among the Comedy items without i04: i02 (4.8), i01 (4.2), then MMR's pick.
+        assert ids(recs)[0] == "i02" and len(recs) == 2
+        c.recommend("nobody", k=2, history=["i00"])
+        assert [m for m, _ in recorder.calls].count("GetModelMetadata") == 1  # cached
+        with pytest.raises(ValueError, match="item_colour"):
+            c.recommend("nobody", history=["i00"], item_filter={"colour": "red"})
+        # A one-call model named explicitly must be served: no silent fallback.
+    with RecommenderClient(server.grpc_address, timeout_s=10, recommender_model="no_such_recommender") as c:
+        with pytest.raises(RecommenderError) as info:
+            c.recommend("nobody", k=2, history=["i00"])
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_auto_falls_back_to_two_stage_where_no_recommender_is_served(tmp_path, caplog):
+    srv = ModelServer(save_models(str(tmp_path / "models")), grpc_port=0, rest_port=None, metrics_port=None)
+    srv.start()
+    try:
+        srv.wait_until_available(120)
+        recorder = Recorder()
+        with RecommenderClient(srv.grpc_address, timeout_s=10, interceptors=[recorder]) as c:
+            with caplog.at_level("WARNING", logger="serving.client"):
+                assert ids(c.recommend("nobody", k=4, history=["i00"])) == ["i04", "i03", "i02", "i19"]
+            assert "not served" in caplog.text and names.RECOMMENDER_MODEL in caplog.text
+            assert ids(c.recommend("nobody", k=2, history=["i00"])) == ["i04", "i03"]
+            asked = [r.model_spec.name for m, r in recorder.calls if m == "GetModelMetadata"]
+            assert asked.count(names.RECOMMENDER_MODEL) == 1  # not asked again within the minute
+    finally:
+        srv.stop(grace_s=0.5)
+
+
+def test_user_feature_defaults_from_metadata(server):
+    recorder = Recorder()
+    with RecommenderClient(server.grpc_address, timeout_s=10, interceptors=[recorder], recommender_model=None) as c:
         c.recommend("nobody", k=2, history=["i00"], context={"hour_of_day": 13})
         (request,) = recorder.predicts(names.RECOMMEND_SIGNATURE)
         inputs = {k: make_ndarray(v) for k, v in request.inputs.items()}
@@ -269,7 +327,7 @@ def test_unavailable_is_retried_within_the_deadline():
         elapsed = time.monotonic() - start
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert info.value.attempts == 3 and len(recorder.calls) == 3
-    assert info.value.model == names.RETRIEVAL_MODEL
+    assert info.value.model == names.RECOMMENDER_MODEL  # the one-call model is asked first
     assert elapsed < 2.5
 
 
@@ -352,6 +410,11 @@ def test_cli_options_and_json(server, capsys):
 
     rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "3", "--diversity", "0.5",
                    "--target", server.grpc_address])
+    assert rc == 0
+    assert [r.split()[1] for r in capsys.readouterr().out.splitlines()[3:]] == ["i04", "i19", "i10"]
+    # Forced two stages: the same list.
+    rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "3", "--diversity", "0.5",
+                   "--recommender-model", "none", "--target", server.grpc_address])
     assert rc == 0
     assert [r.split()[1] for r in capsys.readouterr().out.splitlines()[3:]] == ["i04", "i19", "i10"]
 

@@ -137,6 +137,14 @@ class RetrievalTestModule(_Base):
     def _query_embedding(self, inputs):
         return {names.OUT_EMBEDDING: self._query(inputs)[0]}
 
+    def _resolve_query(self, inputs):
+        """Saved as ``resolve_query``, as the real export does: the recommender reads the history from it."""
+        query, hist, known = self._query(inputs)
+        return {names.OUT_EMBEDDING: query, "history": hist, names.OUT_KNOWN_USER: known}
+
+    def attach_resolve_query(self) -> None:
+        self.resolve_query = tf.function(self._resolve_query, input_signature=[_query_spec()])
+
     def _candidate_embedding(self, item_id):
         idx = self._item_index(item_id)
         emb = tf.gather(self.emb, tf.maximum(idx, 0)) * tf.cast(idx >= 0, tf.float32)[:, None]
@@ -196,12 +204,27 @@ class RankingTestModule(_Base):
         return {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
 
 
-def save_models(root: str) -> str:
-    """Exports both models under root/<model>/1 and writes root/models.config; returns its path."""
+def save_models(root: str, recommender: bool = False) -> str:
+    """Exports both models under root/<model>/1 and writes root/models.config; returns its path.
+
+    recommender: also the one-call model over the two (names.RECOMMENDER_OF of the
+    retrieval model: "recommender"), built by trainer/recommender/export.py as the pipeline does.
+    """
+    retrieval = RetrievalTestModule()
+    retrieval.attach_resolve_query()
+    models = [(names.RETRIEVAL_MODEL, retrieval), (names.RANKING_MODEL, RankingTestModule())]
     entries = []
-    for model, module in ((names.RETRIEVAL_MODEL, RetrievalTestModule()), (names.RANKING_MODEL, RankingTestModule())):
+    for model, module in models:
         base = os.path.join(root, model)
         tf.saved_model.save(module, os.path.join(base, "1"), signatures=module.signatures())
+        entries.append(f'  config {{ name: "{model}" base_path: "{base}" model_platform: "tensorflow" }}')
+    if recommender:
+        from trainer.recommender.export import build
+
+        model = names.RECOMMENDER_OF[names.RETRIEVAL_MODEL]
+        base = os.path.join(root, model)
+        build(os.path.join(root, names.RETRIEVAL_MODEL, "1"), os.path.join(root, names.RANKING_MODEL, "1"),
+              os.path.join(base, "1"), model, num_candidates=100, scann=False)
         entries.append(f'  config {{ name: "{model}" base_path: "{base}" model_platform: "tensorflow" }}')
     path = os.path.join(root, "models.config")
     with open(path, "w") as f:
