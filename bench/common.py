@@ -127,6 +127,14 @@ def neutral_query_inputs(input_specs: Mapping, user_ids: Sequence[str], k: int |
             out[key] = np.array([[str(c).encode() for c in row] for row in candidates], dtype=object)
         elif key.startswith(F.USER_FEATURE_PREFIX):
             out[key] = np.full(n, np.nan, np.float32) if _is_float(spec) else np.full(n, b"", dtype=object)
+        elif key == names.NUM_CANDIDATES:  # the one-call recommender's own inputs, neutral
+            out[key] = np.full(n, int(k or 10) if candidates is None else len(candidates[0]), np.int32)
+        elif key in (names.EXCLUDE_ITEM_IDS,) or key.startswith(names.FILTER_PREFIX):
+            out[key] = np.full((n, 1), b"", dtype=object)
+        elif key == names.RANK_BY:
+            out[key] = np.full(n, b"", dtype=object)
+        elif key == names.DIVERSITY:
+            out[key] = np.zeros(n, np.float32)
         else:
             raise ValueError(f"no neutral value for signature input {key!r}")
     return out

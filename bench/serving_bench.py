@@ -4,16 +4,22 @@
         [--config configs/movielens_100k.yaml] [--concurrency 1,8,32] [--batching off,on] \\
         [--server-mode subprocess|inprocess] [--wait-seconds 1500] [--out bench/results] [--smoke]
 
-Serves the newest ``retrieval`` (ScaNN) and ``ranking`` versions of ``--serving-dir``
-with the project's model server (``python -m serving.model_server`` as a subprocess on
-free loopback ports by default, so client and server do not share a GIL; or in-process
-``ModelServer``), once with server-side batching off and once on (``BatchingOptions``).
-For each of
+Serves the newest ``retrieval`` (ScaNN), ``ranking`` and ``recommender`` (one-call)
+versions of ``--serving-dir`` (a serving dir without ``recommender`` gets one built from
+the other two into a temporary dir, by trainer/recommender/export.py) with the project's
+model server (``python -m serving.model_server`` as a subprocess on free loopback ports
+by default, so client and server do not share a GIL; or in-process ``ModelServer``),
+once with server-side batching off and once on (``BatchingOptions``), and then with
+the naive grpcio server of bench/naive_server.py as the anchor (``--anchor``; rows
+with batching "naive"). For each of
 
 - ``retrieval``: ``retrieval/recommend`` with k=100, one user per request;
 - ``ranking``: ``ranking/score`` on 100 catalogue items (random, per request);
-- ``two_stage``: ``RecommenderClient.recommend(user, k=10, num_candidates=100)``
-  (recommend + item_features + score RPCs; user id only, so no reasons call),
+- ``two_stage``: ``RecommenderClient(recommender_model=None).recommend(user, k=10,
+  num_candidates=100)`` (recommend + item_features + score RPCs; user id only, so no
+  reasons call);
+- ``one_call``: the same recommendation as one Predict on ``recommender``
+  (``RecommenderClient.recommend``'s default; reasons included),
 
 at each concurrency (threads, each with its own client/channel), every thread sends
 at most ``ceil(--requests / concurrency)`` requests (at least ``--min-per-thread``) and
@@ -46,7 +52,7 @@ import numpy as np
 from bench import common as C
 
 DEFAULT_SERVING = C.REPO_ROOT / "runs" / "movielens_100k" / "serving"
-OPS = ("retrieval", "ranking", "two_stage")
+OPS = ("retrieval", "ranking", "two_stage", "one_call")
 RETRIEVAL_K = 100
 FINAL_K = 10
 
@@ -130,7 +136,7 @@ def grpc_op(client, op: str, w: Workload, i: int):
         meta = client.signature(names.RANKING_MODEL, names.SCORE_SIGNATURE)
         client.predict(names.RANKING_MODEL, names.SCORE_SIGNATURE,
                        C.neutral_query_inputs(meta.inputs, [w.user(i)], candidates=[w.cands(i)]))
-    elif op == "two_stage":
+    elif op in ("two_stage", "one_call"):  # which one: the client's recommender_model (run_cell)
         recs = client.recommend(w.user(i), k=FINAL_K, num_candidates=RETRIEVAL_K)
         if not recs:
             raise RuntimeError("empty recommendation")
@@ -140,9 +146,11 @@ def grpc_op(client, op: str, w: Workload, i: int):
 
 def run_cell(target: str, op: str, concurrency: int, per_thread: int, time_limit_s: float, w: Workload,
              timeout_s: float) -> dict:
+    from serving import names
     from serving.client import RecommenderClient
 
-    clients = [RecommenderClient(target, timeout_s=timeout_s) for _ in range(concurrency)]
+    one_call = names.RECOMMENDER_MODEL if op == "one_call" else None
+    clients = [RecommenderClient(target, timeout_s=timeout_s, recommender_model=one_call) for _ in range(concurrency)]
     try:
         for c in clients:  # metadata cached, channel connected: not part of the measurement
             grpc_op(c, op, w, 0)
@@ -192,14 +200,15 @@ def run_cell(target: str, op: str, concurrency: int, per_thread: int, time_limit
 class Server:
     """The model server, in-process (ModelServer) or as a subprocess (python -m serving.model_server)."""
 
-    def __init__(self, config, batching, mode: str, workdir: Path, log=print):
+    def __init__(self, config, batching, mode: str, workdir: Path, log=print, naive: bool = False):
         self.config, self.batching, self.mode, self.workdir, self.log = config, batching, mode, workdir, log
+        self.naive = naive  # bench/naive_server.py instead of the model server (always a subprocess)
         self.proc = self.server = None
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.output: list[str] = []
 
     def start(self, timeout_s: float = 600) -> str:
-        if self.mode == "inprocess":
+        if self.mode == "inprocess" and not self.naive:
             from serving.model_server import ModelServer
 
             self.server = ModelServer(self.config, grpc_port=0, rest_port=None, metrics_port=None,
@@ -214,7 +223,11 @@ class Server:
         cmd = [sys.executable, "-m", "serving.model_server", "--model_config_file", str(cfg_path), "--port", "0",
                "--rest_api_port", "none", "--monitoring_port", "none", "--host", "127.0.0.1",
                "--log_level", "WARNING"]
-        if self.batching is not None:
+        if self.naive:
+            cmd = [sys.executable, "-m", "bench.naive_server", "--port", "0"]
+            for entry in self.config.model_config_list.config:
+                cmd += ["--model", f"{entry.name}={C.newest_version(Path(entry.base_path))}"]
+        if self.batching is not None and not self.naive:
             b = self.batching
             bpath = self.workdir / "batching.txt"
             bpath.write_text(f"max_batch_size {{ value: {b.max_batch_size} }}\n"
@@ -288,6 +301,9 @@ def inprocess_rows(versions: dict[str, Path], w: Workload, n: int, log=print) ->
 
     retrieval = tf.saved_model.load(str(versions[names.RETRIEVAL_MODEL]))
     ranking = tf.saved_model.load(str(versions[names.RANKING_MODEL]))
+    recommender = tf.saved_model.load(str(versions[names.RECOMMENDER_MODEL]))
+    one_call = recommender.signatures[names.RECOMMEND_SIGNATURE]
+    ospec = C.signature_specs(one_call)
     rec = retrieval.signatures[names.RECOMMEND_SIGNATURE]
     feats = retrieval.signatures[names.ITEM_FEATURES_SIGNATURE]
     score = ranking.signatures[names.SCORE_SIGNATURE]
@@ -307,8 +323,14 @@ def inprocess_rows(versions: dict[str, Path], w: Workload, n: int, log=print) ->
         eng = scored[names.OUT_ENGAGEMENT].numpy().reshape(-1)
         return [ids[j] for j in np.argsort(-eng)[:FINAL_K]]
 
+    def op_one_call(i):
+        inputs = C.neutral_query_inputs(ospec, [w.user(i)], k=FINAL_K)
+        inputs[names.NUM_CANDIDATES][:] = RETRIEVAL_K
+        return one_call(**C.to_tensors(inputs))
+
     rows = []
-    for op, fn in (("retrieval", op_retrieval), ("ranking", op_ranking), ("two_stage", op_two_stage)):
+    for op, fn in (("retrieval", op_retrieval), ("ranking", op_ranking), ("two_stage", op_two_stage),
+                   ("one_call", op_one_call)):
         for i in range(3):
             fn(i)
         lat = []
@@ -333,7 +355,9 @@ def markdown(report: dict) -> str:
              r["throughput_rps"]] for r in report["grpc"]]
     head = (f"**Model server over gRPC (127.0.0.1, {report['server_mode']})**{' (smoke)' if report['smoke'] else ''}: "
             f"retrieval = recommend k={RETRIEVAL_K}; ranking = score on {report['num_candidates']} candidates; "
-            f"two_stage = RecommenderClient.recommend k={FINAL_K}, num_candidates={RETRIEVAL_K}. "
+            f"two_stage = RecommenderClient.recommend k={FINAL_K}, num_candidates={RETRIEVAL_K} over the separate "
+            f"models; one_call = the same as one Predict on the recommender model. Batching naive = "
+            f"bench/naive_server.py (the anchor). "
             f"Batching on = {report['batching_options']}. Cell limit {report['cell_seconds']}s.\n\n")
     out = head + C.md_table(cols, rows)
     out += "\n**In-process (loaded SavedModels, sequential) and gRPC overhead** (gRPC at concurrency 1, batching off)\n\n"
@@ -345,6 +369,45 @@ def markdown(report: dict) -> str:
         rows.append([r["op"], r["n"], r["p50_ms"], r["p95_ms"], r["p99_ms"], g["p50_ms"] if g else None, ratio])
     out += C.md_table(["Operation", "Calls", "in-process p50 ms", "p95 ms", "p99 ms", "gRPC p50 ms", "gRPC/in-process"],
                       rows)
+    out += "\n**Issue 13's targets, from the rows above** (batching off)\n\n"
+    out += C.md_table(["Target", "Measured", "Goal"], [[t["target"], t["measured"], t["goal"]]
+                                                       for t in targets(report)])
+    return out
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue 13's serving targets computed from one run's rows (None where a cell did not run)."""
+    def cell(op, conc, mode="off"):
+        return next((r for r in report["grpc"] if r["op"] == op and r["concurrency"] == conc
+                     and r["batching"] == mode and r["n"]), None)
+
+    def inproc(op):
+        return next((r for r in report["inprocess"] if r["op"] == op), None)
+
+    def fmt(x, unit=""):
+        return None if x is None else f"{x:.2f}{unit}"
+
+    out = []
+    for op in ("retrieval", "ranking"):
+        g, i = cell(op, 1), inproc(op)
+        over = g["p50_ms"] - i["p50_ms"] if g and i else None
+        out.append({"target": f"gRPC overhead over in-process, {op}, p50 c=1", "measured": fmt(over, " ms"),
+                    "value": over, "goal": "<= 0.5 ms"})
+    c1, c8 = cell("one_call", 1), cell("one_call", 8)
+    out.append({"target": "one-call recommend p50 / p99, c=1",
+                "measured": f"{fmt(c1['p50_ms'])} / {fmt(c1['p99_ms'], ' ms')}" if c1 else None,
+                "value": (c1["p50_ms"], c1["p99_ms"]) if c1 else None, "goal": "<= 5 / <= 10 ms"})
+    out.append({"target": "one-call recommend p99, c=8", "measured": fmt(c8["p99_ms"], " ms") if c8 else None,
+                "value": c8["p99_ms"] if c8 else None, "goal": "<= 20 ms"})
+    top = max((r["concurrency"] for r in report["grpc"]), default=None)
+    one, two = cell("one_call", top), cell("two_stage", top)
+    ratio = one["throughput_rps"] / two["throughput_rps"] if one and two and two["throughput_rps"] else None
+    out.append({"target": f"one-call / two-stage throughput, c={top}", "measured": fmt(ratio, "x"), "value": ratio,
+                "goal": ">= 3x"})
+    naive, ours = cell("one_call", 1, "naive"), c1
+    gap = ours["p50_ms"] - naive["p50_ms"] if naive and ours else None
+    out.append({"target": "one-call p50 c=1: our server minus the naive grpcio server", "measured": fmt(gap, " ms"),
+                "value": gap, "goal": "(anchor)"})
     return out
 
 
@@ -367,6 +430,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="default subprocess (inprocess with --smoke)")
     p.add_argument("--wait-seconds", type=float, default=0.0, help="poll this long for the pushed models")
     p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run every cell against bench/naive_server.py (default on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(C.RESULTS))
     p.add_argument("--smoke", action="store_true")
@@ -397,6 +462,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             serving_dir = DEFAULT_SERVING
         models = (names.RETRIEVAL_MODEL, names.RANKING_MODEL)
         versions = wait_for_models(serving_dir, models, args.wait_seconds)
+        versions[names.RECOMMENDER_MODEL] = C.newest_version(serving_dir / names.RECOMMENDER_MODEL)
+        if versions[names.RECOMMENDER_MODEL] is None:  # a serving dir from before the one-call model
+            from trainer.recommender.export import build
+
+            built = Path(tmp.name) / names.RECOMMENDER_MODEL / "1"
+            print(f"[serving] no {names.RECOMMENDER_MODEL} under {serving_dir}: building it from "
+                  f"{versions[names.RETRIEVAL_MODEL]} and {versions[names.RANKING_MODEL]}", flush=True)
+            build(str(versions[names.RETRIEVAL_MODEL]), str(versions[names.RANKING_MODEL]), str(built),
+                  names.RECOMMENDER_MODEL, num_candidates=RETRIEVAL_K)
+            versions[names.RECOMMENDER_MODEL] = built
         import tensorflow as tf
 
         loaded = tf.saved_model.load(str(versions[names.RETRIEVAL_MODEL]))
@@ -415,8 +490,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         inproc = inprocess_rows(versions, w, args.inprocess_requests)
         grpc_rows = []
         config = server_config(versions)
-        for mode in [b for b in args.batching.split(",") if b]:
-            server = Server(config, batching_opts if mode == "on" else None, args.server_mode, Path(tmp.name))
+        modes = [b for b in args.batching.split(",") if b] + (["naive"] if args.anchor else [])
+        for mode in modes:
+            server = Server(config, batching_opts if mode == "on" else None, args.server_mode, Path(tmp.name),
+                            naive=mode == "naive")
             t0 = time.perf_counter()
             target = server.start()
             print(f"[serving] batching {mode}: server at {target} ready in {time.perf_counter() - t0:.1f}s",
@@ -441,8 +518,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "batching_options": {"max_batch_size": batching_opts.max_batch_size,
                                        "batch_timeout_micros": batching_opts.batch_timeout_micros,
                                        "num_batch_threads": batching_opts.num_batch_threads},
-                  "grpc": grpc_rows, "inprocess": inproc, "host": C.host_info(),
+                  "grpc": grpc_rows, "inprocess": inproc, "host": C.host_info(), "anchor": bool(args.anchor),
                   "wall_seconds": round(time.perf_counter() - started, 2)}
+        report["targets"] = targets(report)
     finally:
         tmp.cleanup()
     stem = "serving_bench" + ("_smoke" if args.smoke else "")

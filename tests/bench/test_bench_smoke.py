@@ -94,14 +94,20 @@ def test_serving_bench_smoke(tiny_models, tmp_path, capsys):
     report = json.loads((tmp_path / "serving_bench_smoke.json").read_text())
     assert (tmp_path / "serving_bench_smoke.md").exists()
     cells = {(r["op"], r["batching"], r["concurrency"]) for r in report["grpc"]}
-    assert cells == {(op, b, c) for op in serving_bench.OPS for b in ("off", "on") for c in (1, 2)}
+    assert cells == {(op, b, c) for op in serving_bench.OPS for b in ("off", "on", "naive") for c in (1, 2)}
     for r in report["grpc"]:
         assert r["errors"] == 0, r["first_error"]
         assert r["n"] >= 1 and _positive(r["p50_ms"]) and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert _positive(r["throughput_rps"])
     assert {r["op"] for r in report["inprocess"]} == set(serving_bench.OPS)
     assert all(_positive(r["p50_ms"]) for r in report["inprocess"])
-    assert "gRPC/in-process" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gRPC/in-process" in out and "Issue 13's targets" in out
+    targets = {t["target"]: t for t in report["targets"]}
+    assert len(targets) == 6, targets
+    # Every target but the concurrency-8 one (the smoke runs 1 and 2) is computed from the rows.
+    assert targets["one-call recommend p99, c=8"]["value"] is None
+    assert all(t["value"] is not None for key, t in targets.items() if "c=8" not in key), targets
 
 
 @pytest.mark.e2e
