@@ -19,6 +19,7 @@ TUNERS = {"retrieval": "RetrievalTuner", "ranking": "RankingTuner"}
 RETRIEVAL_GATE = "RetrievalGate"
 RANKING_GATE = "RankingGate"  # TFX's Evaluator (TFMA)
 INDEX_BUILDER = "IndexBuilder"
+RECOMMENDER_BUILDER = "RecommenderBuilder"  # the one-call models (tfx_pipeline/components/recommender_builder.py)
 
 
 def latest_blessed(trainer_id: str) -> str:

@@ -351,8 +351,8 @@ def test_stock_image_does_not_serve_scann_model():
     repo, tag, _ = _image_repo_tag(_serving_container(dep)["image"])
     assert repo == STOCK_IMAGE_REPO and tag == "2.16.1"
     served = set(_model_names(_models_config_of(STOCK_DEPLOYMENT)))
-    assert names.RETRIEVAL_MODEL not in served
-    assert served == {names.RETRIEVAL_BRUTE_FORCE_MODEL, names.RANKING_MODEL}
+    assert names.RETRIEVAL_MODEL not in served and names.RECOMMENDER_MODEL not in served
+    assert served == {names.RETRIEVAL_BRUTE_FORCE_MODEL, names.RANKING_MODEL, names.RECOMMENDER_BRUTE_FORCE_MODEL}
 
 
 def test_scann_image_serves_all_models():
@@ -369,7 +369,7 @@ def test_local_models_config_consistent_with_cluster():
     local = _parse_models_config(SERVING_MODELS_CONFIG.read_text())
     local_names = set(_model_names(local))
     stock = set(_model_names(_models_config_of(STOCK_DEPLOYMENT)))
-    assert local_names == stock | {names.RETRIEVAL_MODEL}
+    assert local_names == stock | {names.RETRIEVAL_MODEL, names.RECOMMENDER_MODEL}
     assert local_names == set(names.ALL_MODELS)
     assert local_names == set(_model_names(_models_config_of(SCANN_DEPLOYMENT)))
     # Same directory names under the base path, locally and in the cluster.

@@ -66,7 +66,8 @@ def test_kubeflow_v2_compile_has_every_component(tmp_path):
     spec = json.loads(out.read_text())
     tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])
     expected = DATA_COMPONENTS | {"RetrievalTrainer", "RankingTrainer", "RetrievalGate", "RankingGate", "IndexBuilder",
-                                  "Push_retrieval", "Push_retrieval_brute_force", "Push_ranking"}
+                                  "Push_retrieval", "Push_retrieval_brute_force", "Push_ranking", "RecommenderBuilder",
+                                  "Push_recommender", "Push_recommender_brute_force"}
     assert expected <= tasks, expected - tasks
     assert "example/recsys:test" in out.read_text()
 
@@ -87,6 +88,19 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
     for model in names.ALL_MODELS:
         versions = [p for p in (cfg.serving_root / model).iterdir() if p.name.isdigit()]
         assert len(versions) == 1, (model, versions)
+
+    # The stock-ops one-call model holds no ScaNN op (stock TF Serving loads it); the ScaNN one does.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    def scann_ops(model):
+        (version,) = [p for p in (cfg.serving_root / model).iterdir() if p.name.isdigit()]
+        sm = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
+        graph = sm.meta_graphs[0].graph_def
+        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+        return {o for o in ops if o.lower().startswith("scann")}
+
+    assert not scann_ops(names.RECOMMENDER_BRUTE_FORCE_MODEL)
+    assert scann_ops(names.RECOMMENDER_MODEL)
 
     server = ModelServer(serving_config(cfg), grpc_port=0, rest_port=None, metrics_port=None)
     server.start()
@@ -117,11 +131,22 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
         from serving.recommend_cli import main as recommend_main
 
         with RecommenderClient(server.grpc_address, timeout_s=30) as client:
+            assert client.recommender_model == names.RECOMMENDER_MODEL
+            assert names.RECOMMEND_SIGNATURE in client.signatures(names.RECOMMENDER_MODEL)  # pushed and served
             recs = client.recommend("u0001", k=5, num_candidates=30)
             assert len(recs) == 5 and len({r.item_id for r in recs}) == 5
             assert all(0.0 <= r.engagement <= 1.0 for r in recs)
+            assert all(r.reason for r in recs)  # the one-call model explains from the stored history
             cold = client.recommend("never-seen", k=3, history=["sku-0003", "sku-0010"])
             assert len(cold) == 3 and not {"sku-0003", "sku-0010"} & {r.item_id for r in cold}
+        # The two stages over the separate models rank the same candidates the same way.
+        with RecommenderClient(server.grpc_address, timeout_s=30, recommender_model=None) as two_stage:
+            again = two_stage.recommend("u0001", k=5, num_candidates=30)
+            assert [r.engagement for r in again] == pytest.approx([r.engagement for r in recs], rel=1e-4)
+        with RecommenderClient(server.grpc_address, timeout_s=30,
+                               retrieval_model=names.RETRIEVAL_BRUTE_FORCE_MODEL) as stock:
+            assert stock.recommender_model == names.RECOMMENDER_BRUTE_FORCE_MODEL
+            assert len(stock.recommend("u0001", k=5)) == 5
         assert recommend_main(["--user", "u0001", "--k", "3", "--target", server.grpc_address]) == 0
     finally:
         server.stop()

@@ -14,6 +14,7 @@ from tfx_pipeline.components.atomic_pusher import AtomicPusher
 from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
+from tfx_pipeline.components.recommender_builder import RecommenderBuilder
 from tfx_pipeline.config import PipelineConfig
 from trainer.gate import ranking_eval_config
 from trainer.artifacts import EVAL, TRAIN
@@ -120,20 +121,31 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     # ScaNN over every candidate; fails the run below the recall floor.
     index = IndexBuilder(model=retrieval.outputs["model"], model_run=retrieval.outputs["model_run"],
                          trainer_json=index_json).with_id(ids.INDEX_BUILDER)
-    components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index]
+    # The one-call models: retrieval -> filters -> ranking -> top k as one SavedModel, over
+    # each retrieval export and the ranking export; blessed when both parts are.
+    recommender = RecommenderBuilder(
+        scann_model=index.outputs["scann_model"], brute_force_model=retrieval.outputs["model"],
+        ranking_model=ranking.outputs["model"], retrieval_blessing=retrieval_gate.outputs["blessing"],
+        ranking_blessing=ranking_gate.outputs["blessing"],
+        num_candidates=trainer_cfg.retrieval.max_k).with_id(ids.RECOMMENDER_BUILDER)
+    components = [retrieval, ranking, retrieval_baseline, ranking_baseline, retrieval_gate, ranking_gate, index,
+                  recommender]
     components += list(tuners.values())
 
     served = (
-        (names.RETRIEVAL_MODEL, index.outputs["scann_model"], retrieval_gate),
-        (names.RETRIEVAL_BRUTE_FORCE_MODEL, retrieval.outputs["model"], retrieval_gate),
-        (names.RANKING_MODEL, ranking.outputs["model"], ranking_gate),
+        (names.RETRIEVAL_MODEL, index.outputs["scann_model"], retrieval_gate.outputs["blessing"]),
+        (names.RETRIEVAL_BRUTE_FORCE_MODEL, retrieval.outputs["model"], retrieval_gate.outputs["blessing"]),
+        (names.RANKING_MODEL, ranking.outputs["model"], ranking_gate.outputs["blessing"]),
+        (names.RECOMMENDER_MODEL, recommender.outputs["recommender"], recommender.outputs["blessing"]),
+        (names.RECOMMENDER_BRUTE_FORCE_MODEL, recommender.outputs["recommender_brute_force"],
+         recommender.outputs["blessing"]),
     )
-    for model_name, model_channel, gate in served:
+    for model_name, model_channel, blessing in served:
         # Load in the model server on a free port and replay the warmup requests.
-        infra = InfraValidator(model=model_channel, blessing=gate.outputs["blessing"],
+        infra = InfraValidator(model=model_channel, blessing=blessing,
                                model_name=model_name).with_id(ids.infra_validator(model_name))
         # Versioned directory <serving base>/<model>/<version>/ when blessed and infra-blessed
         # (written to a temporary sibling, then renamed: atomic_pusher.py).
-        pusher = _pusher(model_channel, gate.outputs["blessing"], infra.outputs["infra_blessing"], cfg, model_name)
+        pusher = _pusher(model_channel, blessing, infra.outputs["infra_blessing"], cfg, model_name)
         components += [infra, pusher]
     return components
