@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--span", required=True, help="span number N (integer >= 0)")
     bs.add_argument("--attribution-hours", type=float, default=24.0,
                     help="an exposure is engaged if the user acted on the item this soon after (default: %(default)s)")
-    bs.add_argument("--model", default="retrieval", help="logged model to read (default: %(default)s)")
+    bs.add_argument("--model", default="recommender",
+                    help="logged model to read (default: %(default)s, the one-call model: what users were shown)")
     bs.add_argument("--force", action="store_true", help="replace an existing span-<N>/")
 
     args = parser.parse_args(argv)

@@ -52,7 +52,7 @@ def write_events(path, rows=EVENTS):
     return path
 
 
-def recommend_log(users, items, when, model=names.RETRIEVAL_MODEL, signature=names.RECOMMEND_SIGNATURE,
+def recommend_log(users, items, when, model=names.RECOMMENDER_MODEL, signature=names.RECOMMEND_SIGNATURE,
                   version=7, k=None) -> prediction_log_pb2.PredictionLog:
     """A logged Predict call shaped like the real recommend signature (serving/names.py)."""
     b = len(users)
@@ -136,14 +136,14 @@ def test_exposures_table(built):
     got = [(r["user_id"], r["item_id"], r["position"], r["request_timestamp"], r["model_name"], r["model_version"],
             r["engaged"], r["engaged_timestamp"]) for r in rows]
     assert got == [
-        ("u1", "a", "1", str(T0), "retrieval", "7", "0", ""),
-        ("u1", "b", "2", str(T0), "retrieval", "7", "1", str(T0 + HOUR)),
-        ("u1", "c", "3", str(T0), "retrieval", "7", "0", ""),
-        ("u2", "x", "1", str(T1), "retrieval", "8", "1", str(T1 + 24 * HOUR)),
-        ("u2", "y", "2", str(T1), "retrieval", "8", "0", ""),
-        ("u3", "p", "1", str(T1), "retrieval", "8", "0", ""),
-        ("u3", "q", "2", str(T1), "retrieval", "8", "0", ""),
-        ("u3", "r", "3", str(T1), "retrieval", "8", "1", str(T1)),
+        ("u1", "a", "1", str(T0), "recommender", "7", "0", ""),
+        ("u1", "b", "2", str(T0), "recommender", "7", "1", str(T0 + HOUR)),
+        ("u1", "c", "3", str(T0), "recommender", "7", "0", ""),
+        ("u2", "x", "1", str(T1), "recommender", "8", "1", str(T1 + 24 * HOUR)),
+        ("u2", "y", "2", str(T1), "recommender", "8", "0", ""),
+        ("u3", "p", "1", str(T1), "recommender", "8", "0", ""),
+        ("u3", "q", "2", str(T1), "recommender", "8", "0", ""),
+        ("u3", "r", "3", str(T1), "recommender", "8", "1", str(T1)),
     ]
     # One request id per request row: shared within a row, distinct across a batch's rows.
     ids = [r["request_id"] for r in rows]
@@ -250,7 +250,7 @@ def test_a_tfrecord_of_something_else_is_named(tmp_path, record, problem):
 
 def test_no_records_for_the_model(tmp_path):
     write_logs(tmp_path / "r.tfrecord", [other_log(names.RANKING_MODEL, names.SCORE_SIGNATURE)])
-    with pytest.raises(FeedbackError, match=r"no request logs for model 'retrieval' signature 'recommend'.*"
+    with pytest.raises(FeedbackError, match=r"no request logs for model 'recommender' signature 'recommend'.*"
                                             r"'ranking/score': 1"):
         build_span(config(tmp_path), str(tmp_path / "r.tfrecord"), write_events(tmp_path / "e.csv"),
                    tmp_path / "spans", 0)
@@ -324,12 +324,12 @@ def test_real_model_server_logs_become_a_span(tmp_path):
     from tests.support.client_models import save_models
 
     logs = tmp_path / "logs"
-    with ModelServer(save_models(str(tmp_path / "models")), grpc_port=0, rest_port=None, metrics_port=None,
-                     request_logging=RequestLoggingOptions(default_dir=str(logs))) as server:
+    with ModelServer(save_models(str(tmp_path / "models"), recommender=True), grpc_port=0, rest_port=None,
+                     metrics_port=None, request_logging=RequestLoggingOptions(default_dir=str(logs))) as server:
         server.wait_until_available(120)
         start = int(time.time())
         with RecommenderClient(server.grpc_address, timeout_s=30) as client:
-            shown = [r.item_id for r in client.recommend("u1", k=3)]  # retrieval (100 asked) + ranking
+            shown = [r.item_id for r in client.recommend("u1", k=3)]  # one Predict on the one-call model
             meta = client.signature(names.RETRIEVAL_MODEL, names.RECOMMEND_SIGNATURE)
             batch = {key: [spec.neutral_value()] * 2 for key, spec in meta.inputs.items()}
             batch.update({names.USER_ID: ["u2", "stranger"], names.HISTORY_ITEM_IDS: [[""], ["i03"]],
@@ -341,25 +341,31 @@ def test_real_model_server_logs_become_a_span(tmp_path):
 
     cfg = config(tmp_path)
     events = write_events(tmp_path / "new.csv", [
-        ("u1", shown[0], end + 60, "click"),
+        ("u1", shown[1], end + 60, "click"),
         # After the (1 h) window; real times, so no more than a day ahead (tables refuse future events).
-        ("u1", shown[1], end + 2 * HOUR, "purchase"),
+        ("u1", shown[2], end + 2 * HOUR, "purchase"),
         ("u2", u2_third, end + 5, "click"),
         ("stranger", "i19", end + 5, "click"),  # not recommended to them
     ])
+    # The default: the one-call model's logs, i.e. exactly what u1 was shown, at the rank shown.
     summary = build_span(cfg, str(logs), events, tmp_path / "spans", 4, attribution_hours=1.0)
     rows = read_csv(tmp_path / "spans" / "span-4" / "exposures.csv")
-    by_user = {u: [r for r in rows if r["user_id"] == u] for u in ("u1", "u2", "stranger")}
-    u1 = [r["item_id"] for r in by_user["u1"]]
-    assert len(u1) == 19 and "i05" not in u1 and set(shown) <= set(u1)  # 20 items but the stored history's i05
+    assert [(r["user_id"], r["item_id"], r["position"]) for r in rows] == [
+        ("u1", item, str(pos)) for pos, item in enumerate(shown, 1)]
+    assert all(start <= int(r["request_timestamp"]) <= end and r["model_name"] == "recommender"
+               and r["model_version"] == "1" for r in rows)
+    assert [(r["item_id"], r["engaged"]) for r in rows] == [(shown[0], "0"), (shown[1], "1"), (shown[2], "0")]
+    assert summary["requests"] == 1 and summary["exposures"] == 3
+    assert summary["other_models"] == {"retrieval/recommend": 1}  # the one-call path sent nothing else
+
+    # The retrieval model's logs, on request: batched rows, each row its own k.
+    summary = build_span(cfg, str(logs), events, tmp_path / "spans", 5, attribution_hours=1.0,
+                         model=names.RETRIEVAL_MODEL)
+    rows = read_csv(tmp_path / "spans" / "span-5" / "exposures.csv")
+    by_user = {u: [r for r in rows if r["user_id"] == u] for u in ("u2", "stranger")}
     assert [r["item_id"] for r in by_user["u2"]] == [u2_first, answer[0][1], u2_third]
     assert [r["item_id"] for r in by_user["stranger"]] == stranger
-    assert [int(r["position"]) for r in by_user["u1"]] == list(range(1, 20))
-    assert all(start <= int(r["request_timestamp"]) <= end and r["model_name"] == "retrieval"
-               and r["model_version"] == "1" for r in rows)
+    assert [int(r["position"]) for r in by_user["u2"]] == [1, 2, 3]
     engaged = [(r["user_id"], r["item_id"], r["engaged_timestamp"]) for r in rows if r["engaged"] == "1"]
-    assert engaged == [("u1", shown[0], str(end + 60)), ("u2", u2_third, str(end + 5))]
-    assert summary["requests"] == 3 and summary["exposures"] == 19 + 3 + 2
-    # The client's other calls (item_features; ranking/score) were logged too, and left out.
-    assert summary["other_models"].get("ranking/score") == 1
-    assert summary["other_models"].get("retrieval/item_features") == 1
+    assert engaged == [("u2", u2_third, str(end + 5))]
+    assert summary["requests"] == 2 and summary["exposures"] == 3 + 2

@@ -174,9 +174,14 @@ def attribute(exposures: pd.DataFrame, events: pd.DataFrame, attribution_hours: 
 
 def build_span(config: PipelineConfig | str | os.PathLike, log_paths, events_path: str | os.PathLike,
                out_dir: str | os.PathLike | None, span, attribution_hours: float = 24.0,
-               model: str = names.RETRIEVAL_MODEL, signature: str = names.RECOMMEND_SIGNATURE,
+               model: str = names.RECOMMENDER_MODEL, signature: str = names.RECOMMEND_SIGNATURE,
                force: bool = False) -> dict:
     """Writes ``out_dir/span-<span>/{events.csv, exposures.csv}``; returns the summary.
+
+    ``model`` defaults to the one-call ``recommender``, whose logged answers are the
+    final lists the users were shown, so ``position`` is the rank they saw. The
+    retrieval models' logs (``model="retrieval"``) hold the candidates the two-stage
+    client asked for, which it then re-ranked and cut: their positions are retrieval ranks.
 
     The events file keeps the config's events file name (events.csv in the shipped
     configs) and bytes. ``out_dir`` None: the config's ``data.spans.base``.
