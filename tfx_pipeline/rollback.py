@@ -16,6 +16,16 @@ LatestBlessedModelStrategy, which finds the warm-start source and the gates'
 baseline (wiring/training.py), reads ``blessed == 1`` both when run locally and
 in the query it compiles to for Kubeflow, so the next run neither warm-starts
 from nor gates against a rolled-back model, with no custom resolver.
+
+The one-call models (``recommender``, ``recommender_brute_force``) embed the model they
+were built from, so rolling back a part rolls back what embeds it: with ML Metadata, the
+recommender versions pushed from a RecommenderBuilder run over the rolled-back push's
+model (``retrieval`` -> ``recommender``, ``retrieval_brute_force`` ->
+``recommender_brute_force``, ``ranking`` -> both) are rolled back too, by the same rule,
+when they are their model's newest complete version. Otherwise the client, which asks
+the one-call model first, would keep serving the rolled-back model through it. Rolling
+back a one-call model alone leaves its parts (and their blessings) as they are: they
+still serve, and the next run's baselines are theirs.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import os
 import time
 from pathlib import Path
 
+from serving import names
 from serving.model_server.version_files import incomplete_reason, version_dirs
 
 
@@ -33,6 +44,14 @@ ROLLED_BACK_VERSION = "rolled_back_version"  # string: the serving directory tha
 BLESSED_BEFORE_ROLLBACK = "blessed_before_rollback"  # int: the gate's verdict, on a withdrawn ModelBlessing
 # TFX's ModelBlessing properties (tfx.components.evaluator.constants; our ModelGate writes the same).
 _BLESSED, _CURRENT_MODEL_ID = "blessed", "current_model_id"
+# RecommenderBuilder (tfx_pipeline/components/recommender_builder.py): input key -> the output
+# keys (= served model names) of the one-call models built over that input.
+COMPOSED_INTO = {
+    "scann_model": (names.RECOMMENDER_MODEL,),
+    "brute_force_model": (names.RECOMMENDER_BRUTE_FORCE_MODEL,),
+    "ranking_model": (names.RECOMMENDER_MODEL, names.RECOMMENDER_BRUTE_FORCE_MODEL),
+}
+_PARTS = (names.RETRIEVAL_MODEL, names.RETRIEVAL_BRUTE_FORCE_MODEL, names.RANKING_MODEL)
 
 
 class RollbackError(Exception):
@@ -57,7 +76,9 @@ def rollback(model_base: Path, metadata_path: Path | None = None) -> str:
 
     Raises:
         RollbackError: no pushed versions, nothing older complete to fall back
-            to, or the metadata could not be updated (the files were moved then).
+            to, or the metadata could not be updated (the files were moved then),
+            or a one-call model built from the rolled-back push could not be
+            rolled back (this model's rollback is done then).
     """
     model_base = Path(model_base)
     if not model_base.is_dir():
@@ -79,7 +100,10 @@ def rollback(model_base: Path, metadata_path: Path | None = None) -> str:
     os.rename(source, target)
     message = f"rolled back {model_base.name}: version {newest} moved to {target.name}, now serving {previous}{skipped}"
     if metadata_path is None or not Path(metadata_path).is_file():
-        return message + f"; no ML Metadata at {metadata_path}: warm start and gate baselines unchanged"
+        hint = (f"; the one-call models built from it were not looked for: roll back {names.RECOMMENDER_MODEL} / "
+                f"{names.RECOMMENDER_BRUTE_FORCE_MODEL} too if they were pushed with it"
+                if model_base.name in _PARTS else "")
+        return message + f"; no ML Metadata at {metadata_path}: warm start and gate baselines unchanged{hint}"
     try:
         marked = mark_rolled_back(Path(metadata_path), str(source))
     except Exception as e:
@@ -89,8 +113,73 @@ def rollback(model_base: Path, metadata_path: Path | None = None) -> str:
             f"{metadata_path}") from e
     if not marked:
         return message + f"; no push of {source} recorded in {metadata_path}: warm start and gate baselines unchanged"
-    return message + (f"; ML Metadata: model artifact(s) {marked} marked rolled_back=1 and unblessed (the "
-                      f"warm-start and gate baselines skip them)")
+    message += (f"; ML Metadata: model artifact(s) {marked} marked rolled_back=1 and unblessed (the "
+                f"warm-start and gate baselines skip them)")
+    return message + _roll_back_dependents(Path(metadata_path), str(source), message)
+
+
+def _roll_back_dependents(metadata_path: Path, pushed_dir: str, done: str) -> str:
+    """Rolls back the one-call model versions built over the push of `pushed_dir`; what was done."""
+    try:
+        dependents = dependent_pushes(metadata_path, pushed_dir)
+    except Exception as e:
+        raise RollbackError(f"{done}, but finding the one-call models built from it in ML Metadata failed ({e}); "
+                            f"roll them back by hand (recsys rollback --model recommender / "
+                            f"recommender_brute_force)") from e
+    out = ""
+    for version_dir in dependents:
+        base, version = Path(version_dir).parent, Path(version_dir).name
+        if not os.path.isdir(version_dir):
+            continue  # already rolled back (or removed)
+        newest = versions(base)
+        if not newest or str(newest[-1]) != version:
+            out += f"; {base.name} version {version} (built from it) is not its newest complete version: left alone"
+            continue
+        try:
+            out += f"; then {rollback(base, metadata_path)}"
+        except RollbackError as e:
+            raise RollbackError(
+                f"{done}{out}; but {base.name} version {version}, built from the rolled-back model, still serves it: "
+                f"{e}. Move {version_dir} aside by hand (clients fall back to the two-stage path where the one-call "
+                f"model is not served)") from e
+    return out
+
+
+def dependent_pushes(metadata_path: Path, pushed_dir: str) -> list[str]:
+    """The pushed version directories of the one-call models built over the model pushed to `pushed_dir`.
+
+    Follows ML Metadata downwards: the push's ``model`` input -> RecommenderBuilder runs that
+    took it as an input of COMPOSED_INTO -> their matching output models -> the pushes of
+    those (``pushed_destination``). Sorted; empty when none is recorded.
+    """
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = _store(metadata_path)
+    event_types = metadata_store_pb2.Event
+    pushes = [a.id for a in store.get_artifacts_by_type("PushedModel")
+              if "pushed_destination" in a.custom_properties
+              and _same_path(a.custom_properties["pushed_destination"].string_value, pushed_dir)]
+    if not pushes:
+        return []
+
+    def key(event) -> str | None:
+        return next((s.key for s in event.path.steps if s.HasField("key")), None)
+
+    push_runs = {e.execution_id for e in store.get_events_by_artifact_ids(pushes) if e.type == event_types.OUTPUT}
+    models = {e.artifact_id for e in store.get_events_by_execution_ids(sorted(push_runs))
+              if e.type == event_types.INPUT and key(e) == "model"}
+    # (execution, output key) of every one-call model built over one of `models`.
+    wanted = {(e.execution_id, out) for e in store.get_events_by_artifact_ids(sorted(models))
+              if e.type == event_types.INPUT and key(e) in COMPOSED_INTO for out in COMPOSED_INTO[key(e)]}
+    built = {e.artifact_id for e in store.get_events_by_execution_ids(sorted({x for x, _ in wanted}))
+             if e.type == event_types.OUTPUT and (e.execution_id, key(e)) in wanted}
+    consumers = {e.execution_id for e in store.get_events_by_artifact_ids(sorted(built))
+                 if e.type == event_types.INPUT and key(e) == "model"}
+    pushed = {e.artifact_id for e in store.get_events_by_execution_ids(sorted(consumers))
+              if e.type == event_types.OUTPUT}
+    return sorted({a.custom_properties["pushed_destination"].string_value
+                   for a in store.get_artifacts_by_id(sorted(pushed))
+                   if "pushed_destination" in a.custom_properties})  # TFX sets it only on a real push
 
 
 def _store(metadata_path: Path):

@@ -1,6 +1,7 @@
 """What a run produced, printed for people: evaluation tables (retrieval: ours, popularity
 and ALS, with a plain line wherever ours loses to a baseline, and one beyond-accuracy line:
-coverage, tail share, cold users' recall), verdicts, index recall, pushes."""
+coverage, tail share, cold users' recall), verdicts (the gates', and whether the one-call models
+were built), index recall, pushes."""
 
 from __future__ import annotations
 
@@ -64,6 +65,18 @@ def print_summary(cfg: PipelineConfig) -> dict:
                     reasons = []
                 for r in reasons:
                     print(f"  - {r}")
+    composed = latest(root, ids.RECOMMENDER_BUILDER, "blessing")
+    if composed:  # the one-call models: built and blessed only when both parts were blessed
+        built = os.path.exists(os.path.join(composed, "BLESSED"))
+        try:
+            with open(os.path.join(composed, "BLESSED" if built else "NOT_BLESSED")) as fh:
+                parts = json.load(fh).get("parts", {})
+        except (OSError, ValueError, AttributeError):
+            parts = {}
+        refused = [kind for kind, ok in parts.items() if not ok]
+        why = f": the {' and '.join(refused)} model(s) were not blessed" if refused else ""
+        print(f"[recommender] {ids.RECOMMENDER_BUILDER}: one-call models {'built, BLESSED' if built else 'NOT built'}"
+              f"{why} ({composed})")
     evaluation = latest(root, ids.RANKING_GATE, "evaluation")
     if evaluation:
         print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")

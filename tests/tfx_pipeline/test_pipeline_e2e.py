@@ -67,6 +67,7 @@ def test_kubeflow_v2_compile_has_every_component(tmp_path):
     tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])
     expected = DATA_COMPONENTS | {"RetrievalTrainer", "RankingTrainer", "RetrievalGate", "RankingGate", "IndexBuilder",
                                   "Push_retrieval", "Push_retrieval_brute_force", "Push_ranking", "RecommenderBuilder",
+                                  "InfraValidate_recommender", "InfraValidate_recommender_brute_force",
                                   "Push_recommender", "Push_recommender_brute_force"}
     assert expected <= tasks, expected - tasks
     assert "example/recsys:test" in out.read_text()
@@ -84,7 +85,7 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
     cfg = _cfg(tmp_path)
     rows = run_local(cfg)
     states = {r["component"]: r["state"] for r in rows}
-    assert states["IndexBuilder"] == "COMPLETE", states
+    assert states["IndexBuilder"] == "COMPLETE" and states["RecommenderBuilder"] == "COMPLETE", states
     for model in names.ALL_MODELS:
         versions = [p for p in (cfg.serving_root / model).iterdir() if p.name.isdigit()]
         assert len(versions) == 1, (model, versions)
@@ -125,6 +126,43 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
         assert ids.shape == (2, 5) and all(i.startswith(b"sku-") for i in ids[0])
         assert list(known) == [True, False]
         assert b"sku-0003" not in ids[1][:3] and ids[1][3] == b""  # history excluded; k=3 for row 2
+
+        # The pushed one-call model, one raw Predict carrying every input its recommend
+        # signature lists (read from the served model's metadata).
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        from trainer.recommender.export import neutral_inputs
+
+        meta_req = get_model_metadata_pb2.GetModelMetadataRequest()
+        meta_req.model_spec.name = names.RECOMMENDER_MODEL
+        meta_req.metadata_field.append("signature_def")
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        assert stub.GetModelMetadata(meta_req, timeout=30).metadata["signature_def"].Unpack(sig_map)
+        spec = sig_map.signature_def[names.RECOMMEND_SIGNATURE].inputs
+        feature_keys = [k[len(names.FILTER_PREFIX):] for k in spec if k.startswith(names.FILTER_PREFIX)]
+        one_call = {**inputs, **neutral_inputs(2, feature_keys),
+                    names.EXCLUDE_ITEM_IDS: np.array([[b""], [b"sku-0010"]], dtype=object)}
+        for key, info in spec.items():  # user side features (none in this dataset): unknown
+            if key not in one_call:
+                assert key.startswith("user_"), key
+                one_call[key] = (np.array([b"", b""], dtype=object) if info.dtype == tf.string.as_datatype_enum
+                                 else np.full(2, np.nan, np.float32))
+        assert set(one_call) == set(spec), set(one_call) ^ set(spec)
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = names.RECOMMENDER_MODEL
+        req.model_spec.signature_name = names.RECOMMEND_SIGNATURE
+        for k, v in one_call.items():
+            req.inputs[k].CopyFrom(tf.make_tensor_proto(v, dtype=tf.dtypes.as_dtype(spec[k].dtype)))
+        resp = stub.Predict(req, timeout=30)
+        ids = tf.make_ndarray(resp.outputs[names.OUT_ITEM_IDS])
+        used_history = tf.make_ndarray(resp.outputs[names.OUT_HISTORY_ITEM_IDS])
+        assert ids.shape == (2, 5) and all(i.startswith(b"sku-") for i in ids[0]) and ids[1][3] == b""
+        assert all(i.startswith(b"sku-") for i in ids[1][:3])
+        assert any(used_history[0])  # u0001 sent none: the stored history was used
+        assert not {h for h in used_history[0] if h} & set(ids[0])  # history excluded (the stored one)
+        assert not {b"sku-0003", b"sku-0010"} & set(ids[1])  # sent history and exclude_item_ids excluded
+        assert list(tf.make_ndarray(resp.outputs[names.OUT_KNOWN_USER])) == [True, False]
+        assert all(tf.make_ndarray(resp.outputs[names.OUT_REASONS])[0])
 
         # The two-stage client and the CLI against the freshly pushed real models.
         from serving.client import RecommenderClient

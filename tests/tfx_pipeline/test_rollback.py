@@ -5,7 +5,9 @@ runs record (TFX's artifact types, event keys and the Pusher's pushed_destinatio
 run 1 trains model A and pushes it; run 2 warm-starts from A (``base_model``),
 trains B, builds the ScaNN model S from B (``model``) and pushes S. Rolling S's
 version back marks S and B (not A) and withdraws B's blessing, and TFX's
-LatestBlessedModelStrategy, the baselines' resolver, then answers A.
+LatestBlessedModelStrategy, the baselines' resolver, then answers A. The one-call
+models embed their parts: rolling back a part rolls back the recommender versions built
+over it (and only those), and refuses loudly when one of them cannot be rolled back.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class _Store:
         self.types = {name: self.store.put_artifact_type(pb.ArtifactType(name=name))
                       for name in ("Model", "ModelBlessing", "PushedModel")}
         self.exec_types = {name: self.store.put_execution_type(pb.ExecutionType(name=name))
-                           for name in ("Trainer", "ModelGate", "IndexBuilder", "Pusher")}
+                           for name in ("Trainer", "ModelGate", "IndexBuilder", "RecommenderBuilder", "Pusher")}
 
     def artifact(self, type_name: str, uri: str, **props) -> int:
         artifact = self.pb.Artifact(type_id=self.types[type_name], uri=uri, state=self.pb.Artifact.LIVE)
@@ -193,3 +195,106 @@ def test_rollback_of_a_version_the_pipeline_did_not_push_says_the_metadata_is_un
     assert "now serving 200" in message and "no push of" in message and "baselines unchanged" in message
     assert db.rolled_back() == set()
     assert db.latest_blessed() == ids["model2"]
+
+
+def _two_runs_with_recommenders(tmp_path: Path, exported: str, serving: Path, runs=(1, 2)) -> tuple[_Store, dict]:
+    """Each run: trainers B (retrieval) and M (ranking), ScaNN S from B, RecommenderBuilder over
+    S, B and M -> R (recommender) and F (recommender_brute_force); all five pushed."""
+    from serving import names
+
+    db = _Store(tmp_path / "metadata.sqlite")
+    ids = {}
+    for run in runs:
+        version = 100 * run
+        b = db.artifact("Model", str(tmp_path / f"run{run}/retrieval_model"))
+        m = db.artifact("Model", str(tmp_path / f"run{run}/ranking_model"))
+        db.execution("Trainer", {}, {"model": b})
+        db.execution("Trainer", {"base_model": ids[f"M{run - 1}"]} if f"M{run - 1}" in ids else {}, {"model": m})
+        s = db.artifact("Model", str(tmp_path / f"run{run}/scann_model"))
+        db.execution("IndexBuilder", {"model": b}, {"scann_model": s})
+        r = db.artifact("Model", str(tmp_path / f"run{run}/recommender"))
+        f = db.artifact("Model", str(tmp_path / f"run{run}/recommender_brute_force"))
+        blessing = db.artifact("ModelBlessing", str(tmp_path / f"run{run}/recommender_blessing"), blessed=1)
+        db.execution("RecommenderBuilder", {"scann_model": s, "brute_force_model": b, "ranking_model": m},
+                     {"recommender": r, "recommender_brute_force": f, "blessing": blessing})
+        for name, model in ((names.RETRIEVAL_MODEL, s), (names.RETRIEVAL_BRUTE_FORCE_MODEL, b),
+                            (names.RANKING_MODEL, m), (names.RECOMMENDER_MODEL, r),
+                            (names.RECOMMENDER_BRUTE_FORCE_MODEL, f)):
+            destination = _push(serving / name, exported, version)
+            pushed = db.artifact("PushedModel", str(tmp_path / f"run{run}/pushed_{name}"), pushed=1,
+                                 pushed_destination=destination, pushed_version=str(version))
+            db.execution("Pusher", {"model": model}, {"pushed_model": pushed})
+        ids.update({f"B{run}": b, f"M{run}": m, f"S{run}": s, f"R{run}": r, f"F{run}": f})
+    return db, ids
+
+
+def test_rolling_back_a_part_rolls_back_the_one_call_models_built_over_it(tmp_path, exported):
+    from serving import names
+
+    serving = tmp_path / "serving"
+    db, ids = _two_runs_with_recommenders(tmp_path, exported, serving)
+    message = rollback(serving / names.RETRIEVAL_MODEL, db.path)
+    assert f"then rolled back {names.RECOMMENDER_MODEL}: version 200 moved" in message, message
+    assert versions(serving / names.RECOMMENDER_MODEL) == [100]
+    assert versions(serving / names.RECOMMENDER_BRUTE_FORCE_MODEL) == [100, 200]  # not built over ScaNN
+    assert versions(serving / names.RANKING_MODEL) == [100, 200]
+    assert ids["R2"] in db.rolled_back() and ids["F2"] not in db.rolled_back()
+    assert ids["M2"] not in db.rolled_back()  # the recommender's rollback leaves its parts alone
+
+    # Ranking is in both: the one left (recommender_brute_force) goes too; recommender's 200 is gone already.
+    message = rollback(serving / names.RANKING_MODEL, db.path)
+    assert f"then rolled back {names.RECOMMENDER_BRUTE_FORCE_MODEL}: version 200 moved" in message, message
+    assert versions(serving / names.RECOMMENDER_BRUTE_FORCE_MODEL) == [100]
+    assert versions(serving / names.RECOMMENDER_MODEL) == [100]
+    assert {ids["F2"], ids["M2"]} <= db.rolled_back()
+
+
+
+def test_rolling_back_a_one_call_model_leaves_its_parts_alone(tmp_path, exported):
+    from serving import names
+
+    serving = tmp_path / "serving"
+    db, ids = _two_runs_with_recommenders(tmp_path, exported, serving)
+    message = rollback(serving / names.RECOMMENDER_MODEL, db.path)
+    assert "now serving 100" in message and "then rolled back" not in message
+    assert {n: versions(serving / n) for n in names.ALL_MODELS} == {
+        n: [100] if n == names.RECOMMENDER_MODEL else [100, 200] for n in names.ALL_MODELS}
+    marked = db.rolled_back()
+    assert ids["R2"] in marked and not {ids["S2"], ids["B2"], ids["M2"], ids["F2"]} & marked
+
+
+def test_a_one_call_model_that_cannot_be_rolled_back_is_reported(tmp_path, exported):
+    from serving import names
+
+    serving = tmp_path / "serving"
+    db, ids = _two_runs_with_recommenders(tmp_path, exported, serving)
+    shutil.rmtree(serving / names.RECOMMENDER_BRUTE_FORCE_MODEL / "100")  # only run 2's version left
+    with pytest.raises(RollbackError) as e:
+        rollback(serving / names.RETRIEVAL_BRUTE_FORCE_MODEL, db.path)
+    text = str(e.value)
+    assert "rolled back retrieval_brute_force: version 200 moved" in text  # done, and said so
+    assert f"but {names.RECOMMENDER_BRUTE_FORCE_MODEL} version 200, built from the rolled-back model, still serves it" in text
+    assert "nothing older to roll back to" in text
+    assert versions(serving / names.RETRIEVAL_BRUTE_FORCE_MODEL) == [100]
+    assert versions(serving / names.RECOMMENDER_BRUTE_FORCE_MODEL) == [200]
+    assert versions(serving / names.RECOMMENDER_MODEL) == [100, 200]  # not built over the brute-force export
+
+
+def test_without_metadata_the_one_call_models_are_named(tmp_path, exported):
+    from serving import names
+
+    base = tmp_path / "serving" / names.RANKING_MODEL
+    for v in (100, 200):
+        _push(base, exported, v)
+    message = rollback(base)
+    assert f"roll back {names.RECOMMENDER_MODEL} / {names.RECOMMENDER_BRUTE_FORCE_MODEL} too" in message
+
+
+def test_rollback_follows_the_builders_keys():
+    """rollback.COMPOSED_INTO names the RecommenderBuilder's inputs and outputs."""
+    from tfx_pipeline.components.recommender_builder import RecommenderBuilder
+    from tfx_pipeline.rollback import COMPOSED_INTO
+
+    spec = RecommenderBuilder.SPEC_CLASS
+    assert set(COMPOSED_INTO) <= set(spec.INPUTS)
+    assert {out for outs in COMPOSED_INTO.values() for out in outs} <= set(spec.OUTPUTS)

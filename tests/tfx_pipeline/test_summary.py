@@ -47,3 +47,22 @@ def test_summary_prints_the_beyond_accuracy_line(tmp_path, capsys):
     assert ("  beyond accuracy @10: coverage ours 0.3100 / popularity 0.0100 / ALS 0.2000; tail share ours 0.0200 / "
             "popularity 0.0000 / ALS 0.0100 (relevant items 0.3000); cold users (10, <= 5 train events) Recall@10 "
             "ours 0.1000 / popularity 0.1000 / ALS 0.1000 (report: slices, fairness)") in printed
+
+
+def test_summary_says_whether_the_one_call_models_were_built(tmp_path, capsys):
+    from tfx_pipeline.summary import print_summary
+
+    cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                      "serving_base_path": str(tmp_path / "serving")})
+    blessing = cfg.root / "artifacts" / ids.RECOMMENDER_BUILDER / "blessing" / "9"
+    blessing.mkdir(parents=True)
+    (blessing / "NOT_BLESSED").write_text(json.dumps({"blessed": False,
+                                                      "parts": {"retrieval": True, "ranking": False}}))
+    print_summary(cfg)
+    assert (f"[recommender] {ids.RECOMMENDER_BUILDER}: one-call models NOT built: the ranking model(s) were "
+            f"not blessed") in capsys.readouterr().out
+    newer = blessing.parent / "10"
+    newer.mkdir()
+    (newer / "BLESSED").write_text(json.dumps({"blessed": True, "parts": {"retrieval": True, "ranking": True}}))
+    print_summary(cfg)
+    assert f"[recommender] {ids.RECOMMENDER_BUILDER}: one-call models built, BLESSED" in capsys.readouterr().out
