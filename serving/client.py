@@ -8,7 +8,7 @@ By default one `recommend()` is one Predict on the one-call model that wraps the
 retrieval model (names.RECOMMENDER_OF: `recommender` for `retrieval`,
 `recommender_brute_force` for `retrieval_brute_force`; trainer/recommender/export.py),
 which does every step below in the server. Where that model is not served (NOT_FOUND)
-the client logs a warning once and runs the same steps itself over the separate
+the client logs a warning and runs the same steps itself over the separate
 models (3-5 RPCs), and tries the one-call model again a minute later;
 `recommender_model=None` always runs them here. The steps:
 
