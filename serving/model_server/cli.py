@@ -5,6 +5,10 @@
 
 Also `recsys serve ...` (the project CLI calls `main`). Stops cleanly on
 SIGINT/SIGTERM: in-flight requests finish, then models are unloaded.
+
+`--num_workers N` (N > 1, or 0 = one per CPU core) runs N such server processes
+on the same ports under a supervisor (supervisor.py); each worker is this same
+command with the hidden `--worker_index i` / `--worker_control_fd FD` flags.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ def _rest_port(value: str) -> int | None:
     if value.strip() == "0":
         return None
     return _port(value)
+
+
+def _num_workers(value: str) -> int:
+    """--num_workers: N >= 1 processes, or 0 for one per CPU core."""
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = one per CPU core), got {n}")
+    return n
 
 
 def _bool(value: str) -> bool:
@@ -141,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max_response_size_mb", metavar="MB", type=float, default=64,
                         help="most output bytes per response, as a PredictResponse encodes them (default 64)")
     p.add_argument("--grpc_max_threads", type=int, default=16, help="gRPC handler threads (default 16)")
+    p.add_argument("--num_workers", metavar="N", type=_num_workers, default=1,
+                   help="server processes sharing the gRPC and REST ports, each with its own models (default 1 "
+                        "= this process serves; 0 = one per CPU core); N > 1: a supervisor starts, watches and "
+                        "restarts N workers, worker i serves metrics on --monitoring_port + i (README)")
+    p.add_argument("--worker_index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    p.add_argument("--worker_control_fd", type=int, default=None, help=argparse.SUPPRESS)  # its socketpair
     p.add_argument("--log_level", default="INFO", help="Python logging level (default INFO)")
 
     logs = p.add_argument_group("request logging (models with a logging_config in the model config are logged regardless)")
@@ -316,8 +334,57 @@ def _rebase(text: str, root: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the server until SIGINT/SIGTERM; returns the exit code."""
     args = build_parser().parse_args(argv)
+    worker = args.worker_index  # None: a standalone server (or the supervisor below)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s " + ("" if worker is None else f"[worker {worker}] ")
+                               + "%(name)s: %(message)s")
+    if worker is None:
+        from serving.model_server.supervisor import resolve_num_workers, supervise
+
+        num_workers = resolve_num_workers(args.num_workers)
+        if num_workers > 1:  # the multi-process mode: this process only supervises (supervisor.py)
+            return supervise(args, sys.argv[1:] if argv is None else list(argv), num_workers)
+        return _serve(args)
+    return _serve(args, _WorkerChannel(worker, args.worker_control_fd))
+
+
+class _WorkerChannel:
+    """A worker's end of the supervisor's socketpair: reports ready; SIGTERMs itself when the supervisor is gone."""
+
+    def __init__(self, index: int, fd: int | None):
+        import socket
+
+        self.index = index
+        self.prefix = f"worker {index}: "
+        self._sock = socket.socket(fileno=fd) if fd is not None else None
+        if self._sock is not None:
+            threading.Thread(target=self._watch, name="supervisor-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            while self._sock.recv(64):
+                pass
+        except OSError:
+            pass
+        log.warning("the supervisor is gone; stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def ready(self, server, lines: list[str]) -> None:
+        import json
+
+        message = {"event": "ready", "pid": os.getpid(), "grpc_port": server.grpc_port,
+                   "rest_port": server.rest_port, "metrics_port": server.metrics_port, "lines": lines}
+        print(f"{self.prefix}ready (pid {os.getpid()})", flush=True)
+        if self._sock is not None:
+            try:
+                self._sock.sendall(json.dumps(message).encode() + b"\n")
+            except OSError as e:  # the supervisor is gone: _watch stops this worker
+                log.warning("cannot report ready to the supervisor: %s", e)
+
+
+def _serve(args, worker: _WorkerChannel | None = None) -> int:
+    """One server process: standalone (worker None), or worker `worker.index` of a multi-process server."""
+    say_prefix = "" if worker is None else worker.prefix
     # Imported here so --help and flag errors answer without loading TensorFlow.
     from serving.model_server.auth import read_token_file
     from serving.model_server.config import BatchingOptions, ConfigError, load_batching_parameters
@@ -373,16 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         poll_s = args.file_system_poll_wait_seconds if args.file_system_poll_wait_seconds > 0 else 10 ** 9
         rest_threads = args.rest_api_num_threads or max(64, 4 * (os.cpu_count() or 1))
     except (ConfigError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{say_prefix}error: {e}", file=sys.stderr)
         return 2
 
     def on_event(event: str, model: str, version: int, detail: str) -> None:
         if event == "loaded":
-            print(f"loaded model {model} version {version} from {detail}", flush=True)
+            print(f"{say_prefix}loaded model {model} version {version} from {detail}", flush=True)
         elif event == "failed":
-            print(f"FAILED model {model} version {version}: {detail}", flush=True)
+            print(f"{say_prefix}FAILED model {model} version {version}: {detail}", flush=True)
         else:
-            print(f"unloaded model {model} version {version}", flush=True)
+            print(f"{say_prefix}unloaded model {model} version {version}", flush=True)
 
     try:
         server = ModelServer(
@@ -394,9 +461,10 @@ def main(argv: list[str] | None = None) -> int:
             admin_token=admin_token, rest_timeout_s=(args.rest_api_timeout_in_ms / 1000) or None,
             rest_max_connections=rest_threads, metrics_path=metrics_path,
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            worker_index=None if worker is None else worker.index,
         )
     except ConfigError as e:  # e.g. a request log directory that cannot be written
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{say_prefix}error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -405,32 +473,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.start()
         except OSError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{say_prefix}error: {e}", file=sys.stderr)
             return 1
         if args.model_config_file_poll_wait_seconds:
             poller = ConfigFilePoller(args.model_config_file, server.reloader,
                                       args.model_config_file_poll_wait_seconds).start()
-        models = ", ".join(f"{m.name} <- {m.base_path}" for m in config.model_config_list.config)
-        print(f"serving models: {models}", flush=True)
-        if server.grpc_port is not None:
-            print(f"gRPC listening on {server.grpc_address}{' (TLS)' if tls else ''}", flush=True)
-        if server.rest_port is not None:
-            print(f"REST listening on {server.rest_url}", flush=True)
-            if metrics_path:
-                print(f"metrics on {server.rest_url}{metrics_path}", flush=True)
-        if server.metrics_port is not None:
-            print(f"metrics listening on http://{args.host}:{server.metrics_port}/metrics", flush=True)
-        if batching:
-            print(f"batching on: {batching}", flush=True)
-        if token:
-            print("bearer token required on gRPC and REST (GET /healthz open)", flush=True)
-        if admin_token:
-            print("admin token required for HandleReloadConfigRequest", flush=True)
-        for name, (prefix, rate) in server.request_logger.targets().items():
-            print(f"request logging: model {name}, sampling rate {rate:g} -> {prefix}-*.tfrecord", flush=True)
+        lines = _banner(args, config, server, tls, metrics_path, batching, token, admin_token)
+        if worker is None:
+            for line in lines:
+                print(line, flush=True)
+        else:  # the supervisor prints them once every worker is ready
+            worker.ready(server, lines)
         while not stop.wait(0.5):
             pass
-        print("shutting down", flush=True)
+        print(f"{say_prefix}shutting down", flush=True)
         return 0
     finally:
         if poller is not None:
@@ -440,6 +496,29 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
         for d in scratch:
             d.cleanup()
+
+
+def _banner(args, config, server, tls, metrics_path, batching, token, admin_token) -> list[str]:
+    """The lines a started server prints (tests and operators wait for "gRPC listening on ...")."""
+    models = ", ".join(f"{m.name} <- {m.base_path}" for m in config.model_config_list.config)
+    lines = [f"serving models: {models}"]
+    if server.grpc_port is not None:
+        lines.append(f"gRPC listening on {server.grpc_address}{' (TLS)' if tls else ''}")
+    if server.rest_port is not None:
+        lines.append(f"REST listening on {server.rest_url}")
+        if metrics_path:
+            lines.append(f"metrics on {server.rest_url}{metrics_path}")
+    if server.metrics_port is not None:
+        lines.append(f"metrics listening on http://{args.host}:{server.metrics_port}/metrics")
+    if batching:
+        lines.append(f"batching on: {batching}")
+    if token:
+        lines.append("bearer token required on gRPC and REST (GET /healthz open)")
+    if admin_token:
+        lines.append("admin token required for HandleReloadConfigRequest")
+    for name, (prefix, rate) in server.request_logger.targets().items():
+        lines.append(f"request logging: model {name}, sampling rate {rate:g} -> {prefix}-*.tfrecord")
+    return lines
 
 
 if __name__ == "__main__":

@@ -202,6 +202,8 @@ class RequestLoggingOptions:
         allowed_dirs: directories request log files may be written under (a
             config reload naming a prefix elsewhere is refused); None: the
             directories of the startup config's prefixes and default_dir.
+        worker_index: set by a worker of a multi-process server (--num_workers):
+            its files are named `<prefix>-w<i>-<timestamp>-<seq>.tfrecord`.
     """
 
     default_dir: str | None = None
@@ -211,6 +213,7 @@ class RequestLoggingOptions:
     max_file_age_s: float = 600.0
     queue_size: int = 10_000
     allowed_dirs: tuple[str, ...] | None = None
+    worker_index: int | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.default_sampling_rate <= 1.0:

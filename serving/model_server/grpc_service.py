@@ -26,6 +26,7 @@ from serving.model_server.version_manager import VersionManager
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
+WORKER_METADATA_KEY = "x-model-server-worker"  # rest_http.WORKER_HEADER
 
 
 def require_model_spec(request) -> None:
@@ -68,6 +69,30 @@ class _Observed:
         self._metrics.observe_request(api, model_label, signature, status.name, time.monotonic() - start)
         if status != grpc.StatusCode.OK:
             context.abort(status, message)
+
+
+class WorkerInterceptor(grpc.ServerInterceptor):
+    """Adds trailing metadata `x-model-server-worker: <i>` to every call (a worker of --num_workers N > 1).
+
+    Put first among the interceptors, so that refusals (UNAUTHENTICATED) carry it too.
+    """
+
+    def __init__(self, worker_index: int):
+        self._metadata = ((WORKER_METADATA_KEY, str(worker_index)),)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:  # every service here is unary-unary
+            return handler
+        behaviour, metadata = handler.unary_unary, self._metadata
+
+        def tagged(request, context):
+            context.set_trailing_metadata(metadata)
+            return behaviour(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            tagged, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -152,8 +177,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """
 
     def __init__(self, manager: VersionManager, metrics: ServerMetrics, reloader: ConfigReloader,
-                 admin: AdminPolicy | None = None):
+                 admin: AdminPolicy | None = None, reload_refusal: str | None = None):
         self._manager = manager
+        self._reload_refusal = reload_refusal  # FAILED_PRECONDITION for every reload (multi-process server)
         self._reloader = reloader
         self._observed = _Observed(metrics, manager)
         self._admin = admin if admin is not None else AdminPolicy(None, "127.0.0.1")
@@ -171,6 +197,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             refusal = self._admin.check(authorization_of(context.invocation_metadata()))
             if refusal is not None:
                 raise ServingError(*refusal)
+            if self._reload_refusal is not None:
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, self._reload_refusal)
             self._reloader.apply(request.config)
             response = model_management_pb2.ReloadConfigResponse()
             response.status.error_code = 0

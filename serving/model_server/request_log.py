@@ -6,6 +6,12 @@ predict_log {request, response}) into uncompressed TFRecord files named
 
     <filename_prefix>-<UTC timestamp>-<seq>.tfrecord    e.g. /logs/rec-20260101T120000Z-00000.tfrecord
 
+or, from worker i of a multi-process server (`--num_workers N`, N > 1),
+
+    <filename_prefix>-w<i>-<UTC timestamp>-<seq>.tfrecord    e.g. /logs/rec-w1-20260101T120000Z-00000.tfrecord
+
+so `<filename_prefix>-*.tfrecord` and the directory match every worker's files.
+
 A file is written as `<name>.tfrecord.partial` and renamed to `<name>.tfrecord`
 once closed (rotation or shutdown), so `*.tfrecord` only ever matches complete
 files. The same format as TF Serving warmup files, so a log file can also be
@@ -34,10 +40,12 @@ PARTIAL_SUFFIX = ".partial"  # appended while a file is being written
 PathsOrGlob = str | os.PathLike | Iterable[str | os.PathLike]
 
 
-def log_file_name(prefix: str, opened_at: float, seq: int) -> str:
-    """`<prefix>-<UTC timestamp>-<seq>.tfrecord` for a file opened at `opened_at` (unix seconds)."""
+def log_file_name(prefix: str, opened_at: float, seq: int, worker: int | None = None) -> str:
+    """`<prefix>-<UTC timestamp>-<seq>.tfrecord` for a file opened at `opened_at` (unix seconds);
+    `<prefix>-w<worker>-<UTC timestamp>-<seq>.tfrecord` from a worker of a multi-process server."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(opened_at))
-    return f"{prefix}-{stamp}-{seq:05d}{SUFFIX}"
+    tag = "" if worker is None else f"-w{worker}"
+    return f"{prefix}{tag}-{stamp}-{seq:05d}{SUFFIX}"
 
 
 def log_files(paths_or_glob: PathsOrGlob) -> list[str]:
@@ -46,8 +54,8 @@ def log_files(paths_or_glob: PathsOrGlob) -> list[str]:
     Each entry may be a file (read as given, `.partial` included), a directory
     (every `*.tfrecord` below it, recursively) or a glob pattern (files still
     being written, `*.partial`, only when the pattern ends in `.partial`). Files
-    come sorted per entry, which is chronological per filename prefix;
-    duplicates are dropped.
+    come sorted per entry, which is chronological per filename prefix (and
+    per worker of a multi-process server); duplicates are dropped.
 
     Raises:
         FileNotFoundError: a plain path does not exist, or nothing matched at all.

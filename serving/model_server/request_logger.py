@@ -264,10 +264,11 @@ class RequestLogger:
     def _open_file(self, prefix: str) -> _LogFile:
         seq = self._next_seq.get(prefix, 0)
         now = time.time()
-        path = log_file_name(prefix, now, seq)
+        worker = self.options.worker_index
+        path = log_file_name(prefix, now, seq, worker)
         while os.path.exists(path) or os.path.exists(path + PARTIAL_SUFFIX):  # e.g. a restart within a second
             seq += 1
-            path = log_file_name(prefix, now, seq)
+            path = log_file_name(prefix, now, seq, worker)
         self._next_seq[prefix] = seq + 1
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self._files[prefix] = file = _LogFile(path)

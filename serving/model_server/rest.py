@@ -436,14 +436,19 @@ class RestApi:
             self.metrics.auth_failures.labels("rest").inc()
         return error
 
-    def make_server(self, host: str, port: int,
-                    ssl_context: ssl.SSLContext | None = None) -> http.server.ThreadingHTTPServer:
-        """Binds an HTTP server (HTTPS with `ssl_context`) serving this API (not started)."""
+    def make_server(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    worker_index: int | None = None) -> http.server.ThreadingHTTPServer:
+        """Binds an HTTP server (HTTPS with `ssl_context`) serving this API (not started).
+
+        worker_index: for a worker of a multi-process server: the socket gets
+        SO_REUSEPORT and every answer the rest_http.WORKER_HEADER header.
+        """
         handler = type("RestHandler", (rest_http.Handler,), {
-            "api": self, "timeout": self.timeout_s, "max_body_bytes": self.max_body_bytes})
+            "api": self, "timeout": self.timeout_s, "max_body_bytes": self.max_body_bytes,
+            "worker_index": worker_index})
         server_class = rest_http.PlainServer if ssl_context is None else rest_http.TlsServer
         server_class = type(server_class.__name__, (server_class,), {
-            "max_connections": self.max_connections})
+            "max_connections": self.max_connections, "reuse_port": worker_index is not None})
         if ssl_context is None:
             return server_class((host, port), handler)
         return server_class((host, port), handler, ssl_context)

@@ -44,6 +44,10 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _DISCONNECTS = (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError)
 
 
+# Names the worker of a multi-process server (--num_workers) that answered; also gRPC metadata.
+WORKER_HEADER = "x-model-server-worker"
+
+
 class Refusal(Exception):
     """A request refused before (or while) its body is read: status, message, extra headers."""
 
@@ -98,6 +102,12 @@ class _ServerMixin:
     block_on_close = False
     request_queue_size = 1024  # listen backlog (socketserver's 5 makes bursts of clients wait for SYN retries)
     max_connections: int | None = None
+    reuse_port = False  # SO_REUSEPORT: the workers of a multi-process server share the port (Linux)
+
+    def server_bind(self):
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def server_activate(self):
         super().server_activate()
@@ -184,7 +194,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "recsys-model-server"
     api = None
     max_body_bytes = 64 * 1024 * 1024
+    worker_index: int | None = None  # sent as WORKER_HEADER by a worker of a multi-process server
     _admitted = False
+
+    def end_headers(self):
+        if self.worker_index is not None:
+            self.send_header(WORKER_HEADER, str(self.worker_index))
+        super().end_headers()
 
     def log_message(self, format, *args):  # noqa: A002 - stderr stays quiet; metrics count requests
         log.debug("REST %s %s", self.address_string(), format % args)

@@ -9,6 +9,7 @@ by the OS and exposed as attributes after `start()`; None disables that endpoint
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import http.server
 import logging
 import os
@@ -22,7 +23,7 @@ from serving.model_server.auth import AdminPolicy, TokenAuth, TokenInterceptor
 from serving.model_server.batching import Batcher
 from serving.model_server.config import (
     BatchingOptions, ModelServerConfig, RequestLoggingOptions, load_model_server_config)
-from serving.model_server.grpc_service import ModelService, PredictionService
+from serving.model_server.grpc_service import ModelService, PredictionService, WorkerInterceptor
 from serving.model_server.limits import RequestLimits
 from serving.model_server.metrics import ServerMetrics
 from serving.model_server.predictor import Predictor
@@ -70,6 +71,13 @@ class ModelServer:
         rest_max_connections: REST connections served at once (None: no cap).
         metrics_path: also serve Prometheus metrics on the REST port at this path.
         allow_version_labels_for_unavailable_models: TF Serving's flag, for reloads.
+        worker_index: set by the command line's multi-process mode (--num_workers
+            N > 1; see supervisor.py) in each worker process: the gRPC and REST
+            ports are bound with SO_REUSEPORT (shared with the other workers),
+            answers carry `x-model-server-worker: <i>` (gRPC trailing metadata,
+            REST header), request log files are named `<prefix>-w<i>-...`, and
+            HandleReloadConfigRequest is refused (it would reach one worker only).
+            None (the default): a standalone server, ports exclusive.
 
     Raises:
         ConfigError: an invalid config, or a request log directory that cannot be written.
@@ -89,9 +97,13 @@ class ModelServer:
                  tls: TlsOptions | None = None, auth_token: str | None = None,
                  limits: RequestLimits | None = None, admin_token: str | None = None,
                  rest_timeout_s: float | None = 30.0, rest_max_connections: int | None = None,
-                 metrics_path: str | None = None, allow_version_labels_for_unavailable_models: bool = False):
+                 metrics_path: str | None = None, allow_version_labels_for_unavailable_models: bool = False,
+                 worker_index: int | None = None):
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be > 0")
+        self.worker_index = worker_index
+        if worker_index is not None:
+            request_logging = dataclasses.replace(request_logging or RequestLoggingOptions(), worker_index=worker_index)
         self.config = load_model_server_config(model_config)
         self.host = host
         self.grpc_port, self.rest_port, self.metrics_port = grpc_port, rest_port, metrics_port
@@ -172,7 +184,8 @@ class ModelServer:
                 api = RestApi(self._predictor, self.metrics, self.max_message_size_bytes, self._auth,
                               **self._rest_options)
                 self._http_server = api.make_server(self.host, self.rest_port,
-                                                    self.tls.ssl_context() if self.tls else None)
+                                                    self.tls.ssl_context() if self.tls else None,
+                                                    worker_index=self.worker_index)
                 self.rest_port = self._http_server.server_address[1]
                 self._http_thread = threading.Thread(target=self._http_server.serve_forever,
                                                      name="rest-api", daemon=True)
@@ -187,18 +200,25 @@ class ModelServer:
         options = [
             ("grpc.max_receive_message_length", self.max_message_size_bytes),
             ("grpc.max_send_message_length", self.max_message_size_bytes),
-            # Without this, Linux lets a second server share the port silently.
-            ("grpc.so_reuseport", 0),
+            # Without this, Linux lets a second server share the port silently; the workers of a
+            # multi-process server share it on purpose.
+            ("grpc.so_reuseport", 0 if self.worker_index is None else 1),
         ]
+        interceptors = [TokenInterceptor(self._auth, self.metrics, self._admin)] if self._auth else []
+        reload_refusal = None
+        if self.worker_index is not None:
+            interceptors.insert(0, WorkerInterceptor(self.worker_index))
+            reload_refusal = ("HandleReloadConfigRequest is refused with --num_workers > 1: it would reach one "
+                              "worker only; edit the config file with --model_config_file_poll_wait_seconds on")
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self._grpc_max_workers, thread_name_prefix="grpc"),
             options=options,
-            interceptors=[TokenInterceptor(self._auth, self.metrics, self._admin)] if self._auth else None,
+            interceptors=interceptors or None,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._predictor, self.metrics), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager, self.metrics, self.reloader, self._admin), server)
+            ModelService(self.manager, self.metrics, self.reloader, self._admin, reload_refusal), server)
         address = _grpc_address(self.host, self.grpc_port)
         try:
             if self.tls is not None:
