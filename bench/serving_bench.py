@@ -2,7 +2,8 @@
 
     python -m bench.serving_bench [--serving-dir runs/movielens_100k/serving] \\
         [--config configs/movielens_100k.yaml] [--concurrency 1,8,32] [--batching off,on] \\
-        [--server-mode subprocess|inprocess] [--wait-seconds 1500] [--out bench/results] [--smoke]
+        [--server-mode subprocess|inprocess] [--num-workers 1|2|1,2] [--wait-seconds 1500] \\
+        [--out bench/results] [--smoke]
 
 Serves the newest ``retrieval`` (ScaNN), ``ranking`` and ``recommender`` (one-call)
 versions of ``--serving-dir`` (a serving dir without ``recommender`` gets one built from
@@ -11,7 +12,15 @@ model server (``python -m serving.model_server`` as a subprocess on free loopbac
 by default, so client and server do not share a GIL; or in-process ``ModelServer``),
 once with server-side batching off and once on (``BatchingOptions``), and then with
 the naive grpcio server of bench/naive_server.py as the anchor (``--anchor``; rows
-with batching "naive"). For each of
+with batching "naive"). ``--num-workers N`` (default 1) starts the model server with
+``--num_workers N`` (a supervisor and N server processes sharing the port; needs the
+subprocess server); a comma list (``1,2``) runs the batching off/on servers once per
+count. Every row names its count (``num_workers``; the naive server is one process,
+run once: 1). In such a run (a count above 1) every client thread gets its own
+connection (``grpc.use_local_subchannel_pool``; otherwise the channels of one
+process share one connection, which the kernel hands to one worker), also in its
+count-1 and naive rows, and each row lists the workers that answered (the
+``x-model-server-worker`` trailing metadata). For each of
 
 - ``retrieval``: ``retrieval/recommend`` with k=100, one user per request;
 - ``ranking``: ``ranking/score`` on 100 catalogue items (random, per request);
@@ -26,11 +35,12 @@ at most ``ceil(--requests / concurrency)`` requests (at least ``--min-per-thread
 stops at the cell's time limit (``--cell-seconds``). Reported: p50/p95/p99 latency,
 requests/s, errors. Then the same three operations called in-process on the loaded
 SavedModels (sequentially), and the gRPC / in-process p50 ratio (concurrency 1,
-batching off). Users: the config's event table (``--config``) or the export's warmup
+batching off, the first ``--num-workers`` count). Users: the config's event table (``--config``) or the export's warmup
 users. Writes ``<out>/serving_bench[_smoke].{json,md}`` and prints the tables.
 
-``--smoke``: concurrency 1 and 2, a few requests each, in-process server; without
-``--serving-dir`` it first trains tiny 1-epoch models (bench.common.build_tiny_serving).
+``--smoke``: concurrency 1 and 2, a few requests each, in-process server (subprocess
+when a ``--num-workers`` count is above 1); without ``--serving-dir`` it first trains
+tiny 1-epoch models (bench.common.build_tiny_serving).
 """
 
 from __future__ import annotations
@@ -144,13 +154,42 @@ def grpc_op(client, op: str, w: Workload, i: int):
         raise ValueError(op)
 
 
+WORKER_METADATA = "x-model-server-worker"  # gRPC trailing metadata of a --num_workers N > 1 server
+
+
+def worker_tally():
+    """A client interceptor and the set of worker indexes it saw in trailing metadata (multi-worker runs)."""
+    import grpc
+
+    seen: set[int] = set()
+
+    class Tally(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            call = continuation(details, request)
+            try:
+                seen.update(int(v) for k, v in call.trailing_metadata() or () if k == WORKER_METADATA)
+            except Exception:  # noqa: BLE001 - a failed call is counted by the caller
+                pass
+            return call
+
+    return Tally(), seen
+
+
 def run_cell(target: str, op: str, concurrency: int, per_thread: int, time_limit_s: float, w: Workload,
-             timeout_s: float) -> dict:
+             timeout_s: float, own_connections: bool = False) -> dict:
+    """One (op, concurrency) cell. own_connections: one TCP connection per client thread (not the process's
+    shared one), so a --num_workers server's kernel can spread them; the row also lists who answered."""
     from serving import names
-    from serving.client import RecommenderClient
+    from serving.client import DEFAULT_CHANNEL_OPTIONS, RecommenderClient
 
     one_call = names.RECOMMENDER_MODEL if op == "one_call" else None
-    clients = [RecommenderClient(target, timeout_s=timeout_s, recommender_model=one_call) for _ in range(concurrency)]
+    extra = {}
+    if own_connections:
+        tally, answered = worker_tally()
+        extra = {"channel_options": (*DEFAULT_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)),
+                 "interceptors": (tally,)}
+    clients = [RecommenderClient(target, timeout_s=timeout_s, recommender_model=one_call, **extra)
+               for _ in range(concurrency)]
     try:
         for c in clients:  # metadata cached, channel connected: not part of the measurement
             grpc_op(c, op, w, 0)
@@ -192,30 +231,30 @@ def run_cell(target: str, op: str, concurrency: int, per_thread: int, time_limit
     for c in clients:
         c.close()
     all_lat = [x for l in lat for x in l]
-    return {"op": op, "concurrency": concurrency, **C.latency_summary(all_lat), "errors": int(sum(errors)),
-            "wall_s": wall, "throughput_rps": len(all_lat) / wall if wall > 0 else 0.0,
-            "planned_requests": per_thread * concurrency, "first_error": first_error[0] if first_error else None}
+    row = {"op": op, "concurrency": concurrency, **C.latency_summary(all_lat), "errors": int(sum(errors)),
+           "wall_s": wall, "throughput_rps": len(all_lat) / wall if wall > 0 else 0.0,
+           "planned_requests": per_thread * concurrency, "first_error": first_error[0] if first_error else None}
+    if own_connections:
+        row["workers_answered"] = sorted(answered)  # [] from a one-process server (no metadata)
+    return row
 
 
 class Server:
     """The model server, in-process (ModelServer) or as a subprocess (python -m serving.model_server)."""
 
-    def __init__(self, config, batching, mode: str, workdir: Path, log=print, naive: bool = False):
+    def __init__(self, config, batching, mode: str, workdir: Path, log=print, naive: bool = False,
+                 num_workers: int = 1):
         self.config, self.batching, self.mode, self.workdir, self.log = config, batching, mode, workdir, log
         self.naive = naive  # bench/naive_server.py instead of the model server (always a subprocess)
+        self.num_workers = num_workers  # > 1: the server's --num_workers (a supervisor and N workers)
+        if num_workers > 1 and (naive or mode == "inprocess"):
+            raise ValueError("num_workers > 1 needs the model server as a subprocess")
         self.proc = self.server = None
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.output: list[str] = []
 
-    def start(self, timeout_s: float = 600) -> str:
-        if self.mode == "inprocess" and not self.naive:
-            from serving.model_server import ModelServer
-
-            self.server = ModelServer(self.config, grpc_port=0, rest_port=None, metrics_port=None,
-                                      batching=self.batching)
-            self.server.start()
-            self.server.wait_until_available(timeout_s)
-            return self.server.grpc_address
+    def command(self) -> list[str]:
+        """The subprocess's command line (writes the config files it names into workdir)."""
         from google.protobuf import text_format
 
         cfg_path = self.workdir / "models.config"
@@ -227,6 +266,8 @@ class Server:
             cmd = [sys.executable, "-m", "bench.naive_server", "--port", "0"]
             for entry in self.config.model_config_list.config:
                 cmd += ["--model", f"{entry.name}={C.newest_version(Path(entry.base_path))}"]
+        if self.num_workers > 1:
+            cmd += ["--num_workers", str(self.num_workers)]
         if self.batching is not None and not self.naive:
             b = self.batching
             bpath = self.workdir / "batching.txt"
@@ -235,19 +276,36 @@ class Server:
                              f"num_batch_threads {{ value: {b.num_batch_threads} }}\n"
                              f"max_enqueued_batches {{ value: {b.max_enqueued_batches} }}\n")
             cmd += ["--enable_batching", "--batching_parameters_file", str(bpath)]
+        return cmd
+
+    def start(self, timeout_s: float = 600) -> str:
+        if self.mode == "inprocess" and not self.naive:
+            from serving.model_server import ModelServer
+
+            self.server = ModelServer(self.config, grpc_port=0, rest_port=None, metrics_port=None,
+                                      batching=self.batching)
+            self.server.start()
+            self.server.wait_until_available(timeout_s)
+            return self.server.grpc_address
+        cmd = self.command()
         env = {**os.environ, "PYTHONPATH": str(C.REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(cmd, cwd=str(C.REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         threading.Thread(target=self._pump, daemon=True).start()
         deadline = time.monotonic() + timeout_s
         address = None
-        while address is None:
+        # With --num_workers N > 1 the supervisor prints "gRPC listening on ..." once every worker has
+        # loaded, then "all N workers ready (pids ...)"; workers' own lines start "worker i: ".
+        all_ready = f"all {self.num_workers} workers ready" if self.num_workers > 1 else None
+        while address is None or all_ready is not None:
             try:
                 line = self.lines.get(timeout=1.0)
             except queue.Empty:
                 line = ""
             if line.startswith("gRPC listening on "):
                 address = line.split("gRPC listening on ", 1)[1].strip()
+            elif all_ready is not None and line.startswith(all_ready):
+                all_ready = None
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("model server did not start:\n" + "".join(self.output[-30:]))
@@ -281,9 +339,9 @@ class Server:
             self.server = None
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.terminate()
+                self.proc.terminate()  # the supervisor forwards it to its workers, waiting up to 30 s for them
                 try:
-                    self.proc.wait(30)
+                    self.proc.wait(30 if self.num_workers == 1 else 45)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
@@ -350,36 +408,56 @@ def inprocess_rows(versions: dict[str, Path], w: Workload, n: int, log=print) ->
 
 
 def markdown(report: dict) -> str:
-    cols = ["Operation", "Batching", "Concurrency", "Requests", "Errors", "p50 ms", "p95 ms", "p99 ms", "req/s"]
-    rows = [[r["op"], r["batching"], r["concurrency"], r["n"], r["errors"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
-             r["throughput_rps"]] for r in report["grpc"]]
-    head = (f"**Model server over gRPC (127.0.0.1, {report['server_mode']})**{' (smoke)' if report['smoke'] else ''}: "
+    cols = ["Operation", "Batching", "Workers", "Concurrency", "Requests", "Errors", "p50 ms", "p95 ms", "p99 ms",
+            "req/s"]
+    rows = [[r["op"], r["batching"], r.get("num_workers", 1), r["concurrency"], r["n"], r["errors"], r["p50_ms"],
+             r["p95_ms"], r["p99_ms"], r["throughput_rps"]] for r in report["grpc"]]
+    own = report.get("connection_per_client", False)  # absent from reports before --num-workers
+    if own:
+        cols.insert(3, "Answered by")
+        for row, r in zip(rows, report["grpc"]):
+            row.insert(3, ",".join(map(str, r.get("workers_answered") or [])) or "-")
+    workers = ", ".join(map(str, report.get("num_workers", [1])))
+    head = (f"**Model server over gRPC (127.0.0.1, {report['server_mode']}, --num_workers {workers})**"
+            f"{' (smoke)' if report['smoke'] else ''}: "
             f"retrieval = recommend k={RETRIEVAL_K}; ranking = score on {report['num_candidates']} candidates; "
             f"two_stage = RecommenderClient.recommend k={FINAL_K}, num_candidates={RETRIEVAL_K} over the separate "
             f"models; one_call = the same as one Predict on the recommender model. Batching naive = "
-            f"bench/naive_server.py (the anchor). "
-            f"Batching on = {report['batching_options']}. Cell limit {report['cell_seconds']}s.\n\n")
+            f"bench/naive_server.py (the anchor, one process). Workers = the model server's --num_workers "
+            f"(server processes); "
+            + ("every client thread has its own connection; Answered by = the workers that answered "
+               "(- = a one-process server). " if own else "the client threads share one connection (gRPC's "
+               "subchannel pool). ")
+            + f"Batching on = {report['batching_options']}. Cell limit {report['cell_seconds']}s.\n\n")
     out = head + C.md_table(cols, rows)
-    out += "\n**In-process (loaded SavedModels, sequential) and gRPC overhead** (gRPC at concurrency 1, batching off)\n\n"
+    ref = report.get("num_workers", [1])[0]
+    out += ("\n**In-process (loaded SavedModels, sequential) and gRPC overhead** (gRPC at concurrency 1, batching off"
+            f"{'' if ref == 1 else f', {ref} workers'})\n\n")
     rows = []
     for r in report["inprocess"]:
         g = next((x for x in report["grpc"] if x["op"] == r["op"] and x["concurrency"] == 1
-                  and x["batching"] == "off"), None)
+                  and x["batching"] == "off" and x.get("num_workers", 1) == ref), None)
         ratio = g["p50_ms"] / r["p50_ms"] if g and g["p50_ms"] and r["p50_ms"] else None
         rows.append([r["op"], r["n"], r["p50_ms"], r["p95_ms"], r["p99_ms"], g["p50_ms"] if g else None, ratio])
     out += C.md_table(["Operation", "Calls", "in-process p50 ms", "p95 ms", "p99 ms", "gRPC p50 ms", "gRPC/in-process"],
                       rows)
-    out += "\n**Issue 13's targets, from the rows above** (batching off)\n\n"
+    out += f"\n**Issue 13's targets, from the rows above** (batching off{'' if ref == 1 else f', {ref} workers'})\n\n"
     out += C.md_table(["Target", "Measured", "Goal"], [[t["target"], t["measured"], t["goal"]]
                                                        for t in targets(report)])
     return out
 
 
 def targets(report: dict) -> list[dict]:
-    """Issue 13's serving targets computed from one run's rows (None where a cell did not run)."""
+    """Issue 13's serving targets computed from one run's rows (None where a cell did not run).
+
+    Our server's rows are those of the first --num-workers count; the naive anchor is one process.
+    """
+    ref = report.get("num_workers", [1])[0]
+
     def cell(op, conc, mode="off"):
+        workers = 1 if mode == "naive" else ref
         return next((r for r in report["grpc"] if r["op"] == op and r["concurrency"] == conc
-                     and r["batching"] == mode and r["n"]), None)
+                     and r["batching"] == mode and r["n"] and r.get("num_workers", 1) == workers), None)
 
     def inproc(op):
         return next((r for r in report["inprocess"] if r["op"] == op), None)
@@ -427,7 +505,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--num-candidates", type=int, default=100, help="ranking candidates per request")
     p.add_argument("--timeout", type=float, default=30.0, help="client deadline per call")
     p.add_argument("--server-mode", choices=("subprocess", "inprocess"), default=None,
-                   help="default subprocess (inprocess with --smoke)")
+                   help="default subprocess (inprocess with --smoke, unless a --num-workers count is above 1)")
+    p.add_argument("--num-workers", type=worker_counts, default=[1], metavar="N[,N...]",
+                   help="the model server's --num_workers (server processes sharing the port; 0 = one per CPU "
+                        "core); a comma list runs the batching off/on servers once per count (default 1)")
     p.add_argument("--wait-seconds", type=float, default=0.0, help="poll this long for the pushed models")
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
@@ -435,7 +516,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(C.RESULTS))
     p.add_argument("--smoke", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.server_mode == "inprocess" and max(args.num_workers) > 1:
+        p.error("--num-workers above 1 needs --server-mode subprocess (the in-process ModelServer is one process)")
+    return args
+
+
+def worker_counts(text: str) -> list[int]:
+    """--num-workers: a comma list of counts >= 1, or 0 = one per CPU core (the server's rule), resolved here."""
+    from serving.model_server.supervisor import resolve_num_workers
+
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"expected counts >= 0 (0 = one per CPU core), got {text!r}")
+    resolved = [resolve_num_workers(n) for n in counts]
+    return list(dict.fromkeys(resolved))  # in the given order, each once
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -443,7 +541,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.smoke:
         args.concurrency, args.requests, args.min_per_thread = "1,2", 4, 2
         args.cell_seconds, args.inprocess_requests = min(args.cell_seconds, 10.0), 4
-    args.server_mode = args.server_mode or ("inprocess" if args.smoke else "subprocess")
+    args.server_mode = args.server_mode or ("inprocess" if args.smoke and max(args.num_workers) == 1
+                                            else "subprocess")
     C.tf_env()
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
     import scann  # noqa: F401
@@ -485,33 +584,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batching_opts = BatchingOptions(max_batch_size=args.max_batch_size,
                                         batch_timeout_micros=args.batch_timeout_micros, num_batch_threads=2)
         print(f"[serving] {versions}; {len(item_ids)} items; ops {ops}; concurrency {concurrencies}; "
-              f"server {args.server_mode}", flush=True)
+              f"server {args.server_mode}; --num_workers {args.num_workers}", flush=True)
 
         inproc = inprocess_rows(versions, w, args.inprocess_requests)
         grpc_rows = []
         config = server_config(versions)
-        modes = [b for b in args.batching.split(",") if b] + (["naive"] if args.anchor else [])
-        for mode in modes:
+        modes = [b for b in args.batching.split(",") if b]
+        plan = [(mode, n) for n in args.num_workers for mode in modes] + ([("naive", 1)] if args.anchor else [])
+        own_connections = max(args.num_workers) > 1  # every row of the run alike, so they compare
+        for mode, num_workers in plan:
             server = Server(config, batching_opts if mode == "on" else None, args.server_mode, Path(tmp.name),
-                            naive=mode == "naive")
+                            naive=mode == "naive", num_workers=num_workers)
             t0 = time.perf_counter()
             target = server.start()
-            print(f"[serving] batching {mode}: server at {target} ready in {time.perf_counter() - t0:.1f}s",
-                  flush=True)
+            print(f"[serving] batching {mode}{'' if num_workers == 1 else f', {num_workers} workers'}: server at "
+                  f"{target} ready in {time.perf_counter() - t0:.1f}s", flush=True)
             try:
                 for op in ops:
                     for conc in concurrencies:
                         per_thread = max(args.min_per_thread, math.ceil(args.requests / conc))
-                        r = run_cell(target, op, conc, per_thread, args.cell_seconds, w, args.timeout)
-                        r["batching"] = mode
+                        r = run_cell(target, op, conc, per_thread, args.cell_seconds, w, args.timeout,
+                                     own_connections=own_connections)
+                        r["batching"], r["num_workers"] = mode, num_workers
                         grpc_rows.append(r)
-                        print(f"[serving] {op:<9} batching {mode:<3} c={conc:<3} n={r['n']:<4} "
+                        print(f"[serving] {op:<9} batching {mode:<3} w={num_workers:<2} c={conc:<3} n={r['n']:<4} "
                               f"p50 {C.fmt(r['p50_ms'], 2)} p95 {C.fmt(r['p95_ms'], 2)} p99 {C.fmt(r['p99_ms'], 2)} ms "
                               f"{r['throughput_rps']:.1f} req/s errors {r['errors']}", flush=True)
             finally:
                 server.stop()
         report = {"smoke": bool(args.smoke), "serving_dir": str(serving_dir),
                   "versions": {k: str(v) for k, v in versions.items()}, "server_mode": args.server_mode,
+                  "num_workers": args.num_workers, "connection_per_client": own_connections,
                   "num_items": len(item_ids), "num_candidates": min(args.num_candidates, len(item_ids)),
                   "retrieval_k": RETRIEVAL_K, "final_k": FINAL_K, "cell_seconds": args.cell_seconds,
                   "requests_per_cell": args.requests,

@@ -2,7 +2,8 @@
 
 One module fixture trains tiny 1-epoch retrieval + ranking models (and the ScaNN
 export) on the generated tiny dataset; the index and serving smokes run against
-them. The pipeline smoke runs the data stage of configs/implicit_demo.yaml (a real
+them (the serving smoke at the default --num-workers 1; its multi-worker path runs against
+the real supervisor with stand-in workers). The pipeline smoke runs the data stage of configs/implicit_demo.yaml (a real
 TFX pipeline, hence ``e2e``). About 2-3 minutes in all on 2 cores.
 """
 
@@ -95,6 +96,10 @@ def test_serving_bench_smoke(tiny_models, tmp_path, capsys):
     assert (tmp_path / "serving_bench_smoke.md").exists()
     cells = {(r["op"], r["batching"], r["concurrency"]) for r in report["grpc"]}
     assert cells == {(op, b, c) for op in serving_bench.OPS for b in ("off", "on", "naive") for c in (1, 2)}
+    # The default: one server process, the client threads' shared connection, as before --num-workers.
+    assert report["num_workers"] == [1] and not report["connection_per_client"]
+    assert all(r["num_workers"] == 1 and "workers_answered" not in r for r in report["grpc"])
+    assert "| Workers |" in (tmp_path / "serving_bench_smoke.md").read_text()
     for r in report["grpc"]:
         assert r["errors"] == 0, r["first_error"]
         assert r["n"] >= 1 and _positive(r["p50_ms"]) and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
@@ -108,6 +113,106 @@ def test_serving_bench_smoke(tiny_models, tmp_path, capsys):
     # Every target but the concurrency-8 one (the smoke runs 1 and 2) is computed from the rows.
     assert targets["one-call recommend p99, c=8"]["value"] is None
     assert all(t["value"] is not None for key, t in targets.items() if "c=8" not in key), targets
+
+
+# --num-workers without starting a real multi-worker server (its TensorFlow workers take ~40 s to load here;
+# tests/serving/test_multiprocess_server.py runs real ones): the real supervisor with stand-in workers.
+STAND_IN_SUPERVISOR = """
+import json, sys
+from serving.model_server import supervisor
+from serving.model_server.cli import build_parser
+
+class StandIn(supervisor.Supervisor):
+    def _worker_command(self, index, fd):  # reports ready as a worker does (worker 1 later), then waits
+        ready = json.dumps({"event": "ready", "lines": [f"gRPC listening on 127.0.0.1:{self.grpc_port}"]})
+        code = (f"import socket, time; s = socket.socket(fileno={fd}); time.sleep({0.5 * index}); "
+                f"print('worker {index}: ready', flush=True); s.sendall({ready!r}.encode() + bytes([10])); "
+                "time.sleep(120)")
+        return [sys.executable, "-c", sys.argv[1] if len(sys.argv) > 1 else code]
+
+args = build_parser().parse_args(["--model_config_file", "unused.config", "--port", "0", "--monitoring_port", "none"])
+sys.exit(StandIn(args, [], 2).run())
+"""
+
+
+def test_serving_bench_waits_for_every_worker(tmp_path, monkeypatch):
+    import sys
+
+    from bench import serving_bench
+
+    config = serving_bench.server_config({"retrieval": tmp_path / "retrieval" / "1"})
+    assert serving_bench.Server(config, None, "subprocess", tmp_path).command()[-2:] == ["--log_level", "WARNING"]
+    server = serving_bench.Server(config, None, "subprocess", tmp_path, num_workers=2)
+    assert "--num_workers" in server.command() and server.command()[server.command().index("--num_workers") + 1] == "2"
+    with pytest.raises(ValueError):
+        serving_bench.Server(config, None, "inprocess", tmp_path, num_workers=2)
+
+    monkeypatch.setattr(serving_bench.Server, "_wait_models", lambda self, address, deadline: None)
+    monkeypatch.setattr(serving_bench.Server, "command", lambda self: [sys.executable, "-c", STAND_IN_SUPERVISOR])
+    try:
+        address = server.start(timeout_s=60)
+        output = "".join(server.output)
+        assert address.startswith("127.0.0.1:") and f"gRPC listening on {address}" in output
+        assert "worker 1: ready" in output and "all 2 workers ready" in output  # returned only after both
+    finally:
+        server.stop()
+    assert "all workers stopped" in "".join(server.output)
+    failing = serving_bench.Server(config, None, "subprocess", tmp_path, num_workers=2)  # workers refuse (exit 2)
+    monkeypatch.setattr(serving_bench.Server, "command",
+                        lambda self: [sys.executable, "-c", STAND_IN_SUPERVISOR, "import sys; sys.exit(2)"])
+    with pytest.raises(RuntimeError, match="model server did not start"):
+        failing.start(timeout_s=60)
+
+
+def test_serving_bench_worker_counts_and_labels():
+    from concurrent import futures
+
+    import grpc
+
+    from bench import serving_bench
+
+    assert serving_bench.parse_args([]).num_workers == [1]
+    assert serving_bench.parse_args(["--num-workers", "1,2,2"]).num_workers == [1, 2]
+    assert serving_bench.parse_args(["--num-workers", "0"]).num_workers[0] >= 1
+    for bad in (["--num-workers", "two"], ["--num-workers", "-1"], ["--server-mode", "inprocess", "--num-workers", "2"]):
+        with pytest.raises(SystemExit):
+            serving_bench.parse_args(bad)
+
+    # Which worker answered: the server's trailing metadata, read by the bench's interceptor.
+    def answer(request, context):
+        context.set_trailing_metadata(((serving_bench.WORKER_METADATA, "1"),))
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.S", {"M": grpc.unary_unary_rpc_method_handler(answer)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        tally, seen = serving_bench.worker_tally()
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert grpc.intercept_channel(channel, tally).unary_unary("/t.S/M")(b"", timeout=10) == b""
+        assert seen == {1}
+    finally:
+        server.stop(0)
+
+    # Rows of a run over two counts: labelled; the targets and the overhead table read the first count's.
+    def row(op, batching, workers, conc, p50):
+        return {"op": op, "batching": batching, "num_workers": workers, "concurrency": conc, "n": 4, "errors": 0,
+                "p50_ms": p50, "p95_ms": p50, "p99_ms": p50, "throughput_rps": 100.0 / p50,
+                "workers_answered": [0, 1][:workers] if batching != "naive" else []}
+
+    report = {"smoke": True, "server_mode": "subprocess", "num_workers": [1, 2], "connection_per_client": True,
+              "num_candidates": 30, "batching_options": {}, "cell_seconds": 10.0,
+              "grpc": [row(op, "off", w, c, 10.0 * w) for w in (1, 2) for op in serving_bench.OPS for c in (1, 2)]
+              + [row(op, "naive", 1, c, 5.0) for op in serving_bench.OPS for c in (1, 2)],
+              "inprocess": [row(op, "-", 1, 1, 1.0) for op in serving_bench.OPS]}
+    targets = {t["target"]: t for t in serving_bench.targets(report)}
+    assert targets["one-call recommend p50 / p99, c=1"]["value"] == (10.0, 10.0)
+    assert targets["one-call p50 c=1: our server minus the naive grpcio server"]["value"] == 5.0
+    md = serving_bench.markdown(report)
+    assert "--num_workers 1, 2" in md and "| Workers | Answered by |" in md
+    assert "| one_call | off | 2 | 0,1 | 2 |" in md and "| one_call | naive | 1 | - | 1 |" in md
 
 
 @pytest.mark.e2e
