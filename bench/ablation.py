@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.retrieval.epochs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra trainer.retrieval override for every variant, e.g. --set learning_rate=0.01")
+    parser.add_argument("--sequence-length", type=int, default=0, metavar="N",
+                        help="examples.sequence_length: users' stored state and the sequence objective's window "
+                             "(N > history_length; the variants with objective sequence use it; its own data half)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -91,22 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.retrieval.train import train_and_export
 
     base = load_config(args.config)
-    cfg = load_config(args.config, {"name": f"{base.name}_{args.split}", "examples": {"split": {"strategy": args.split}}})
+    data_overrides = {"name": f"{base.name}_{args.split}", "examples": {"split": {"strategy": args.split}}}
+    if args.sequence_length:  # a data half of its own (the user-state rows differ); the config check wants
+        # the objective that reads them, which the variants set for themselves
+        data_overrides = {"name": f"{base.name}_{args.split}_seq{args.sequence_length}",
+                          "examples": {"split": {"strategy": args.split}, "sequence_length": args.sequence_length},
+                          "trainer": {"retrieval": {"objective": "sequence"}}}
+    cfg = load_config(args.config, data_overrides)
     run_local(cfg, stage="data")
     examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = _latest(cfg.root, ids.TRANSFORM, "transform_graph")
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
     for name in args.variants.split(","):
-        overrides = {**sections(cfg.trainer)["retrieval"], **VARIANTS[name], **extra}
+        # base.trainer: the config's own objective (cfg's is set to sequence for --sequence-length's check)
+        overrides = {**sections(base.trainer)["retrieval"], **VARIANTS[name], **extra}
         if args.epochs:
             overrides["epochs"] = args.epochs
-        trainer_cfg = {**sections(cfg.trainer), "retrieval": overrides}
+        trainer_cfg = {**sections(base.trainer), "retrieval": overrides}
         with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
             m = train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
                                  cfg.side_features(), cfg.examples.history_length, trainer_config(trainer_cfg),
-                                 split=cfg.examples.split)
+                                 split=cfg.examples.split, sequence_length=cfg.examples.state_length)
             sel = m.get("selection") or {}
             rows.append({"variant": name, "overrides": VARIANTS[name], **m["model"],
                          "validation": sel.get("best_value"), "validation_metric": sel.get("metric"),
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"ablation_{base.name}_{args.split}"
+    stem = out / (f"ablation_{base.name}_{args.split}" + (f"_seq{args.sequence_length}" if args.sequence_length else ""))
     meta = {"config": args.config, "split": args.split, "machine": f"{platform.node()} {os.cpu_count()} cpu",
             "command": "python -m bench.ablation " + " ".join(argv if argv is not None else os.sys.argv[1:])}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

@@ -77,7 +77,7 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train_and_export(examples, transform, os.path.join(tmp, "serving"), os.path.join(tmp, "run"),
                                    cfg.side_features(), cfg.examples.history_length, cfg.trainer,
-                                   split=cfg.examples.split)
+                                   split=cfg.examples.split, sequence_length=cfg.examples.state_length)
         _keep_metrics(metrics, cfg.name)
         model = tf.saved_model.load(os.path.join(tmp, "serving"))
         emb = model.candidate_embeddings.numpy()

@@ -26,6 +26,7 @@ __all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "conf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # data.fetch: the built-in sources (tfx_pipeline/data/datasets.py), or none.
+MAX_SEQUENCE_LENGTH = 1000  # examples.sequence_length: a user's stored state is this many ids at most
 FETCH_KINDS = ("none", "movielens_100k", "movielens_1m", "synthetic_implicit")
 ID_WHITESPACE = ("error", "keep")  # data.id_whitespace
 
@@ -86,9 +87,19 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ExamplesConfig:
     history_length: int = 20  # ML-100K users have >= 20 ratings; longer adds little
+    # Items kept in each user's stored state (the history a served query gets when the
+    # request sends none) and the window of trainer.retrieval.objective: sequence; 0 =
+    # history_length. Longer than history_length costs only the state rows: the per-event
+    # rows (ranking, the in_batch objective) keep history_length items.
+    sequence_length: int = 0
     split: SplitConfig = SplitConfig()
     engagement_threshold: float = 4.0  # rating >= 4 is "liked" on a 1-5 scale
     num_shards: int = 2
+
+    @property
+    def state_length(self) -> int:
+        """The items of a user's stored state: the longer of the per-event history and sequence_length."""
+        return max(self.history_length, self.sequence_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +208,11 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: examples.split.strategy must be one of {STRATEGIES}")
     if cfg.examples.history_length < 1:
         raise ConfigError(f"{where}: examples.history_length must be >= 1")
+    if cfg.examples.sequence_length and not (cfg.examples.history_length <= cfg.examples.sequence_length
+                                             <= MAX_SEQUENCE_LENGTH):
+        raise ConfigError(f"{where}: examples.sequence_length must be 0 (= history_length) or between "
+                          f"history_length ({cfg.examples.history_length}) and {MAX_SEQUENCE_LENGTH}, got "
+                          f"{cfg.examples.sequence_length}")
     from trainer.retrieval.slices import check_config
 
     try:
@@ -205,12 +221,26 @@ def _validate(cfg: PipelineConfig, where: str) -> None:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def parse_config(raw: dict, where: str = "<config>") -> PipelineConfig:
+def _check_sections(cfg: PipelineConfig, where: str) -> None:
+    """Checks across the data and trainer sections (the data components get a config whose
+    trainer sections are the defaults, so these run only on a user's whole config)."""
+    if cfg.examples.sequence_length > cfg.examples.history_length and cfg.trainer.retrieval.objective != "sequence":
+        raise ConfigError(f"{where}: examples.sequence_length {cfg.examples.sequence_length} is longer than "
+                          f"history_length {cfg.examples.history_length}, but only trainer.retrieval.objective: "
+                          f"sequence reads the longer state (the {cfg.trainer.retrieval.objective!r} objective and "
+                          f"ranking train on the per-event history): set the objective or drop sequence_length")
+
+
+def parse_config(raw: dict, where: str = "<config>", whole: bool = True) -> PipelineConfig:
+    """``whole``: ``raw`` is a user's whole config (False: a component's share of a config
+    already checked whole, ``config_from_json``)."""
     try:
         cfg = build(PipelineConfig, raw, skip=("source_path",))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _validate(cfg, where)
+    if whole:
+        _check_sections(cfg, where)
     return dataclasses.replace(cfg, source_path=where)
 
 
@@ -263,4 +293,4 @@ def config_from_json(text: str) -> PipelineConfig:
     """Inverse of ``PipelineConfig.to_json`` (how components receive the config)."""
     raw = json.loads(text)
     where = raw.pop("source_path", "") or "<config>"
-    return parse_config(raw, where)
+    return parse_config(raw, where, whole=False)

@@ -61,7 +61,7 @@ class TrainingData:
 
     examples_uri: str
     transform_dir: str
-    history_length: int
+    history_length: int  # items of history on each event row (examples.history_length)
     tft_layer: tf.keras.layers.Layer
     layout: FeatureLayout
     raw_spec: dict  # raw feature spec (parses the tf.Examples)
@@ -76,6 +76,13 @@ class TrainingData:
     items: dict[str, np.ndarray]  # the candidates split (every catalogue item)
     users: dict[str, np.ndarray]  # the user-state split (latest history and features)
     side_reads: dict = dataclasses.field(default_factory=dict)  # other splits a recipe read, read once
+    # Items of each user's stored state (examples.state_length): the window of the sequence
+    # objective and the history its served query keeps; 0 = history_length.
+    sequence_length: int = 0
+
+    @property
+    def state_length(self) -> int:
+        return max(self.history_length, self.sequence_length)
 
     def batch_size(self, per_replica: int) -> int:
         return per_replica * self.replicas
@@ -137,13 +144,16 @@ class Evaluation:
 
 def load_data(examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
               raw_keys: dict[str, list[str]], seed: int,
-              split: SplitConfig | None = None, selection: SelectionConfig | None = None) -> TrainingData:
+              split: SplitConfig | None = None, selection: SelectionConfig | None = None,
+              sequence_length: int = 0) -> TrainingData:
     """Transform output, layout, strategy, and every split read once.
 
     ``raw_keys``: per interaction split, the raw columns the recipe needs besides the
     transformed rows (they come from the same pass over the files). ``split``: how the
     eval split was cut (the examples' config); with ``selection.validation`` the same
     strategy carves a validation split off the end of train (``fit`` + ``validation``).
+    ``sequence_length``: the items of the user-state rows (examples.state_length; 0 =
+    ``history_length``).
     """
     tf.keras.utils.set_random_seed(seed)
     tft_out = tft.TFTransformOutput(transform_dir)
@@ -175,7 +185,7 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
         item_features={k: v for k, v in side_features.items() if k.startswith(F.ITEM_FEATURE_PREFIX)},
         strategy=strategy, replicas=replicas,
         train=train, eval=SplitData(*splits[artifacts.EVAL]), fit=fit, validation=validation,
-        items=items, users=users)
+        items=items, users=users, sequence_length=sequence_length)
 
 
 def carve_validation(train: SplitData, split: SplitConfig | None,
@@ -378,7 +388,8 @@ def _write_json(path: str, value) -> None:
 
 def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str,
                      side_features: dict, history_length: int, cfg: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
+                     base_model: str | None = None, split: SplitConfig | None = None,
+                     sequence_length: int = 0) -> dict:
     """Reads the data (each split once) and trains, exports and writes the metrics of one model.
 
     ``split``: how the examples' eval split was cut (the validation split is cut the same
@@ -387,15 +398,15 @@ def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serv
     hp = getattr(cfg, recipe.kind)
     data = load_data(examples_uri, transform_dir, side_features, history_length,
                      recipe.raw_keys(side_features), hp.seed,
-                     split or SplitConfig(), cfg.selection)
+                     split or SplitConfig(), cfg.selection, sequence_length)
     return train(recipe, data, cfg, serving_dir, run_dir, log_dir=log_dir, base_model=base_model)
 
 
 def run_fn(recipe: Recipe, fn_args) -> None:
     """A TFX Trainer ``run_fn`` body: the trainer config is parsed once here, for the whole run.
 
-    custom_config: {"side_features": {key: kind}, "history_length": N, "trainer": {sections},
-                    "split": {the examples' split config}};
+    custom_config: {"side_features": {key: kind}, "history_length": N, "sequence_length": M
+                    (the user state's items), "trainer": {sections}, "split": {the examples' split config}};
     ``fn_args.hyperparameters``: the Tuner's best values, when the pipeline has a Tuner.
     """
     cc = fn_args.custom_config
@@ -404,4 +415,5 @@ def run_fn(recipe: Recipe, fn_args) -> None:
     train_and_export(recipe, raw_data.examples_root(fn_args.train_files), fn_args.transform_output,
                      fn_args.serving_model_dir, fn_args.model_run_dir, cc["side_features"], cc["history_length"], cfg,
                      log_dir=os.path.join(fn_args.model_run_dir, artifacts.TENSORBOARD_DIR),
-                     base_model=fn_args.base_model, split=build(SplitConfig, cc.get("split", {}), "split"))
+                     base_model=fn_args.base_model, split=build(SplitConfig, cc.get("split", {}), "split"),
+                     sequence_length=int(cc.get("sequence_length", 0)))

@@ -173,7 +173,7 @@ class Trials:
     """
 
     def __init__(self, kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                 config: TrainerConfig, epochs: int, split: SplitConfig | None = None):
+                 config: TrainerConfig, epochs: int, split: SplitConfig | None = None, sequence_length: int = 0):
         from trainer import skeleton
 
         self.kind, self.config, self.epochs = kind, config, epochs
@@ -181,7 +181,7 @@ class Trials:
         hp = getattr(config, kind)
         self.data = skeleton.load_data(examples_uri, transform_dir, side_features, history_length,
                                        self.recipe.raw_keys(side_features), hp.seed,
-                                       split or SplitConfig(), config.selection)
+                                       split or SplitConfig(), config.selection, sequence_length)
         if self.data.validation is None:
             raise ConfigError("tuning needs a validation split (trainer.selection.validation true, and a train "
                               "split long enough to carve one): trials are never scored on the eval split")
@@ -212,11 +212,11 @@ def _recipe(kind: str):
 
 
 def build_tuner(kind: str, examples_uri: str, transform_dir: str, side_features: dict, history_length: int,
-                config: TrainerConfig, directory: str, split: SplitConfig | None = None):
+                config: TrainerConfig, directory: str, split: SplitConfig | None = None, sequence_length: int = 0):
     """The tuner for one model; ``config`` is the typed trainer config (with ``tuning``)."""
     tuning = config.tuning
     trials = Trials(kind, examples_uri, transform_dir, side_features, history_length, config,
-                    tuning.epochs_per_trial, split)
+                    tuning.epochs_per_trial, split, sequence_length)
     log(f"tuning {kind}: {tuning.algorithm} search, {tuning.max_trials} trial(s) of {tuning.epochs_per_trial} "
         f"epoch(s), objective {OBJECTIVES[kind][0]} ({OBJECTIVES[kind][1]})")
     return make_tuner(make_oracle(tuning, kind, getattr(config, kind)), trials, time_budget_s=tuning.time_budget_s, directory=directory,
@@ -235,6 +235,7 @@ def _tuner_fn(fn_args, kind: str):
         transform_dir=fn_args.transform_graph_path or fn_args.transform_output,
         side_features=cc["side_features"],
         history_length=cc["history_length"],
+        sequence_length=int(cc.get("sequence_length", 0)),
         config=trainer_config(cc.get("trainer", {})),
         split=build(SplitConfig, cc.get("split", {}), "split"),
         directory=fn_args.working_dir or tempfile.mkdtemp(prefix=f"{kind}_tuning_"),

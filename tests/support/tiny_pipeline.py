@@ -40,10 +40,14 @@ class TinyPipeline:
         return iter((self.examples_uri, self.transform_dir, self.side_features, self.history_length))
 
 
-def config(history_length: int = HISTORY_LENGTH):
+def config(history_length: int = HISTORY_LENGTH, sequence_length: int = 0):
+    """``sequence_length`` > ``history_length``: users' stored state holds that many items (the
+    sequence objective's window; the config check then wants that objective)."""
     from tfx_pipeline.config import parse_config
 
+    longer = ({"trainer": {"retrieval": {"objective": "sequence"}}} if sequence_length > history_length else {})
     return parse_config({
+        **longer,
         "name": "tiny",
         "schema_dir": ".",
         "data": {
@@ -53,7 +57,8 @@ def config(history_length: int = HISTORY_LENGTH):
             "items": {"path": "x", "id_column": "i",
                       "features": {"title": "text", "release_year": "numeric", "genres": "multi_valued"}},
         },
-        "examples": {"history_length": history_length, "engagement_threshold": 4.0,
+        "examples": {"history_length": history_length, "sequence_length": sequence_length,
+                     "engagement_threshold": 4.0,
                      "split": {"strategy": "global_time", "eval_fraction": 0.2}, "num_shards": 1},
     })
 
@@ -180,12 +185,13 @@ def run_transform(examples_uri: str, transform_dir: str, side_features: dict, te
                                os.path.join(transform_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
 
 
-def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables) -> TinyPipeline:
-    """``make_tables``: ``tables`` (the default), ``sequential_tables`` or ``degenerate_tables``."""
+def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables, sequence_length: int = 0) -> TinyPipeline:
+    """``make_tables``: ``tables`` (the default), ``sequential_tables`` or ``degenerate_tables``;
+    ``sequence_length``: examples.sequence_length (the user-state rows' items)."""
     import trainer  # noqa: F401  (Keras 2 before TensorFlow)
     from tfx_pipeline.data.example_builder import build_examples
 
-    cfg = config()
+    cfg = config(sequence_length=sequence_length)
     events, users, items = make_tables(seed=seed)
     examples_uri = os.path.join(root, "examples")
     transform_dir = os.path.join(root, "transform_graph")
@@ -195,18 +201,20 @@ def build_tiny_pipeline(root: str, seed: int = 0, make_tables=tables) -> TinyPip
                         list(users.index), list(items.index))
 
 
-def train_sequential(root: str, retrieval: dict):
+def train_sequential(root: str, retrieval: dict, sequence_length: int = 0):
     """A retrieval model trained on ``sequential_tables`` (order is all there is to learn) with
-    ``retrieval`` settings, user id, content and context off, selected on validation NDCG@10.
-    Returns (the tiny pipeline, the metrics, the serving dir)."""
+    ``retrieval`` settings, user id, content and context off, selected on validation NDCG@10;
+    ``sequence_length``: examples.sequence_length (needs objective sequence when longer than
+    the history). Returns (the tiny pipeline, the metrics, the serving dir)."""
     from trainer.hparams import trainer_config
     from trainer.retrieval.train import train_and_export
 
-    tiny = build_tiny_pipeline(os.path.join(root, "data"), make_tables=sequential_tables)
+    tiny = build_tiny_pipeline(os.path.join(root, "data"), make_tables=sequential_tables,
+                               sequence_length=sequence_length)
     cfg = trainer_config({"retrieval": {**retrieval, "use_user_id": False, "use_content_features": False,
                                         "use_context": False},
                           "selection": {"retrieval_metric": "ndcg@10"}})
     serving_dir = os.path.join(root, "model", "Format-Serving")
     metrics = train_and_export(tiny.examples_uri, tiny.transform_dir, serving_dir, os.path.join(root, "run"),
-                               tiny.side_features, tiny.history_length, cfg)
+                               tiny.side_features, tiny.history_length, cfg, sequence_length=sequence_length)
     return tiny, metrics, serving_dir

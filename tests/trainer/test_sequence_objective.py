@@ -52,6 +52,33 @@ def test_no_user_with_two_events_gives_no_windows():
     assert out[sequence.TARGETS].shape == (0, 4)
 
 
+def test_latest_items_are_each_users_last_events_in_time_order_right_padded():
+    users = np.array(["a", "b", "a", "a", "b", "a"])
+    ts = np.array([30, 5, 10, 30, 1, 20])  # a: 10, 20, 30, 30 (the tie in file order)
+    items = np.array([3, 52, 1, 4, 51, 2])
+    out = sequence.latest_items(users, ts, items, ["a", "b", "nobody"], 3, 0)
+    np.testing.assert_array_equal(out, [[2, 3, 4], [51, 52, 0], [0, 0, 0]])
+    raw = sequence.latest_items(users, ts, np.array([b"x3", b"y2", b"x1", b"x4", b"y1", b"x2"], dtype=object),
+                                ["b", "a"], 5, b"")
+    assert raw.tolist() == [[b"y1", b"y2", b"", b"", b""], [b"x1", b"x2", b"x3", b"x4", b""]]
+
+
+def test_sequence_length_config_is_checked():
+    from tests.support.tiny_pipeline import config
+    from tfx_pipeline.config import ConfigError as PipelineConfigError
+
+    assert config(sequence_length=8).examples.state_length == 8
+    assert config().examples.state_length == config().examples.history_length
+    with pytest.raises(PipelineConfigError, match="between history_length"):
+        config(sequence_length=3)  # shorter than the per-event history (5)
+    from tfx_pipeline.config import parse_config
+
+    raw = {"name": "t", "schema_dir": ".", "examples": {"history_length": 5, "sequence_length": 8},
+           "data": {"events": {"path": "x", "columns": {"user": "u", "item": "i", "timestamp": "t"}}}}
+    with pytest.raises(PipelineConfigError, match="only trainer.retrieval.objective: sequence"):
+        parse_config(raw)  # the in_batch default would never read the longer state
+
+
 def _encoder(kind):
     tf.keras.utils.set_random_seed(0)
     return HistoryEncoder(kind, tf.keras.layers.Embedding(10, 8), dim=8, max_len=5, heads=2, blocks=2, dropout=0.0)
@@ -94,9 +121,16 @@ def test_attention_encoder_is_refused_for_the_sequence_objective():
 def sequential(tmp_path_factory):
     from tests.support.tiny_pipeline import train_sequential
 
+    # examples.sequence_length 8 over the per-event history of 5: the windows, the validation and
+    # eval queries and the served state are 8 items long (the other tests of this model hold at
+    # any length).
     return train_sequential(str(tmp_path_factory.mktemp("sequence_objective")),
                             {"objective": "sequence", "history_encoder": "gru", "epochs": 12,
-                             "sequence_batch_size": 16, "learning_rate": 0.01, "early_stopping_patience": 12})
+                             "sequence_batch_size": 16, "learning_rate": 0.01, "early_stopping_patience": 12},
+                            sequence_length=SEQUENCE_LENGTH)
+
+
+SEQUENCE_LENGTH = 8
 
 
 def test_sequence_objective_learns_the_order_popularity_cannot(sequential):
@@ -114,3 +148,44 @@ def test_sequence_model_exports_the_same_signatures(sequential):
     model = tf.saved_model.load(serving_dir)
     assert names.RECOMMEND_SIGNATURE in model.signatures
     assert model.candidate_embeddings.shape[0] == len(model.candidate_ids.numpy())
+
+
+def test_served_state_and_query_hold_sequence_length_items(sequential):
+    """Longer than the per-event rows: the user-state rows keep the last 8 items, the export's
+    query reads all 8 (an item 7 places back still moves the query), and a known user sent
+    without history is queried with that stored state."""
+    from serving import names
+    from trainer import raw_data
+    from trainer.artifacts import USER_STATE_SPLIT
+
+    tiny, _, serving_dir = sequential
+    assert tiny.history_length < SEQUENCE_LENGTH
+    spec = {F.USER_ID: tf.io.FixedLenFeature([1], tf.string), F.HISTORY_ITEM_IDS: tf.io.VarLenFeature(tf.string)}
+    state = raw_data.read_numpy(raw_data.split_files(tiny.examples_uri, USER_STATE_SPLIT), spec)
+    lengths = (state[F.HISTORY_ITEM_IDS] != b"").sum(axis=1)
+    assert lengths.max() == SEQUENCE_LENGTH  # 15 events a user: every state is full
+    train_rows = raw_data.read_numpy(raw_data.split_files(tiny.examples_uri, "train"),
+                                     {F.HISTORY_ITEM_IDS: tf.io.VarLenFeature(tf.string)})
+    assert (train_rows[F.HISTORY_ITEM_IDS] != b"").sum(axis=1).max() == tiny.history_length
+
+    embed = tf.saved_model.load(serving_dir).signatures[names.QUERY_EMBEDDING_SIGNATURE]
+    user_features = {k: v for k, v in tiny.side_features.items() if k.startswith(F.USER_FEATURE_PREFIX)}
+
+    def query(user: bytes, history: list[bytes]):
+        inputs = {names.USER_ID: tf.constant([user]),
+                  names.HISTORY_ITEM_IDS: tf.constant([history or [b""]]),
+                  names.HOUR_OF_DAY: tf.constant([-1], tf.int64), names.DAY_OF_WEEK: tf.constant([-1], tf.int64),
+                  names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0])}
+        for key, kind in user_features.items():
+            inputs[key] = tf.constant([np.nan], tf.float32) if kind == F.NUMERIC else tf.constant([b""])
+        return embed(**inputs)[names.OUT_EMBEDDING].numpy()[0]
+
+    items = [i.encode() for i in tiny.item_ids]
+    walk = items[10:18]
+    other = [items[50], *walk[1:]]  # differs only in the oldest of 8, beyond the per-event history of 5
+    assert np.abs(query(b"someone-new", walk) - query(b"someone-new", other)).max() > 1e-4
+    # A history longer than 8 is cut to its last 8: the item 9 places back changes nothing.
+    np.testing.assert_allclose(query(b"someone-new", [items[55], *walk]), query(b"someone-new", walk),
+                               rtol=1e-5, atol=1e-6)
+    user, stored = state[F.USER_ID][0], [h for h in state[F.HISTORY_ITEM_IDS][0] if h]
+    np.testing.assert_allclose(query(user, []), query(user, stored), rtol=1e-5, atol=1e-6)

@@ -302,7 +302,7 @@ def build_examples(
             _write(part | f"Drop{name}" >> beam.Values(), out_uri, name, example_types,
                    ex_cfg.num_shards, name)
         states = by_user | "UserState" >> beam.Map(
-            lambda kv: user_state_row(kv[0], list(kv[1]), ex_cfg.history_length, user_rows.get(kv[0]), side_kinds)
+            lambda kv: user_state_row(kv[0], list(kv[1]), ex_cfg.state_length, user_rows.get(kv[0]), side_kinds)
         )
         _write(states, out_uri, USER_STATE_SPLIT, user_types, 1, "Users")
         cands = (

@@ -44,7 +44,8 @@ def curate(schema: schema_pb2.Schema, cfg, stats) -> schema_pb2.Schema:
         if f.name == F.HISTORY_ITEM_IDS:
             f.ClearField("shape")
             f.value_count.min = 0
-            f.value_count.max = cfg.examples.history_length
+            # a user's stored state, and so a served request, may carry examples.sequence_length
+            f.value_count.max = cfg.examples.state_length
         if f.name == F.HOUR_OF_DAY:
             f.int_domain.min, f.int_domain.max = 0, F.HOURS_IN_DAY - 1
         if f.name == F.DAY_OF_WEEK:

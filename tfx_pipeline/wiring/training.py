@@ -71,6 +71,7 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     custom_config = {
         "side_features": cfg.side_features(),
         "history_length": cfg.examples.history_length,
+        "sequence_length": cfg.examples.state_length,  # the user state's items (the sequence objective's window)
         "split": to_dict(cfg.examples.split),  # the trainers carve their validation split the same way
         "trainer": {"retrieval": sections["retrieval"], "ranking": sections["ranking"],
                     "warm_start": sections["warm_start"], "selection": sections["selection"],

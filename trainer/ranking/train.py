@@ -255,7 +255,8 @@ def fmt_metrics(m: dict) -> str:
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
                      history_length: int, config: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
+                     base_model: str | None = None, split: SplitConfig | None = None,
+                     sequence_length: int = 0) -> dict:
     """The whole ranking training; plain function so tests and benchmarks call it directly.
 
     ``split``: how the examples' eval split was cut (validation is carved the same way);
@@ -263,7 +264,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     model to warm-start from, or None.
     """
     return skeleton.train_and_export(RECIPE, examples_uri, transform_dir, serving_dir, run_dir, side_features,
-                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split)
+                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split,
+                                     sequence_length=sequence_length)
 
 
 def run_fn(fn_args) -> None:

@@ -104,6 +104,29 @@ def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamp
     return out
 
 
+def latest_items(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray, wanted, n: int, pad) -> np.ndarray:
+    """[len(wanted), n]: each wanted user's last ``n`` events' ``items`` in time order (ties in
+    file order, as ``build_sequences`` orders them), oldest first, right-padded with ``pad``
+    as a served history is; a user without events gets an all-``pad`` row.
+
+    The query history of a model whose history is longer than the per-event rows carry
+    (``examples.sequence_length``): built from the split's events instead of the rows.
+    """
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    u = users[order]
+    ends = np.r_[np.flatnonzero(u[1:] != u[:-1]) + 1, len(u)] if len(u) else np.zeros(0, np.int64)
+    starts = np.r_[0, ends[:-1]] if len(u) else ends
+    span = {u[e - 1]: (s, e) for s, e in zip(starts, ends)}
+    sorted_items = items[order]
+    out = np.full((len(wanted), n), pad, dtype=items.dtype if items.dtype != object else object)
+    for row, user in enumerate(wanted):
+        if user in span:
+            s, e = span[user]
+            picked = sorted_items[max(s, e - n):e]
+            out[row, :len(picked)] = picked
+    return out
+
+
 def sequence_dataset(sequences: dict, batch_size: int, shuffle: bool, seed: int, map_fn=None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(sequences)
     if shuffle:

@@ -47,6 +47,13 @@ def interactions(raw: dict) -> pd.DataFrame:
     return pd.DataFrame({F.USER_ID: as_str(raw[F.USER_ID]), F.ITEM_ID: as_str(raw[F.ITEM_ID])})
 
 
+def model_history_length(data: TrainingData, hp) -> int:
+    """The history the retrieval model encodes and serves: under the sequence objective the
+    user state's items (``examples.sequence_length``: its windows are cut from the events, not
+    from the per-event rows), else the per-event rows' ``examples.history_length``."""
+    return data.state_length if hp.objective == "sequence" else data.history_length
+
+
 def first_rows(raw: dict, user_ids) -> np.ndarray:
     """Index of each user's first (earliest) row in ``raw`` (user_id, timestamp columns), in ``user_ids`` order."""
     users = as_str(raw[F.USER_ID])
@@ -64,9 +71,14 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
     queried with their first validation event's features (model inputs, no stored state).
     """
 
-    def __init__(self, data: TrainingData, model, metric: str, max_users: int = 0, seed: int = 0):
+    def __init__(self, data: TrainingData, model, metric: str, max_users: int = 0, seed: int = 0,
+                 fit_items: np.ndarray | None = None, history_length: int = 0):
         """``max_users`` > 0: a seeded sample of that many validation users (the whole
-        catalogue is still ranked for each); 0 = every validation user."""
+        catalogue is still ranked for each); 0 = every validation user.
+
+        ``fit_items`` (the fit split's item index per row, file order) and ``history_length``
+        longer than the rows' history: each user's query history is their last
+        ``history_length`` fit items (``sequence.latest_items``), as the served state holds."""
         super().__init__()
         self.key, self.metric, self.retrieval = f"val_{metric}", metric, model
         self.k = int(metric.split("@")[1])
@@ -90,6 +102,11 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
                   .filter(lambda i, row: tf.gather(keep, i)).map(lambda i, row: row))
         self.queries = next(iter(picked.padded_batch(max(len(rows), 1))), None)
         self.position = np.searchsorted(np.sort(rows), rows)  # task user -> row of self.queries
+        if fit_items is not None and self.queries is not None and history_length > data.history_length:
+            picked_users = as_str(data.validation.raw[F.USER_ID][np.sort(rows)])
+            history = sequence.latest_items(as_str(data.fit.raw[F.USER_ID]), data.fit.raw[F.TIMESTAMP],
+                                            fit_items.astype(np.int64), picked_users, history_length, 0)
+            self.queries = {**self.queries, F.HISTORY_IDX: tf.constant(history)}
 
     def on_epoch_end(self, epoch, logs=None):
         if self.queries is None or not self.task.num_users:
@@ -140,9 +157,10 @@ class RetrievalRecipe:
         present = train.rows.element_spec
         keys = [F.ITEM_ID_IDX, *[k for k in sequence.CONTEXT_KEYS if k in present], *per_user]
         columns = sequence.event_columns(train.rows, keys)
-        stride = hp.sequence_stride or max(1, data.history_length // 2)
+        window = model_history_length(data, hp)
+        stride = hp.sequence_stride or max(1, window // 2)
         windows = sequence.build_sequences(columns, train.raw[F.USER_ID], train.raw[F.TIMESTAMP],
-                                           data.history_length, per_user, stride)
+                                           window, per_user, stride)
         count = len(windows.get(sequence.TARGETS, ()))
         if not count:
             raise skeleton.TrainingDataError(
@@ -157,20 +175,21 @@ class RetrievalRecipe:
                 f"in-batch softmax (catalogue {catalogue:,} > full_softmax_max_items {hp.full_softmax_max_items:,})")
         return Prepared(
             train_ds=ds, eval_ds=None, probe=lambda model, d: model.compute_loss(next(iter(d))),
-            extras={"item_counts": item_counts}, steps_per_epoch=count // batch, batch_size=batch,
-            describe=(f"sequence objective: {count:,} windows of {data.history_length}, stride {stride} "
+            extras={"item_counts": item_counts, "event_items": columns[F.ITEM_ID_IDX]},
+            steps_per_epoch=count // batch, batch_size=batch,
+            describe=(f"sequence objective: {count:,} windows of {window}, stride {stride} "
                       f"({targets:,} targets), "
                       f"{loss}, encoder {hp.history_encoder}, {catalogue:,} items"))
 
     def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
         """User-level ``selection.retrieval_metric`` on the validation split, after every epoch."""
         callback = ValidationRetrieval(data, model, selection.retrieval_metric, selection.max_validation_users,
-                                       hp.seed)
+                                       hp.seed, prepared.extras.get("event_items"), model_history_length(data, hp))
         return callback.key, "max", callback
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         hp = skeleton.resolved(data, hp, self.kind)  # a no-op when fit_and_evaluate resolved it
-        query_tower, candidate_tower = build_towers(data.layout, hp, data.history_length)
+        query_tower, candidate_tower = build_towers(data.layout, hp, model_history_length(data, hp))
         if hp.objective == "sequence":
             probabilities = item_probabilities(tf.constant(prepared.extras["item_counts"])).numpy()
             model = sequence.SequenceRetrievalModel(query_tower, candidate_tower, hp, export.item_model_inputs(data),
@@ -199,12 +218,17 @@ class RetrievalRecipe:
         train = interactions(data.train.raw)  # all of train is excluded and known, as served
         train_items = train[F.ITEM_ID].value_counts()
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
+        history_length = model_history_length(data, hp)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
-                                 data.history_length)
+                                 history_length)
         ev = data.eval.raw
         task = retrieval_metrics.build_eval_task(train, interactions(ev), candidates["ids"])
         rows = first_rows(ev, task.user_ids)  # the first eval event of every evaluated user
         query = {k: tf.constant(ev[k][rows]) for k in [*QUERY_KEYS, *sorted(data.user_features)]}
+        if history_length > data.history_length:  # longer than the eval rows carry: the user's last train items
+            query[F.HISTORY_ITEM_IDS] = tf.constant(sequence.latest_items(
+                as_str(data.train.raw[F.USER_ID]), data.train.raw[F.TIMESTAMP], data.train.raw[F.ITEM_ID],
+                list(task.user_ids), history_length, b""))
         q = resolver.resolve(query, fallback=False)[0].numpy()
         emb = candidates["embeddings"]
         model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T, ks=KS)
@@ -255,7 +279,8 @@ def fmt_metrics(m: dict) -> str:
 
 def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str, side_features: dict,
                      history_length: int, config: TrainerConfig, log_dir: str | None = None,
-                     base_model: str | None = None, split: SplitConfig | None = None) -> dict:
+                     base_model: str | None = None, split: SplitConfig | None = None,
+                     sequence_length: int = 0) -> dict:
     """The whole retrieval training; plain function so tests and benchmarks call it directly.
 
     ``split``: how the examples' eval split was cut (validation is carved the same way);
@@ -264,7 +289,8 @@ def train_and_export(examples_uri: str, transform_dir: str, serving_dir: str, ru
     warm-start from (trainer/warm_start.py); None trains from scratch.
     """
     return skeleton.train_and_export(RECIPE, examples_uri, transform_dir, serving_dir, run_dir, side_features,
-                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split)
+                                     history_length, config, log_dir=log_dir, base_model=base_model, split=split,
+                                     sequence_length=sequence_length)
 
 
 def run_fn(fn_args) -> None:
