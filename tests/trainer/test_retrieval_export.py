@@ -104,6 +104,14 @@ def test_brute_force_round_trip_serves_known_unknown_and_excludes(trained):
     ids, known = res[names.OUT_ITEM_IDS].numpy(), res[names.OUT_KNOWN_USER].numpy()
     assert ids.shape == (2, 5) and known.tolist() == [True, False]
     assert item_ids[0].encode() not in ids[1]  # history excluded
+    # The history it used comes back (the one-call model reads it instead of resolving again):
+    # u0's stored history (nothing sent), the stranger's as sent.
+    hist = res[names.OUT_HISTORY_ITEM_IDS].numpy()
+    resolved = model.resolve_query({k: v for k, v in _query(["u0", "nobody"], [[], [item_ids[0], "never-seen-item"]],
+                                                             user_features).items()
+                                    if k in model.resolve_query.input_signature[0]})["history"].numpy()
+    np.testing.assert_array_equal(hist, resolved)
+    assert [h for h in hist[1] if h] == [item_ids[0].encode(), b"never-seen-item"] and any(hist[0])
     kept = rec(**_query(["nobody"], [[item_ids[0]]], user_features, k=len(item_ids), exclude=False))
     assert item_ids[0].encode() in kept[names.OUT_ITEM_IDS].numpy()[0]
     emb = model.signatures[names.CANDIDATE_EMBEDDING_SIGNATURE](item_id=tf.constant([item_ids[1].encode(), b"zzz"]))
@@ -132,6 +140,8 @@ def test_scann_export_agrees_with_brute_force(trained):
     q = _query(["u0", "u1", "u2", "nobody"], [[], [], [], []], user_features, k=10)
     a = scann_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_ITEM_IDS].numpy()
     b = bf_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_ITEM_IDS].numpy()
+    np.testing.assert_array_equal(scann_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_HISTORY_ITEM_IDS],
+                                  bf_model.signatures[names.RECOMMEND_SIGNATURE](**q)[names.OUT_HISTORY_ITEM_IDS])
     overlap = np.mean([len(set(x) & set(y)) / 10.0 for x, y in zip(a, b)])
     assert overlap >= 0.9, (a, b)
     assert os.path.exists(out / "scann" / names.WARMUP_DIR / names.WARMUP_FILE)

@@ -141,8 +141,10 @@ class RecommenderModule(tf.Module):
         self._score = rsigs[names.SCORE_SIGNATURE]
         # The retrieval export's own query resolution (the ScaNN export keeps it on its base):
         # the history it used, so a user who sends only an id gets reasons from their own history.
+        # Exports since recommend returned it give it with the candidates (one resolution per request).
+        self._history_out = names.OUT_HISTORY_ITEM_IDS in self._retrieve.structured_outputs
         owner = retrieval if hasattr(retrieval, "resolve_query") else getattr(retrieval, "base", None)
-        self._resolve = getattr(owner, "resolve_query", None)
+        self._resolve = None if self._history_out else getattr(owner, "resolve_query", None)
         retrieve_spec = self._retrieve.structured_input_signature[1]
         self.retrieval_keys = sorted(k for k in retrieve_spec if k not in (names.K, names.EXCLUDE_HISTORY))
         score_spec = self._score.structured_input_signature[1]
@@ -169,7 +171,8 @@ class RecommenderModule(tf.Module):
     # -- stages -------------------------------------------------------------------
 
     def _candidates(self, inputs: dict, n: tf.Tensor):
-        """Stage 1: (ids, scores [B, W], known_user [B], popular fallback rows [B])."""
+        """Stage 1: (ids, scores [B, W], known_user [B], popular fallback rows [B], the history
+        retrieval used [B, H] or None when the export does not return it)."""
         got = self._retrieve(**{k: inputs[k] for k in self.retrieval_keys}, k=n,
                              exclude_history=inputs[names.EXCLUDE_HISTORY])
         ids, scores, known = got[names.OUT_ITEM_IDS], got[names.OUT_SCORES], got[names.OUT_KNOWN_USER]
@@ -180,7 +183,7 @@ class RecommenderModule(tf.Module):
                        _pad_columns(ids, width, ""))
         scores = tf.where(fallback[:, None], _pad_columns(pop[names.OUT_SCORES], width, -np.inf),
                           _pad_columns(scores, width, -np.inf))
-        return ids, scores, known, fallback
+        return ids, scores, known, fallback, got.get(names.OUT_HISTORY_ITEM_IDS)
 
     def _features(self, ids: tf.Tensor) -> dict:
         """Item side features as strings, [B, W] each."""
@@ -235,11 +238,10 @@ class RecommenderModule(tf.Module):
         k = tf.maximum(inputs[names.K], 0)
         n = tf.where(inputs[names.NUM_CANDIDATES] > 0, inputs[names.NUM_CANDIDATES], self.default_num_candidates)
         n = tf.maximum(n, k)
-        ids, retrieval_scores, known, fallback = self._candidates(inputs, n)
-        if self._resolve is not None:
-            history = self._resolve({key: inputs[key] for key in self.retrieval_keys})["history"]
-        else:
-            history = inputs[names.HISTORY_ITEM_IDS]
+        ids, retrieval_scores, known, fallback, history = self._candidates(inputs, n)
+        if history is None:  # an export whose recommend does not return it
+            history = (self._resolve({key: inputs[key] for key in self.retrieval_keys})["history"]
+                       if self._resolve is not None else inputs[names.HISTORY_ITEM_IDS])
         valid = tf.not_equal(ids, "") & tf.math.is_finite(retrieval_scores) & ~_in_rows(ids, inputs[names.EXCLUDE_ITEM_IDS])
         # Retrieval already dropped the history it used; this drops it from the popular fallback too.
         valid &= ~(_in_rows(ids, history) & inputs[names.EXCLUDE_HISTORY][:, None])

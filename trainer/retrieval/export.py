@@ -55,7 +55,10 @@ class RetrievalModule(tf.Module):
         scores, ids = self.topk(query, k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, history, inputs[names.EXCLUDE_HISTORY], k)
-        return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores, names.OUT_KNOWN_USER: known}
+        # The history it used (sent or stored): the one-call recommender reads it instead of
+        # resolving the query a second time.
+        return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores, names.OUT_KNOWN_USER: known,
+                names.OUT_HISTORY_ITEM_IDS: history}
 
     def _query_embedding(self, inputs: dict) -> dict:
         return {names.OUT_EMBEDDING: self.resolver.resolve(inputs)[0]}
@@ -174,7 +177,7 @@ class ScannRetrievalModule(tf.Module):
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, resolved["history"], inputs[names.EXCLUDE_HISTORY], k)
         return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores,
-                names.OUT_KNOWN_USER: resolved[names.OUT_KNOWN_USER]}
+                names.OUT_KNOWN_USER: resolved[names.OUT_KNOWN_USER], names.OUT_HISTORY_ITEM_IDS: resolved["history"]}
 
     def save(self, export_dir: str) -> None:
         rspec = dict(self.base.resolve_query.input_signature[0])
