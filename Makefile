@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/recsys demo --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
