@@ -116,6 +116,16 @@ def test_served_lists_become_the_next_runs_ranking_negatives(tmp_path):
     ignored = exposures[exposures["engaged"] == 0]
     assert counts[EXPOSURES_SPLIT] == len(ignored) == K * len(user_ids) - 1
     assert metrics["num_exposure_negatives"] == len(ignored)
+    assert metrics["num_train_examples"] == counts["train"]  # the baselines' rows: interactions only
+    # The switch: the same examples with use_exposures off train on no exposure row.
+    from trainer.hparams import trainer_config
+    from trainer.ranking.train import train_and_export as train_ranking
+
+    run2 = tmp_path / "run2"
+    off = train_ranking(str(run2 / "examples"), str(run2 / "transform"), str(run2 / "off" / "Format-Serving"),
+                        str(run2 / "off_run"), tiny_cfg.side_features(), tiny_cfg.examples.history_length,
+                        trainer_config({"ranking": {"epochs": 1, "batch_size": 128, "use_exposures": False}}))
+    assert off["num_exposure_negatives"] == 0
 
     # The model: what users were shown and ignored scores lower than the served model scored it.
     before = pair_engagement(served["ranking"], ignored[F.USER_ID], ignored[F.ITEM_ID])
