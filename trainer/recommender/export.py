@@ -142,9 +142,9 @@ class RecommenderModule(tf.Module):
         # The retrieval export's own query resolution (the ScaNN export keeps it on its base):
         # the history it used, so a user who sends only an id gets reasons from their own history.
         # Exports since recommend returned it give it with the candidates (one resolution per request).
-        self._history_out = names.OUT_HISTORY_ITEM_IDS in self._retrieve.structured_outputs
+        history_out = names.OUT_HISTORY_ITEM_IDS in self._retrieve.structured_outputs
         owner = retrieval if hasattr(retrieval, "resolve_query") else getattr(retrieval, "base", None)
-        self._resolve = None if self._history_out else getattr(owner, "resolve_query", None)
+        self._resolve = None if history_out else getattr(owner, "resolve_query", None)
         retrieve_spec = self._retrieve.structured_input_signature[1]
         self.retrieval_keys = sorted(k for k in retrieve_spec if k not in (names.K, names.EXCLUDE_HISTORY))
         score_spec = self._score.structured_input_signature[1]

@@ -58,6 +58,11 @@ def event_columns(rows: tf.data.Dataset, keys) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) if v else np.zeros([0]) for k, v in parts.items()}
 
 
+def time_order(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Event order by user, then time, ties in file order: how every sequence here is read."""
+    return np.lexsort((np.arange(len(users)), timestamps, users))
+
+
 def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamps: np.ndarray,
                     window: int, per_user_keys, stride: int = 0) -> dict[str, np.ndarray]:
     """Windows of each user's events in time order (ties in file order).
@@ -79,7 +84,7 @@ def build_sequences(columns: dict[str, np.ndarray], users: np.ndarray, timestamp
     """
     stride = min(stride or window, window)
     n = len(users)
-    order = np.lexsort((np.arange(n), timestamps, users))
+    order = time_order(users, timestamps)
     sorted_users = users[order]
     starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1] if n else np.zeros(0, np.int64)
     counts = np.diff(np.r_[starts, n]).astype(np.int64)
@@ -112,13 +117,13 @@ def latest_items(users: np.ndarray, timestamps: np.ndarray, items: np.ndarray, w
     The query history of a model whose history is longer than the per-event rows carry
     (``examples.sequence_length``): built from the split's events instead of the rows.
     """
-    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    order = time_order(users, timestamps)
     u = users[order]
     ends = np.r_[np.flatnonzero(u[1:] != u[:-1]) + 1, len(u)] if len(u) else np.zeros(0, np.int64)
     starts = np.r_[0, ends[:-1]] if len(u) else ends
     span = {u[e - 1]: (s, e) for s, e in zip(starts, ends)}
     sorted_items = items[order]
-    out = np.full((len(wanted), n), pad, dtype=items.dtype if items.dtype != object else object)
+    out = np.full((len(wanted), n), pad, dtype=items.dtype)
     for row, user in enumerate(wanted):
         if user in span:
             s, e = span[user]
