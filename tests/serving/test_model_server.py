@@ -114,6 +114,24 @@ def test_predict_returns_outputs_and_served_version(env):
     assert list(response.outputs[names.OUT_SCORES].float_val) == [100.0, float("-inf"), 100.0, 101.0]
 
 
+def test_flat_signature_call_matches_the_keyword_call(templates):
+    """Signature.__call__ uses the function's flat entry point with the inputs in sorted-key
+    order; `score` declares (x, user_id), so a wrong order would feed x to user_id."""
+    from serving.model_server.signatures import Signature
+
+    loaded = tf.saved_model.load(os.path.join(templates[1], ""))
+    fn = loaded.signatures[SCORE_SIGNATURE]
+    signature = Signature.from_concrete_function(SCORE_SIGNATURE, fn)
+    tensors = {"x": tf.constant([[1.0, 2.0], [3.0, 4.0]]), names.USER_ID: tf.constant(["a", "b"])}
+    flat, keyword = signature(tensors), fn(**tensors)
+    assert set(flat) == set(keyword) == {"sum", "user", "calls"}
+    assert flat["sum"].numpy().tolist() == keyword["sum"].numpy().tolist() == [103.0, 107.0]
+    assert flat["user"].numpy().tolist() == [b"a", b"b"]
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):  # declaration order is wrong
+        fn._call_flat([tensors["x"], tensors[names.USER_ID]], fn.captured_inputs)
+    assert hasattr(fn, "_call_flat"), "TF moved the flat entry point: Signature.__call__ falls back (slower)"
+
+
 def test_predict_default_signature_and_output_filter(env):
     request = recommend_request("rec", signature="")
     request.output_filter.append(names.OUT_SCORES)
