@@ -8,6 +8,7 @@ was expected and what was received.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import grpc
@@ -50,11 +51,17 @@ class Signature:
         tests/serving/test_model_server.py checks it against the keyword call, and a
         function without it falls back to the keyword call.
         """
-        call_flat = getattr(self.function, "_call_flat", None)
-        captured = getattr(self.function, "captured_inputs", None)
-        if call_flat is None or captured is None:
+        if self._flat_keys is None:
             return self.function(**tensors)
-        return call_flat([tensors[k] for k in sorted(self.inputs)], captured)
+        return self.function._call_flat([tensors[k] for k in self._flat_keys], self.function.captured_inputs)
+
+    @functools.cached_property
+    def _flat_keys(self) -> tuple[str, ...] | None:
+        """The inputs in the flat entry point's order, once per loaded signature; None when the
+        function has no flat entry point (the keyword call is used)."""
+        if not (hasattr(self.function, "_call_flat") and hasattr(self.function, "captured_inputs")):
+            return None
+        return tuple(sorted(self.inputs))
 
     @classmethod
     def from_concrete_function(cls, name: str, function) -> "Signature":

@@ -119,8 +119,8 @@ def test_flat_signature_call_matches_the_keyword_call(templates):
     order; `score` declares (x, user_id), so a wrong order would feed x to user_id."""
     from serving.model_server.signatures import Signature
 
-    loaded = tf.saved_model.load(os.path.join(templates[1], ""))
-    fn = loaded.signatures[SCORE_SIGNATURE]
+    fn = tf.saved_model.load(templates[1]).signatures[SCORE_SIGNATURE]
+    assert hasattr(fn, "_call_flat"), "TF moved the flat entry point: Signature.__call__ falls back (slower)"
     signature = Signature.from_concrete_function(SCORE_SIGNATURE, fn)
     tensors = {"x": tf.constant([[1.0, 2.0], [3.0, 4.0]]), names.USER_ID: tf.constant(["a", "b"])}
     flat, keyword = signature(tensors), fn(**tensors)
@@ -129,7 +129,6 @@ def test_flat_signature_call_matches_the_keyword_call(templates):
     assert flat["user"].numpy().tolist() == [b"a", b"b"]
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):  # declaration order is wrong
         fn._call_flat([tensors["x"], tensors[names.USER_ID]], fn.captured_inputs)
-    assert hasattr(fn, "_call_flat"), "TF moved the flat entry point: Signature.__call__ falls back (slower)"
 
 
 def test_predict_default_signature_and_output_filter(env):
