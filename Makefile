@@ -7,6 +7,9 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/movielens_100k.yaml
 PYTEST_ARGS ?=
+# Test worker processes (pytest-xdist); each test file runs whole on one worker, so a file's
+# module fixtures are built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast data data-1m data-1m-sparse compile clean
 
@@ -34,10 +37,10 @@ demo: $(STAMP)
 	$(VENV)/bin/recsys demo --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not e2e" $(PYTEST_ARGS)
 
 compile: $(STAMP)
 	$(VENV)/bin/recsys pipeline compile --config $(CONFIG)
