@@ -106,38 +106,41 @@ def neutral_query_inputs(input_specs: Mapping, user_ids: Sequence[str], k: int |
     context -1, user side features unknown ("" / NaN), exclude_history true.
     """
     from serving import names
-    from trainer import features as F
 
     n = len(user_ids)
     out = {}
     for key, spec in input_specs.items():
         if key == names.USER_ID:
             out[key] = np.array([str(u).encode() for u in user_ids], dtype=object)
-        elif key == names.HISTORY_ITEM_IDS:
-            out[key] = np.full((n, 1), b"", dtype=object)
-        elif key in (names.HOUR_OF_DAY, names.DAY_OF_WEEK):
-            out[key] = np.full(n, -1, np.int64)
-        elif key == names.HOURS_SINCE_PREV_EVENT:
-            out[key] = np.full(n, -1.0, np.float32)
         elif key == names.K:
             out[key] = np.full(n, int(k or 10), np.int32)
-        elif key == names.EXCLUDE_HISTORY:
+        elif key == names.EXCLUDE_HISTORY:  # as the offline evaluation does
             out[key] = np.ones(n, bool)
         elif key == names.CANDIDATE_ITEM_IDS:
             out[key] = np.array([[str(c).encode() for c in row] for row in candidates], dtype=object)
-        elif key.startswith(F.USER_FEATURE_PREFIX):
-            out[key] = np.full(n, np.nan, np.float32) if _is_float(spec) else np.full(n, b"", dtype=object)
-        elif key == names.NUM_CANDIDATES:  # the one-call recommender's own inputs, neutral
+        elif key == names.NUM_CANDIDATES:  # the one-call recommender's stage 1: k (or the candidates sent)
             out[key] = np.full(n, int(k or 10) if candidates is None else len(candidates[0]), np.int32)
-        elif key in (names.EXCLUDE_ITEM_IDS,) or key.startswith(names.FILTER_PREFIX):
-            out[key] = np.full((n, 1), b"", dtype=object)
-        elif key == names.RANK_BY:
-            out[key] = np.full(n, b"", dtype=object)
-        elif key == names.DIVERSITY:
-            out[key] = np.zeros(n, np.float32)
         else:
-            raise ValueError(f"no neutral value for signature input {key!r}")
+            try:
+                value = names.neutral_value(key, _is_float(spec))
+            except KeyError:
+                raise ValueError(f"no neutral value for signature input {key!r}") from None
+            out[key] = _column(value, n, key in (names.HISTORY_ITEM_IDS, names.EXCLUDE_ITEM_IDS)
+                               or key.startswith(names.FILTER_PREFIX))
     return out
+
+
+def _column(value, n: int, ragged: bool) -> np.ndarray:
+    """``value`` repeated for n rows: [n, 1] for the ragged string inputs (history, excludes, filters)."""
+    if isinstance(value, str):
+        col = np.full(n, value.encode(), dtype=object)
+    elif isinstance(value, bool):
+        col = np.full(n, value, bool)
+    elif isinstance(value, int):
+        col = np.full(n, value, np.int64)
+    else:
+        col = np.full(n, value, np.float32)
+    return col.reshape(n, 1) if ragged else col
 
 
 def _is_float(spec) -> bool:

@@ -73,7 +73,6 @@ AUTO = "auto"  # recommender_model: the one-call model of the retrieval model (n
 _ONE_CALL_RETRY_S = 60.0  # after NOT_FOUND, two-stage calls for this long before trying again
 
 _SIGNATURE_DEF_FIELD = "signature_def"
-_UNKNOWN_CONTEXT = -1  # names.py: hour_of_day / day_of_week / hours_since_prev_event unknown
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 # Codes after which cached metadata may be stale (a new model version was loaded).
 _STALE_METADATA = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
@@ -391,10 +390,8 @@ class RecommenderClient:
                 inputs[key] = [context[key]]
             elif key in user_features:
                 inputs[key] = [user_features[key]]
-            elif key in F.CONTEXT_FEATURES:
-                inputs[key] = [_UNKNOWN_CONTEXT]  # -1 for every context input, float or int
             else:
-                inputs[key] = [spec.neutral_value()]  # user_<name>: "" or NaN
+                inputs[key] = [spec.neutral_value()]  # names.neutral_value: context -1, user_<name> "" or NaN
         return inputs
 
     def _check_user_features(self, meta: SignatureMeta, user_features: dict, model: str | None = None) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving import features as F
+from serving import names
 
 # DataType enum -> numpy dtype (strings are object arrays of bytes).
 _NUMPY_DTYPES = {
@@ -73,12 +73,16 @@ class TensorMeta:
         return self.dtype == types_pb2.DT_BOOL
 
     def neutral_value(self):
-        """The "unknown" value of names.py's contract: "", NaN (user side features), -1
-        (context features and other ints) or False. The server refuses NaN elsewhere."""
+        """The "unknown" value of names.py's contract (names.neutral_value); for inputs it does
+        not list, by dtype: "", NaN, -1 or False. The server refuses NaN where it is not neutral."""
+        try:
+            value = names.neutral_value(self.name, self.is_float)
+        except KeyError:
+            value = None
+        if value is not None:
+            return float(value) if self.is_float and not isinstance(value, str) else value
         if self.is_string:
             return ""
-        if self.name in F.CONTEXT_FEATURES:
-            return -1.0 if self.is_float else -1
         if self.is_float:
             return math.nan
         if self.is_int:

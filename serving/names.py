@@ -65,6 +65,27 @@ def filter_input(item_feature_key: str) -> str:
     return FILTER_PREFIX + item_feature_key
 
 
+# The "unknown" value of each optional input above, for clients, warmup requests and the
+# benchmarks (one table, so they cannot drift). USER_ID, K and CANDIDATE_ITEM_IDS have none.
+_NEUTRAL = {HISTORY_ITEM_IDS: "", HOUR_OF_DAY: -1, DAY_OF_WEEK: -1, HOURS_SINCE_PREV_EVENT: -1.0,
+            EXCLUDE_HISTORY: False, NUM_CANDIDATES: 0, EXCLUDE_ITEM_IDS: "", RANK_BY: "", DIVERSITY: 0.0}
+
+
+def neutral_value(key: str, is_float: bool = False):
+    """The value of input ``key`` that means "unknown" / "the model's default".
+
+    User side features: "" (string) or NaN (``is_float``); filter_<feature>: "" (no filter).
+    Raises KeyError for an input that has none (user id, k, ranking candidates).
+    """
+    if key in _NEUTRAL:
+        return _NEUTRAL[key]
+    if key.startswith(FILTER_PREFIX):
+        return ""
+    if key.startswith(F.USER_FEATURE_PREFIX) and key != USER_ID:
+        return float("nan") if is_float else ""
+    raise KeyError(f"input {key!r} has no neutral value: it must be sent")
+
+
 # Output tensors.
 OUT_ITEM_IDS = "item_ids"  # string [B, max(k)]; "" past a row's own k
 OUT_SCORES = "scores"  # float32 [B, max(k)]; -inf past a row's own k

@@ -385,6 +385,28 @@ def test_recommendation_to_dict_is_json_safe():
 # -- CLI -------------------------------------------------------------------------------
 
 
+def test_neutral_values_are_one_table_for_client_warmup_and_bench():
+    """names.neutral_value is the contract; the client's per-input default and the one-call
+    model's warmup inputs read it (so a changed neutral value reaches both)."""
+    from tensorflow.core.framework import types_pb2
+
+    from serving.client_tensors import TensorMeta
+    from trainer.recommender.export import neutral_inputs
+
+    assert names.neutral_value(names.HOUR_OF_DAY) == -1 and names.neutral_value(names.NUM_CANDIDATES) == 0
+    assert math.isnan(names.neutral_value("user_age", is_float=True)) and names.neutral_value("user_country") == ""
+    assert names.neutral_value(names.filter_input("item_genres")) == ""
+    for required in (names.USER_ID, names.K, names.CANDIDATE_ITEM_IDS):
+        with pytest.raises(KeyError, match="must be sent"):
+            names.neutral_value(required)
+    meta = TensorMeta(name=names.HOURS_SINCE_PREV_EVENT, dtype=types_pb2.DT_FLOAT, shape=(-1,))
+    assert meta.neutral_value() == -1.0 and isinstance(meta.neutral_value(), float)
+    assert TensorMeta(name=names.DIVERSITY, dtype=types_pb2.DT_FLOAT, shape=(-1,)).neutral_value() == 0.0
+    warm = neutral_inputs(2, ["item_genres"])
+    assert warm[names.NUM_CANDIDATES].tolist() == [0, 0] and warm[names.DIVERSITY].tolist() == [0.0, 0.0]
+    assert warm[names.filter_input("item_genres")].tolist() == [[b""], [b""]]
+
+
 def test_cli_prints_a_table(server, capsys):
     rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "3", "--target", server.grpc_address])
     out = capsys.readouterr().out

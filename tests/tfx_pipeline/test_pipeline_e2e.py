@@ -94,17 +94,14 @@ def test_full_pipeline_pushes_and_serves(tmp_path):
         assert len(versions) == 1, (model, versions)
 
     # The stock-ops one-call model holds no ScaNN op (stock TF Serving loads it); the ScaNN one does.
-    from tensorflow.core.protobuf import saved_model_pb2
+    from tests.support.saved_model_ops import scann_ops
 
-    def scann_ops(model):
+    def version_dir(model):
         (version,) = [p for p in (cfg.serving_root / model).iterdir() if p.name.isdigit()]
-        sm = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
-        graph = sm.meta_graphs[0].graph_def
-        ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
-        return {o for o in ops if o.lower().startswith("scann")}
+        return version
 
-    assert not scann_ops(names.RECOMMENDER_BRUTE_FORCE_MODEL)
-    assert scann_ops(names.RECOMMENDER_MODEL)
+    assert not scann_ops(version_dir(names.RECOMMENDER_BRUTE_FORCE_MODEL))
+    assert scann_ops(version_dir(names.RECOMMENDER_MODEL))
 
     server = ModelServer(serving_config(cfg), grpc_port=0, rest_port=None, metrics_port=None)
     server.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ import tensorflow as tf
 from serving import names
 from tests.support.client_models import save_models
 from trainer.recommender.export import build, neutral_inputs
+
+REPO = str(Path(__file__).resolve().parents[2])
 
 FEATURES = ["item_genres", "item_release_year", "item_title"]
 
@@ -103,16 +106,11 @@ def test_stock_ops_variant_loads_where_scann_cannot_be_imported(exported):
         import sys
         sys.modules["scann"] = None  # any `import scann` now fails
         import tensorflow as tf
-        from google.protobuf import text_format
-        from tensorflow.core.protobuf import saved_model_pb2
-        sm = saved_model_pb2.SavedModel()
-        sm.ParseFromString(open({str(exported / "saved_model.pb")!r}, "rb").read())
-        graph = sm.meta_graphs[0].graph_def
-        ops = {{n.op for n in graph.node}} | {{n.op for f in graph.library.function for n in f.node_def}}
-        assert not [o for o in ops if o.lower().startswith("scann")], sorted(ops)
+        from tests.support.saved_model_ops import graph_ops, scann_ops
+        assert not scann_ops({str(exported)!r}), sorted(graph_ops({str(exported)!r}))
         model = tf.saved_model.load({str(exported)!r})
         print("signatures", sorted(model.signatures))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'recommend'" in done.stdout and "'serving_default'" in done.stdout

@@ -303,15 +303,16 @@ def _pad_columns3(x: tf.Tensor, value) -> tf.Tensor:
 
 
 def neutral_inputs(rows: int, feature_keys) -> dict:
-    """The recommender-only inputs at their neutral values (what warmup and tests send)."""
+    """The recommender-only inputs at their neutral values (names.neutral_value): what warmup and tests send."""
+    n = names.neutral_value
     out = {
-        names.NUM_CANDIDATES: np.zeros(rows, np.int32),
-        names.EXCLUDE_ITEM_IDS: np.full((rows, 1), b"", dtype=object),
-        names.RANK_BY: np.full(rows, b"", dtype=object),
-        names.DIVERSITY: np.zeros(rows, np.float32),
+        names.NUM_CANDIDATES: np.full(rows, n(names.NUM_CANDIDATES), np.int32),
+        names.EXCLUDE_ITEM_IDS: np.full((rows, 1), n(names.EXCLUDE_ITEM_IDS).encode(), dtype=object),
+        names.RANK_BY: np.full(rows, n(names.RANK_BY).encode(), dtype=object),
+        names.DIVERSITY: np.full(rows, n(names.DIVERSITY), np.float32),
     }
     for key in feature_keys:
-        out[names.filter_input(key)] = np.full((rows, 1), b"", dtype=object)
+        out[names.filter_input(key)] = np.full((rows, 1), n(names.filter_input(key)).encode(), dtype=object)
     return out
 
 
