@@ -146,3 +146,34 @@ def test_evaluate_examples_signature_scores_raw_examples(ranking, tiny_pipeline)
     rating, engagement = out[names.OUT_RATING].numpy(), out[names.OUT_ENGAGEMENT].numpy()
     assert rating.shape == (int(serialized.shape[0]),) and engagement.shape == rating.shape
     assert np.all(np.isfinite(rating)) and np.all((engagement >= 0) & (engagement <= 1))
+
+
+def test_score_encodes_each_side_once_and_matches_the_whole_model(ranking, tiny_pipeline):
+    """``score`` encodes the query once per row and reads items from the export-time table
+    (RankingModel.score_encoded); ``evaluate_examples`` runs the whole model on each raw
+    example. The same (user, history, context, item) must get the same scores from both."""
+    import tensorflow_transform as tft
+
+    files = raw_data.split_files(tiny_pipeline.examples_uri, "eval")
+    serialized = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(8)))
+    whole = ranking["model"].signatures[names.EVAL_SIGNATURE](examples=serialized)
+    spec = tft.TFTransformOutput(tiny_pipeline.transform_dir).raw_feature_spec()
+    raw = tf.io.parse_example(serialized, spec)
+    score_keys = ranking["score"].structured_input_signature[1]
+    dense = {}
+    for key in score_keys:
+        if key == names.CANDIDATE_ITEM_IDS:
+            continue
+        value = raw[key]
+        if isinstance(value, tf.SparseTensor):
+            value = tf.sparse.to_dense(value, default_value=b"" if value.dtype == tf.string else 0)
+        if key == names.HISTORY_ITEM_IDS and value.shape[1] == 0:
+            value = tf.fill([value.shape[0], 1], b"")
+        dense[key] = tf.reshape(value, [-1]) if len(value.shape) == 2 and key != names.HISTORY_ITEM_IDS else value
+    items = tf.reshape(tf.sparse.to_dense(raw[F.ITEM_ID]) if isinstance(raw[F.ITEM_ID], tf.SparseTensor)
+                       else raw[F.ITEM_ID], [-1, 1])
+    pairs = ranking["score"](**dense, **{names.CANDIDATE_ITEM_IDS: items})
+    for key in (names.OUT_RATING, names.OUT_ENGAGEMENT):
+        np.testing.assert_allclose(pairs[key].numpy()[:, 0], whole[key].numpy(), rtol=1e-4, atol=1e-5)
+    # The export holds encoded items, not the per-feature rows it used to gather per pair.
+    assert hasattr(ranking["model"], "item_encoded") and not hasattr(ranking["model"], "item_rows")

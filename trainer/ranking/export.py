@@ -9,11 +9,13 @@ Signature ``score`` (also ``serving_default``), names from serving/names.py:
 
 The query is resolved by ``trainer/query.py QueryResolver.resolve_inputs`` (the same fallback to
 the user's stored history/features as the retrieval export), then repeated C times.
-Candidate item features are not recomputed per request: every catalogue item went
-through the Transform graph at export time into padded dense tables (one row per
-item, plus a last out-of-vocabulary row built from empty features, used for unknown
-candidate ids); a request gathers rows by id. The Transform graph (for the query) and
-the model travel inside the SavedModel.
+Neither side is encoded per (query, candidate) pair: every catalogue item went through the
+Transform graph and the model's item encoder at export time into one table (a row per item,
+plus a last out-of-vocabulary row built from empty features, used for unknown candidate ids),
+and each query row goes through the query encoder once; a request gathers item rows by id,
+repeats its encoded query C times and runs only the cross and deep layers and the heads on
+the B x C pairs (``RankingModel.score_encoded``). The Transform graph (for the query) and the
+model travel inside the SavedModel.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class RankingModule(tf.Module):
         self.item_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
         self.oov_row = tf.constant(len(ids), tf.int64)
-        self.item_rows = {k: tf.Variable(v, trainable=False, name=f"item_rows_{k}") for k, v in sorted(item_rows.items())}
+        # The item encoder's output for every catalogue item (+ the OOV row): [N + 1, Di].
+        encoded = model.item_encoder({k: tf.constant(v) for k, v in item_rows.items()})
+        self.item_encoded = tf.Variable(encoded, trainable=False, name="item_encoded")
 
     def _score(self, inputs: dict) -> dict:
         cands = inputs[names.CANDIDATE_ITEM_IDS]
@@ -73,9 +77,9 @@ class RankingModule(tf.Module):
         b, c = tf.shape(cands)[0], tf.shape(cands)[1]
         idx = self.item_table.lookup(tf.reshape(cands, [-1]))
         idx = tf.where(idx >= 0, idx, self.oov_row)
-        feats = {k: tf.repeat(v, c, axis=0) for k, v in query.items()}  # row-major: query i -> rows i*C..i*C+C-1
-        feats.update({k: tf.gather(v, idx) for k, v in self.item_rows.items()})
-        out = self.model(feats, training=False)
+        encoded = self.model.query_encoder(query, training=False)
+        encoded = tf.repeat(encoded, c, axis=0)  # row-major: query i -> rows i*C..i*C+C-1
+        out = self.model.score_encoded(encoded, tf.gather(self.item_encoded, idx), training=False)
         return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [b, c]),
                 names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [b, c])}
 

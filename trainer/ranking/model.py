@@ -85,8 +85,14 @@ class RankingModel(tfrs.Model):
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
 
     def call(self, inputs: dict, training: bool = False) -> dict:
-        x0 = tf.concat([tf.cast(self.query_encoder(inputs, training=training), tf.float32),
-                        tf.cast(self.item_encoder(inputs), tf.float32)], axis=-1)
+        return self.score_encoded(self.query_encoder(inputs, training=training), self.item_encoder(inputs),
+                                  training=training)
+
+    def score_encoded(self, query: tf.Tensor, item: tf.Tensor, training: bool = False) -> dict:
+        """The heads on encoded rows: ``query`` [N, Dq] from ``query_encoder``, ``item`` [N, Di]
+        from ``item_encoder``. Neither encoder sees the other side, so the export encodes each
+        query once and every catalogue item once at export time, not once per (query, item) pair."""
+        x0 = tf.concat([tf.cast(query, tf.float32), tf.cast(item, tf.float32)], axis=-1)
         x0 = tf.cast(x0, self.compute_dtype)
         x = x0
         for cross in self.cross_layers:

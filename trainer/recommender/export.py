@@ -176,13 +176,17 @@ class RecommenderModule(tf.Module):
         got = self._retrieve(**{k: inputs[k] for k in self.retrieval_keys}, k=n,
                              exclude_history=inputs[names.EXCLUDE_HISTORY])
         ids, scores, known = got[names.OUT_ITEM_IDS], got[names.OUT_SCORES], got[names.OUT_KNOWN_USER]
-        pop = self._popular(k=n)
-        width = tf.maximum(tf.shape(ids)[1], tf.shape(pop[names.OUT_ITEM_IDS])[1])
         fallback = ~known & tf.reduce_all(tf.equal(inputs[names.HISTORY_ITEM_IDS], ""), axis=1)
-        ids = tf.where(fallback[:, None], _pad_columns(pop[names.OUT_ITEM_IDS], width, ""),
-                       _pad_columns(ids, width, ""))
-        scores = tf.where(fallback[:, None], _pad_columns(pop[names.OUT_SCORES], width, -np.inf),
-                          _pad_columns(scores, width, -np.inf))
+
+        def with_popular():  # only when some row is an unknown user without history
+            pop = self._popular(k=n)
+            width = tf.maximum(tf.shape(ids)[1], tf.shape(pop[names.OUT_ITEM_IDS])[1])
+            return (tf.where(fallback[:, None], _pad_columns(pop[names.OUT_ITEM_IDS], width, ""),
+                             _pad_columns(ids, width, "")),
+                    tf.where(fallback[:, None], _pad_columns(pop[names.OUT_SCORES], width, -np.inf),
+                             _pad_columns(scores, width, -np.inf)))
+
+        ids, scores = tf.cond(tf.reduce_any(fallback), with_popular, lambda: (ids, scores))
         return ids, scores, known, fallback, got.get(names.OUT_HISTORY_ITEM_IDS)
 
     def _features(self, ids: tf.Tensor) -> dict:
