@@ -20,6 +20,7 @@ import pytest
 
 from tfx_pipeline.config import load_config
 from tfx_pipeline.local_runner import run_local
+from tests.support.pipeline_configs import implicit_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +29,9 @@ NEW_ITEMS = [f"sku-new-{i}" for i in range(4)]
 
 
 def _cfg(tmp_path, gate=None):
-    gate = {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "min_lift_over_baseline": 0.0, "max_recall_drop": 1.0,
-            "max_auc_drop": 1.0, "max_rmse_increase": 10.0, **(gate or {})}
-    return load_config("configs/implicit_demo.yaml", {
-        "name": "implicit_daily",
-        "pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),
-        "data": {"fetch": "none", "spans": {"base": str(tmp_path / "spans")}, "events": {"path": "events.csv"}},
-        "trainer": {"retrieval": {"epochs": 2, "batch_size": 128}, "ranking": {"epochs": 1, "batch_size": 256},
-                    "gate": gate}})
+    return implicit_demo(tmp_path, gate, name="implicit_daily",
+                         data={"fetch": "none", "spans": {"base": str(tmp_path / "spans")},
+                               "events": {"path": "events.csv"}})
 
 
 def _make_spans(tmp_path):

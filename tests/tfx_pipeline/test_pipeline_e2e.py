@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from tfx_pipeline.config import load_config
 from tfx_pipeline.local_runner import run_local
+from tests.support.pipeline_configs import implicit_demo
 
 pytestmark = pytest.mark.e2e
 
@@ -23,13 +23,7 @@ def _cfg(tmp_path, gate=None, **over):
     # Warm start off: a rerun on the same data then answers the trainers from TFX's cache
     # (a new blessing would be a new input to a warm-starting trainer); the daily loop's
     # warm start is tests/tfx_pipeline/test_continuous_e2e.py's.
-    gate = {"min_auc": 0.0, "min_lift_over_popularity": 0.0, "min_lift_over_baseline": 0.0, "max_recall_drop": 1.0,
-            "max_auc_drop": 1.0, "max_rmse_increase": 10.0, **(gate or {})}
-    base = {"pipeline_root": str(tmp_path / "run"), "serving_base_path": str(tmp_path / "serving"),
-            "trainer": {"retrieval": {"epochs": 2, "batch_size": 128}, "ranking": {"epochs": 1, "batch_size": 256},
-                        "warm_start": {"enabled": False}, "gate": gate}}
-    base.update(over)
-    return load_config("configs/implicit_demo.yaml", base)
+    return implicit_demo(tmp_path, gate, {"warm_start": {"enabled": False}}, **over)
 
 
 def test_data_half_runs_records_mlmd_and_caches(tmp_path):
