@@ -1,7 +1,8 @@
 """What a run produced, printed for people: evaluation tables (retrieval: ours, popularity
 and ALS, with a plain line wherever ours loses to a baseline, and one beyond-accuracy line:
 coverage, tail share, cold users' recall), verdicts (the gates', and whether the one-call models
-were built), index recall, pushes."""
+were built), index recall, pushes; then the report (trainer/report.py: report.md and the
+self-contained report.html, with the gate decisions read here)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,24 @@ def latest(root: Path, component: str, output: str) -> str | None:
     return str(base / str(ids[0])) if ids else None
 
 
+def gate_decision(blessing: str) -> dict:
+    """A gate's blessing artifact: {"blessed": bool, "reasons": [str] (the retrieval gate's decision
+    JSON; none for TFMA's marker file), "uri": the artifact}."""
+    blessed = os.path.exists(os.path.join(blessing, "BLESSED"))
+    decision = os.path.join(blessing, "BLESSED" if blessed else "NOT_BLESSED")
+    reasons: list = []
+    if os.path.isfile(decision) and os.path.getsize(decision):
+        try:
+            with open(decision) as fh:
+                reasons = list(json.load(fh).get("reasons", []))
+        except (ValueError, AttributeError, TypeError):  # not the gate's JSON (e.g. TFMA's own marker file)
+            reasons = []
+    return {"blessed": blessed, "reasons": reasons, "uri": blessing}
+
+
 def print_summary(cfg: PipelineConfig) -> dict:
     from trainer.report import beyond_accuracy_line, ranking_table, retrieval_table, retrieval_verdicts, write_report
+    from trainer.report_html import HTML_FILE
 
     root = cfg.root
     out: dict = {}
@@ -51,20 +68,14 @@ def print_summary(cfg: PipelineConfig) -> dict:
                 print(f"  warm start from {ws['from']}: {rows}")
             elif ws:
                 print(f"  cold start: {ws.get('reason')}")
+    gates: dict = {}  # printed here, and shown in the report
     for gate in (ids.RETRIEVAL_GATE, ids.RANKING_GATE):
         blessing = latest(root, gate, "blessing")
         if blessing:
-            verdict = "BLESSED" if os.path.exists(os.path.join(blessing, "BLESSED")) else "NOT BLESSED"
-            print(f"[gate] {gate}: {verdict} ({blessing})")
-            decision = os.path.join(blessing, verdict.replace(" ", "_"))  # the retrieval gate's decision JSON
-            if os.path.isfile(decision) and os.path.getsize(decision):
-                try:
-                    with open(decision) as fh:
-                        reasons = json.load(fh).get("reasons", [])
-                except (ValueError, AttributeError):  # not the gate's JSON (e.g. TFMA's own marker file)
-                    reasons = []
-                for r in reasons:
-                    print(f"  - {r}")
+            gates[gate] = decision = gate_decision(blessing)
+            print(f"[gate] {gate}: {'BLESSED' if decision['blessed'] else 'NOT BLESSED'} ({blessing})")
+            for r in decision["reasons"]:
+                print(f"  - {r}")
     composed = latest(root, ids.RECOMMENDER_BUILDER, "blessing")
     if composed:  # the one-call models: built and blessed only when both parts were blessed
         built = os.path.exists(os.path.join(composed, "BLESSED"))
@@ -75,8 +86,10 @@ def print_summary(cfg: PipelineConfig) -> dict:
             parts = {}
         refused = [kind for kind, ok in parts.items() if not ok]
         why = f": the {' and '.join(refused)} model(s) were not blessed" if refused else ""
-        print(f"[recommender] {ids.RECOMMENDER_BUILDER}: one-call models {'built, BLESSED' if built else 'NOT built'}"
-              f"{why} ({composed})")
+        said = f"one-call models {'built, BLESSED' if built else 'NOT built'}{why}"
+        gates[ids.RECOMMENDER_BUILDER] = {"blessed": built, "reasons": [said], "uri": composed}
+        print(f"[recommender] {ids.RECOMMENDER_BUILDER}: {said} ({composed})")
+    out["gates"] = gates
     evaluation = latest(root, ids.RANKING_GATE, "evaluation")
     if evaluation:
         print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")
@@ -87,9 +100,12 @@ def print_summary(cfg: PipelineConfig) -> dict:
         print(f"[index] ScaNN recall@10 vs exact search: {idx['recall@10']:.4f} (floor {idx['recall_floor']}) "
               f"over {idx['num_candidates']:,} candidates")
     if retrieval_run or ranking_run:
-        report = write_report(str(root / "report"), retrieval_run, ranking_run, index_report)
+        report = write_report(str(root / "report"), retrieval_run, ranking_run, index_report, gates,
+                              latest(root, ids.STATISTICS_GEN, "statistics"))
         out["report"] = report
+        out["report_html"] = os.path.join(os.path.dirname(report), HTML_FILE)
         print(f"[report] {report}")
+        print(f"[report] {out['report_html']} (self-contained: open it in a browser, offline)")
     serving = cfg.serving_root
     if serving.is_dir():
         for model in sorted(p for p in serving.iterdir() if p.is_dir()):

@@ -5,7 +5,9 @@ retrieved items' popularity distribution against the truth's) and the slice tabl
 its fairness ratios (metrics.json "beyond_accuracy" and "slices", trainer/retrieval/slices.py).
 
 Built from what the trainers leave in their ModelRun artifacts (history.json,
-metrics.json, feature_importance.json); writes PNGs and a Markdown page.
+metrics.json, feature_importance.json); writes PNGs, a Markdown page and the same content as
+one self-contained HTML page. The tables are built once as data (trainer/report_doc.py) and
+rendered both ways; the ``*_table`` functions give their Markdown rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ import json
 import os
 
 from trainer.artifacts import HISTORY_FILE, IMPORTANCE_FILE, IMPORTANCE_SAMPLE_FILE, METRICS_FILE
+from trainer.report_doc import (BAD, BEATS, GOOD, LOSS, Block, Bullets, Cell, Heading, Image, Table, Text, beaten,
+                                markdown, marks, md_rows)
+from trainer.report_html import write_html
+from trainer.report_stats import statistics_blocks
 
 import matplotlib
 
@@ -48,22 +54,39 @@ def _curves(history: dict, title: str, out_png: str) -> None:
 
 
 RETRIEVAL_BASELINES = (("popularity", "popularity baseline"), ("als", "ALS baseline (implicit)"))
+RETRIEVAL_COLUMNS = (("recall@10", "Recall@10"), ("recall@50", "Recall@50"), ("recall@100", "Recall@100"),
+                     ("ndcg@10", "NDCG@10"))
 # What the gates compare (trainer/gate.py): the lines below the table name every loss on these.
 VERDICT_METRICS = (("recall@100", "Recall@100"), ("ndcg@10", "NDCG@10"))
 
 
-def retrieval_table(m: dict) -> list[str]:
-    """Ours, popularity and ALS (when ``metrics.json`` has it) on the one eval task, as Markdown rows."""
-    rows = ["| model | Recall@10 | Recall@50 | Recall@100 | NDCG@10 |", "|---|---|---|---|---|"]
+def retrieval_rows(m: dict) -> Table:
+    """Ours, popularity and ALS (when ``metrics.json`` has it) on the one eval task; ours marked
+    ``LOSS`` on every figure a baseline beats, the baseline's marked ``BEATS``."""
+    table = Table(["model", *(label for _, label in RETRIEVAL_COLUMNS)])
+    ours = m.get("model") or {}
+    compared = [m[name] for name, _ in RETRIEVAL_BASELINES if m.get(name) is not None and "unavailable" not in m[name]]
     for name, label in (("model", "two-tower (ours)"), *RETRIEVAL_BASELINES):
         r = m.get(name)
         if r is None:
             continue  # a metrics.json written before the ALS baseline existed
         if "unavailable" in r:
-            rows.append(f"| {label} | unavailable: {r['unavailable']} | | | |")
+            table.rows.append([Cell(label), Cell(f"unavailable: {r['unavailable']}", span=len(RETRIEVAL_COLUMNS))])
             continue
-        rows.append(f"| {label} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | {r['recall@100']:.4f} | {r['ndcg@10']:.4f} |")
-    return rows
+        cells = [Cell(label)]
+        for key, _ in RETRIEVAL_COLUMNS:
+            if name == "model":
+                mark = marks(r[key], [b.get(key) for b in compared])[0]
+            else:
+                mark = BEATS if beaten(ours.get(key), r[key]) else ""
+            cells.append(Cell(f"{r[key]:.4f}", mark))
+        table.rows.append(cells)
+    return table
+
+
+def retrieval_table(m: dict) -> list[str]:
+    """:func:`retrieval_rows` as Markdown rows."""
+    return md_rows(retrieval_rows(m))
 
 
 def retrieval_verdicts(m: dict) -> list[str]:
@@ -111,24 +134,34 @@ def _available(m: dict) -> list[tuple[str, str]]:
     return [(key, label) for key, label in BA_MODELS if key in ba]
 
 
-def beyond_accuracy_table(m: dict) -> list[str]:
+def _marked(models: list[tuple[str, str]], values: list, higher_is_better: bool | None = True) -> list[str]:
+    """Marks for one figure across ``models`` (ours first): see report_doc.marks."""
+    if not models or models[0][0] != "model":
+        return [""] * len(values)
+    own, others = marks(values[0], values[1:], higher_is_better)
+    return [own, *others]
+
+
+def beyond_accuracy_rows(m: dict) -> Table | None:
     """Accuracy beyond recall, coverage, novelty, diversity and popularity bias at the report K,
-    ours vs the baselines, with the relevant (truth) items where a figure applies to them."""
+    ours vs the baselines, with the relevant (truth) items where a figure applies to them. Losses
+    are marked where higher is plainly better (not on the popularity-bias rows)."""
     k = report_k(m)
     if k is None:
-        return []
+        return None
     ba, models = m["beyond_accuracy"], _available(m)
     truth = ba.get("truth") or {}
     feature = (ba.get("params") or {}).get("item_feature")
-    rows = ["| metric | " + " | ".join(label for _, label in models) + " | relevant items |",
-            "|---|" + "---|" * (len(models) + 1)]
+    table = Table(["metric", *(label for _, label in models), "relevant items"])
 
-    def row(label: str, source: str, key: str, truth_key: str | None = None, digits: int = 4) -> None:
+    def row(label: str, source: str, key: str, truth_key: str | None = None, digits: int = 4,
+            higher: bool | None = True) -> None:
         values = [(m.get(name) or {}).get(key) if source == "accuracy" else ba[name].get(key) for name, _ in models]
         if all(v is None for v in values) and source != "accuracy":
             return
-        rows.append(f"| {label} | " + " | ".join(_num(v, digits) for v in values)
-                    + f" | {_num(truth.get(truth_key), digits) if truth_key else ''} |")
+        table.rows.append([Cell(label)] + [Cell(_num(v, digits), mark) for v, mark in
+                                           zip(values, _marked(models, values, higher))]
+                          + [Cell(_num(truth.get(truth_key), digits) if truth_key else "")])
 
     for name, label in (("precision", "Precision"), ("f1", "F1"), ("mrr", "MRR"), ("hit_rate", "HitRate")):
         row(f"{label}@{k}", "accuracy", f"{name}@{k}")
@@ -137,53 +170,70 @@ def beyond_accuracy_table(m: dict) -> list[str]:
     row(f"diversity@{k}, embeddings (cosine distance)", "ba", f"diversity_embedding@{k}")
     if feature:
         row(f"diversity@{k}, {feature} (Jaccard distance)", "ba", f"diversity_feature@{k}")
-    row(f"mean train popularity@{k}", "ba", f"mean_popularity@{k}", "truth_popularity", digits=1)
-    row(f"popularity ratio@{k} (vs relevant items)", "ba", f"popularity_ratio@{k}", digits=2)
+    row(f"mean train popularity@{k}", "ba", f"mean_popularity@{k}", "truth_popularity", digits=1, higher=None)
+    row(f"popularity ratio@{k} (vs relevant items)", "ba", f"popularity_ratio@{k}", digits=2, higher=None)
     for bucket in ("head", "torso", "tail"):
-        row(f"{bucket} items' share@{k}", "ba", f"{bucket}_share@{k}", f"truth_{bucket}_share")
-    return rows
+        row(f"{bucket} items' share@{k}", "ba", f"{bucket}_share@{k}", f"truth_{bucket}_share", higher=None)
+    return table
 
 
-def _slice_rows(name: str, groups: dict, models: list, keys: list[str]) -> list[str]:
+def beyond_accuracy_table(m: dict) -> list[str]:
+    """:func:`beyond_accuracy_rows` as Markdown rows ([] without beyond-accuracy figures)."""
+    table = beyond_accuracy_rows(m)
+    return md_rows(table) if table else []
+
+
+def _slice_rows(name: str, groups: dict, models: list, keys: list[str]) -> list[list[Cell]]:
     out = []
     for group, e in groups.items():
-        cells = [_num((e.get(model) or {}).get(key)) for key in keys for model, _ in models]
-        out.append(f"| {name} | {group} | {e['num_users']} | " + " | ".join(cells) + " |")
+        cells = [Cell(str(name)), Cell(str(group)), Cell(str(e["num_users"]))]
+        for key in keys:
+            values = [(e.get(model) or {}).get(key) for model, _ in models]
+            cells += [Cell(_num(v), mark) for v, mark in zip(values, _marked(models, values))]
+        out.append(cells)
     return out
 
 
-def slice_table(m: dict) -> list[str]:
+def slice_rows(m: dict) -> tuple[Table | None, list[str]]:
     """Recall@K and NDCG@K per slice (user activity, relevant-item popularity, user features),
-    ours vs the baselines with each group's user count, then one fairness line per user feature."""
+    ours vs the baselines with each group's user count, and one fairness line per user feature."""
     k, sl = report_k(m), m.get("slices")
     if k is None or not sl:
-        return []
+        return None, []
     models = _available(m)
     keys = [f"recall@{k}", f"ndcg@{k}"]
-    rows = ["| slice | group | users | " + " | ".join(f"{key.replace('recall', 'Recall').replace('ndcg', 'NDCG')} "
-                                                     f"{label}" for key in keys for _, label in models) + " |",
-            "|---|---|---|" + "---|" * (len(keys) * len(models))]
+    table = Table(["slice", "group", "users"] + [f"{key.replace('recall', 'Recall').replace('ndcg', 'NDCG')} {label}"
+                                                 for key in keys for _, label in models])
     act = sl.get("user_activity")
     if act:
-        rows += _slice_rows(f"activity (cold: <= {act['threshold']} train events)", act["groups"], models, keys)
+        table.rows += _slice_rows(f"activity (cold: <= {act['threshold']} train events)", act["groups"], models, keys)
     items = sl.get("item_popularity")
     if items:
-        rows += _slice_rows("relevant items' popularity", items["groups"], models, keys)
+        table.rows += _slice_rows("relevant items' popularity", items["groups"], models, keys)
     lines = []
     for name, entry in sl.items():
         if not name.startswith("user_feature:"):
             continue
         feature = name.split(":", 1)[1]
-        rows += _slice_rows(feature, entry["groups"], models, keys)
+        table.rows += _slice_rows(feature, entry["groups"], models, keys)
         parts = []
         for model, label in models:
             f = (entry.get("fairness") or {}).get(model, {}).get(f"recall@{k}")
             if f:
                 parts.append(f"{label} {_num(f['ratio'], 2)}" + (f" ({f['best']} / {f['worst']})" if f["best"] else "")
                              + (f" [{f['why']}]" if f.get("why") else ""))
-        lines.append(f"- fairness, {feature}: best / worst group Recall@{k} (groups of >= "
+        lines.append(f"fairness, {feature}: best / worst group Recall@{k} (groups of >= "
                      f"{entry.get('min_group_users', 1)} users): " + "; ".join(parts))
-    return rows + [""] + lines if lines else rows
+    return table, lines
+
+
+def slice_table(m: dict) -> list[str]:
+    """:func:`slice_rows` as Markdown rows, then a blank line and the fairness lines as a list."""
+    table, lines = slice_rows(m)
+    if table is None:
+        return []
+    rows = md_rows(table)
+    return rows + [""] + [f"- {line}" for line in lines] if lines else rows
 
 
 def beyond_accuracy_line(m: dict) -> str | None:
@@ -207,14 +257,45 @@ def beyond_accuracy_line(m: dict) -> str | None:
     return line
 
 
-def ranking_table(m: dict) -> list[str]:
-    rows = ["| model | RMSE (rating) | AUC (engagement) |", "|---|---|---|"]
-    rows.append(f"| DCN-v2 multitask (ours) | {m['model']['rmse']:.4f} | {m['model']['auc']:.4f} |")
-    base = m.get("baseline") or {}
+def ranking_rows(m: dict) -> Table:
+    """Ours vs the baseline on RMSE (lower is better) and AUC, losses marked."""
+    table = Table(["model", "RMSE (rating)", "AUC (engagement)"])
+    ours, base = m["model"], m.get("baseline") or {}
+    rmse, auc = base.get("rmse", float("nan")), base.get("auc", float("nan"))
+    (own_rmse, (b_rmse,)), (own_auc, (b_auc,)) = (marks(ours["rmse"], [rmse], False) if base else ("", [""]),
+                                                  marks(ours["auc"], [auc]) if base else ("", [""]))
+    table.rows.append([Cell("DCN-v2 multitask (ours)"), Cell(f"{ours['rmse']:.4f}", own_rmse),
+                       Cell(f"{ours['auc']:.4f}", own_auc)])
     if base:
-        rows.append(f"| baseline (global mean / popularity) | {base.get('rmse', float('nan')):.4f} | "
-                    f"{base.get('auc', float('nan')):.4f} |")
-    return rows
+        table.rows.append([Cell("baseline (global mean / popularity)"), Cell(f"{rmse:.4f}", b_rmse),
+                           Cell(f"{auc:.4f}", b_auc)])
+    return table
+
+
+def ranking_table(m: dict) -> list[str]:
+    """:func:`ranking_rows` as Markdown rows."""
+    return md_rows(ranking_rows(m))
+
+
+def importance_rows(importance: dict) -> Table:
+    """Permutation importance per feature, the largest first (by the first measure's magnitude)."""
+    measures = list(next(iter(importance.values())).keys())
+    table = Table(["feature", *measures])
+    for feat, vals in sorted(importance.items(), key=lambda kv: -abs(list(kv[1].values())[0])):
+        table.rows.append([Cell(feat)] + [Cell(f"{v:.4f}") for v in vals.values()])
+    return table
+
+
+def gate_rows(gates: dict) -> Table:
+    """One row per gate: its verdict (marked ``GOOD`` / ``BAD``) and reasons (one per line)."""
+    with_uri = any(g.get("uri") for g in gates.values())
+    table = Table(["gate", "verdict", "reasons"] + (["artifact"] if with_uri else []))
+    for name, g in gates.items():
+        blessed = bool(g.get("blessed"))
+        table.rows.append([Cell(name), Cell("BLESSED" if blessed else "NOT BLESSED", GOOD if blessed else BAD),
+                           Cell("\n".join(str(r) for r in g.get("reasons") or []))]
+                          + ([Cell(str(g.get("uri") or ""))] if with_uri else []))
+    return table
 
 
 def importance_heading(sample: dict, metrics: dict | None) -> str:
@@ -230,45 +311,64 @@ def importance_heading(sample: dict, metrics: dict | None) -> str:
     return line + ":"
 
 
-def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | None, index_report: str | None) -> str:
+REPORT_TITLE = "Training diagnosis report"
+
+
+def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
+    """One trainer's section: its tables, verdicts, curves (PNG written beside the report), importance."""
+    metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
+    history = _load(os.path.join(run, HISTORY_FILE)) if run else None
+    blocks: list[Block] = [Heading(2, title), Text("run:", code=str(run))]
+    if metrics and title == "retrieval":
+        blocks += [retrieval_rows(metrics), Bullets([Cell(v, LOSS if v.startswith("OURS LOSES") else "")
+                                                     for v in retrieval_verdicts(metrics)])]
+        k = report_k(metrics)
+        if k is not None:
+            params = metrics["beyond_accuracy"]["params"]
+            blocks += [Heading(3, f"Beyond accuracy (K = {k})"),
+                       Text("Definitions: README \"Beyond accuracy and slices\". Diversity on embeddings uses ours "
+                            "for every model; popularity is the train interaction count; head / torso / tail: the "
+                            f"items making the first {params.get('head_share', 0.5):.0%} / up to "
+                            f"{params.get('tail_share', 0.8):.0%} / the rest of the train interactions."),
+                       beyond_accuracy_rows(metrics)]
+            table, fairness = slice_rows(metrics)
+            if table is not None:
+                blocks += [Heading(3, f"Slices (K = {k})"), table] + ([Bullets(fairness)] if fairness else [])
+    elif metrics:
+        blocks.append(ranking_rows(metrics))
+    if history:
+        png = os.path.join(out_dir, f"{title}_curves.png")
+        _curves(history, title, png)
+        blocks.append(Image(png, f"{title} curves"))
+    importance = _load(os.path.join(run, IMPORTANCE_FILE)) if run else None
+    if importance:
+        sample = _load(os.path.join(run, IMPORTANCE_SAMPLE_FILE)) or {}
+        blocks += [Text(importance_heading(sample, metrics)), importance_rows(importance)]
+    return blocks
+
+
+def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | None, index_report: str | None,
+                 gates: dict | None = None, statistics: str | None = None) -> str:
+    """report.md and report.html (trainer/report_html.py: the same content, self-contained) in
+    ``out_dir``, with the curves' PNGs; ``gates``: gate name -> {"blessed": bool, "reasons": [str],
+    optional "uri"}, shown first when given; ``statistics``: a StatisticsGen artifact's URI, one
+    table per split at the end (trainer/report_stats.py). Returns the Markdown page's path."""
     os.makedirs(out_dir, exist_ok=True)
-    lines = ["# Training diagnosis report", ""]
+    blocks: list[Block] = [Heading(2, "gate decisions"), gate_rows(gates)] if gates else []
     for title, run in (("retrieval", retrieval_run), ("ranking", ranking_run)):
-        metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
-        history = _load(os.path.join(run, HISTORY_FILE)) if run else None
-        lines += [f"## {title}", f"run: `{run}`", ""]
-        if metrics and title == "retrieval":
-            lines += retrieval_table(metrics) + [""] + [f"- {v}" for v in retrieval_verdicts(metrics)] + [""]
-            if report_k(metrics) is not None:
-                k = report_k(metrics)
-                lines += [f"### Beyond accuracy (K = {k})", "",
-                          "Definitions: README \"Beyond accuracy and slices\". Diversity on embeddings uses ours "
-                          "for every model; popularity is the train interaction count; head / torso / tail: the "
-                          "items making the first "
-                          f"{metrics['beyond_accuracy']['params'].get('head_share', 0.5):.0%} / up to "
-                          f"{metrics['beyond_accuracy']['params'].get('tail_share', 0.8):.0%} / the rest of the "
-                          "train interactions.", ""]
-                lines += beyond_accuracy_table(metrics) + [""]
-                lines += [f"### Slices (K = {k})", ""] + slice_table(metrics) + [""]
-        elif metrics:
-            lines += ranking_table(metrics) + [""]
-        if history:
-            png = os.path.join(out_dir, f"{title}_curves.png")
-            _curves(history, title, png)
-            lines += [f"![{title} curves]({os.path.basename(png)})", ""]
-        importance = _load(os.path.join(run, IMPORTANCE_FILE)) if run else None
-        if importance:
-            sample = _load(os.path.join(run, IMPORTANCE_SAMPLE_FILE)) or {}
-            lines += [importance_heading(sample, metrics), "", "| feature | " + " | ".join(
-                next(iter(importance.values())).keys()) + " |", "|---|" + "---|" * len(next(iter(importance.values())))]
-            for feat, vals in sorted(importance.items(), key=lambda kv: -abs(list(kv[1].values())[0])):
-                lines.append(f"| {feat} | " + " | ".join(f"{v:.4f}" for v in vals.values()) + " |")
-            lines.append("")
+        blocks += _run_blocks(out_dir, title, run)
     idx = _load(index_report) if index_report else None
     if idx:
-        lines += ["## ScaNN index", f"recall@10 vs exact search: {idx['recall@10']:.4f} (floor {idx['recall_floor']}), "
-                  f"{idx['num_candidates']} candidates, params {idx['params']}", ""]
+        blocks += [Heading(2, "ScaNN index"),
+                   Text(f"recall@10 vs exact search: {idx['recall@10']:.4f} (floor {idx['recall_floor']}), "
+                        f"{idx['num_candidates']} candidates, params {idx['params']}")]
+    blocks += statistics_blocks(statistics)
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as fh:
-        fh.write("\n".join(lines))
+        fh.write(markdown([Heading(1, REPORT_TITLE), *blocks]))
+    name = os.path.basename(os.path.dirname(os.path.abspath(out_dir)))  # runs/<name>/report
+    write_html(out_dir, blocks, f"{REPORT_TITLE}: {name}",
+               [("report directory", os.path.abspath(out_dir)), ("retrieval run", retrieval_run),
+                ("ranking run", ranking_run), ("ScaNN index report", index_report),
+                ("StatisticsGen statistics", statistics)])
     return path

@@ -31,6 +31,11 @@ def test_summary_prints_als_the_loss_and_the_gate_reasons(tmp_path, capsys):
     assert ("- lift_over_baseline_recall_at_100: recall@100 0.2470 < 1.0 x ALS 0.2510: "
             "the model loses to the ALS baseline") in printed
     assert "beyond accuracy" not in printed  # a metrics.json without the beyond-accuracy keys
+    # The report: Markdown and HTML, both printed, with the gate decision read above.
+    assert f"[report] {out['report']}" in printed and f"[report] {out['report_html']}" in printed
+    assert out["gates"][ids.RETRIEVAL_GATE]["blessed"] is False
+    page = open(out["report_html"]).read()
+    assert '<td class="bad">NOT BLESSED</td>' in page and "the model loses to the ALS baseline" in page
 
 
 def test_summary_prints_the_beyond_accuracy_line(tmp_path, capsys):
