@@ -19,8 +19,8 @@ Model artifact (``<uri>/``)::
     warmstart/          trainable variables + vocabularies (trainer/warm_start.py)
 
 ModelRun artifact: metrics.json, history.json, eval_queries.npy,
-eval_query_users.npy, feature_importance.json and feature_importance_sample.json (ranking),
-tensorboard/.
+eval_query_users.npy, candidate_norms.npy (retrieval), feature_importance.json and
+feature_importance_sample.json (ranking), tensorboard/.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ HISTORY_FILE = "history.json"
 IMPORTANCE_FILE = "feature_importance.json"
 # The rows feature_importance.json was computed on and the model's RMSE/AUC on them (ranking).
 IMPORTANCE_SAMPLE_FILE = "feature_importance_sample.json"
+# Retrieval: per catalogue item its train count, candidate embedding norm and popularity bucket
+# (float64 [num_items, 3], trainer/retrieval/diagnosis.py); the report plots it.
+CANDIDATE_NORMS_FILE = "candidate_norms.npy"
 EVAL_QUERIES_FILE = "eval_queries.npy"
 EVAL_QUERY_USERS_FILE = "eval_query_users.npy"
 WARM_START_DIR = "warmstart"

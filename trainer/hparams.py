@@ -266,7 +266,7 @@ class EvaluationConfig:
     """The retrieval evaluation's beyond-accuracy metrics and slices
     (trainer/retrieval/beyond_accuracy.py, trainer/retrieval/slices.py; README "Beyond accuracy")."""
 
-    enabled: bool = True  # false: metrics.json has no "beyond_accuracy" / "slices"
+    enabled: bool = True  # false: metrics.json has no "beyond_accuracy" / "slices" / "diagnosis"
     # Cold users: at most this many train events; -1 = from the data: the
     # ``cold_user_percentile``-th percentile of the evaluated users' train events.
     cold_user_max_events: int = -1
@@ -286,6 +286,10 @@ class EvaluationConfig:
     numeric_bins: int = 4  # quantile bands of a numeric feature with more than max_groups values
     min_group_users: int = 10  # groups smaller than this are shown but left out of the fairness ratio
     report_k: int = 10  # the K of the report's beyond-accuracy and slice tables
+    # The diagnosis (metrics.json "diagnosis", trainer/retrieval/diagnosis.py) computes the
+    # retrieval permutation importance on a seeded sample of this many evaluated users (all of
+    # them when fewer); 0 = no permutation importance.
+    importance_users: int = 2000
 
     def __post_init__(self):
         if self.cold_user_max_events < -1:
@@ -297,6 +301,9 @@ class EvaluationConfig:
             raise ConfigError(f"need 0 < head_share < tail_share < 1, got {self.head_share}, {self.tail_share}")
         if self.max_groups < 2 or self.numeric_bins < 2 or self.min_group_users < 1 or self.report_k < 1:
             raise ConfigError("max_groups and numeric_bins must be >= 2, min_group_users and report_k >= 1")
+        if self.importance_users < 0:
+            raise ConfigError(f"importance_users must be >= 0 (0: no permutation importance), "
+                              f"got {self.importance_users}")
 
 
 @dataclasses.dataclass(frozen=True)

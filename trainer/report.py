@@ -2,7 +2,10 @@
 (retrieval: ours beside the popularity and ALS baselines, and a plain line for every
 metric where ours loses to one of them, with the gap), the beyond-accuracy table (with the
 retrieved items' popularity distribution against the truth's) and the slice table with
-its fairness ratios (metrics.json "beyond_accuracy" and "slices", trainer/retrieval/slices.py).
+its fairness ratios (metrics.json "beyond_accuracy" and "slices", trainer/retrieval/slices.py), and
+the retrieval diagnosis (metrics.json "diagnosis", trainer/retrieval/diagnosis.py: candidate norms vs
+popularity with a plot from candidate_norms.npy, the retrieved items' popularity deciles, the query
+inputs' permutation importance).
 
 Built from what the trainers leave in their ModelRun artifacts (history.json,
 metrics.json, feature_importance.json); writes PNGs, a Markdown page and the same content as
@@ -15,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 
-from trainer.artifacts import HISTORY_FILE, IMPORTANCE_FILE, IMPORTANCE_SAMPLE_FILE, METRICS_FILE
+from trainer.artifacts import CANDIDATE_NORMS_FILE, HISTORY_FILE, IMPORTANCE_FILE, IMPORTANCE_SAMPLE_FILE, METRICS_FILE
 from trainer.report_doc import (BAD, BEATS, GOOD, LOSS, Block, Bullets, Cell, Heading, Image, Table, Text, beaten,
                                 markdown, marks, md_rows)
 from trainer.report_html import write_html
 from trainer.report_stats import statistics_blocks
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -277,10 +281,11 @@ def ranking_table(m: dict) -> list[str]:
     return md_rows(ranking_rows(m))
 
 
-def importance_rows(importance: dict) -> Table:
-    """Permutation importance per feature, the largest first (by the first measure's magnitude)."""
+def importance_rows(importance: dict, first: str = "feature") -> Table:
+    """Permutation importance per feature (``first``: the first column's name), the largest first (by
+    the first measure's magnitude)."""
     measures = list(next(iter(importance.values())).keys())
-    table = Table(["feature", *measures])
+    table = Table([first, *measures])
     for feat, vals in sorted(importance.items(), key=lambda kv: -abs(list(kv[1].values())[0])):
         table.rows.append([Cell(feat)] + [Cell(f"{v:.4f}") for v in vals.values()])
     return table
@@ -311,6 +316,145 @@ def importance_heading(sample: dict, metrics: dict | None) -> str:
     return line + ":"
 
 
+DIAGNOSIS_COLUMNS = (*BA_MODELS, ("truth", "relevant items"))
+
+
+def _diagnosis(m: dict) -> dict | None:
+    d = m.get("diagnosis")
+    return d if isinstance(d, dict) and d.get("norms") else None
+
+
+def norm_lines(m: dict) -> list[str]:
+    """What the candidate norms are of, and their Spearman correlation with the train count."""
+    d = _diagnosis(m)
+    if d is None:
+        return []
+    norms = d["norms"]
+    items = sum(b["items"] for b in norms["buckets"].values())
+    if norms.get("measured") == "pre_normalisation":
+        what = ("The candidate tower L2-normalises its output, so every served embedding has norm 1 and the scores "
+                "are cosines: the norms here are of the vector before that normalisation (the candidate MLP's "
+                "output), which the scores never see; they show what the MLP learned, not a bias of the scores.")
+    else:
+        what = ("No pre-normalisation vector was reachable: the norms are of the candidate tower's output as "
+                "served (under an L2-normalising tower all 1).")
+    return [what, f"Spearman's rho of candidate norm vs train interaction count over the {items:,} catalogue items: "
+                  f"{_num(norms.get('spearman_norm_vs_count'), 3)} (items never seen in train tie at the bottom)."]
+
+
+def norm_rows(m: dict) -> Table | None:
+    """Mean candidate norm per popularity bucket (head / torso / tail), and over the catalogue."""
+    d = _diagnosis(m)
+    if d is None:
+        return None
+    norms = d["norms"]
+    table = Table(["popularity bucket", "items", "mean candidate norm"])
+    for name, b in norms["buckets"].items():
+        table.rows.append([Cell(name), Cell(str(b["items"])), Cell(_num(b["mean_norm"]))])
+    table.rows.append([Cell("all items"), Cell(str(sum(b["items"] for b in norms["buckets"].values()))),
+                       Cell(_num(norms.get("mean_norm")))])
+    return table
+
+
+def _count_range(lo, hi) -> str:
+    if lo is None:
+        return ""
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
+def decile_rows(m: dict) -> Table | None:
+    """Per popularity decile of the catalogue: its items, their train counts and mean candidate
+    norm, and the share of each model's top K (and of the relevant items) in it."""
+    d = _diagnosis(m)
+    if d is None or not d.get("retrieved_popularity"):
+        return None
+    rp, decile_norm = d["retrieved_popularity"], d["norms"].get("decile_mean_norm") or []
+    k, shares = rp["k"], rp["shares"]
+    columns = [(key, label) for key, label in DIAGNOSIS_COLUMNS if key in shares]
+    table = Table(["popularity decile", "items", "train count", "share of train interactions", "mean candidate norm",
+                   *(f"{label}@{k}" if key != "truth" else label for key, label in columns)])
+    for i, row in enumerate(rp["deciles"]):
+        values = [(shares[key] or [None] * len(rp["deciles"]))[i] for key, _ in columns]
+        table.rows.append([Cell(str(row["decile"])), Cell(str(row["items"])),
+                           Cell(_count_range(row["min_count"], row["max_count"])), Cell(_num(row["interaction_share"])),
+                           Cell(_num(decile_norm[i] if i < len(decile_norm) else None))]
+                          + [Cell(_num(v)) for v in values])
+    return table
+
+
+def retrieval_importance_heading(m: dict) -> str | None:
+    """What the retrieval permutation importance was computed on, and the sample's unshuffled Recall@K
+    beside the whole eval task's (as the ranking importance heading)."""
+    d = _diagnosis(m)
+    imp = (d or {}).get("importance")
+    if not imp:
+        return None
+    s = imp["sample"]
+    keys = [key for key in s if key.startswith("recall@")]
+    label = lambda key: key.replace("recall", "Recall")  # noqa: E731
+    line = (f"Permutation importance of the query inputs on {s['users']:,} of {s['eval_users']:,} evaluated users "
+            f"({s['selection']}; each group's inputs shuffled across them, {s.get('seconds', 0.0):.1f} s)")
+    if not keys:
+        return line + ": no evaluated user, nothing to shuffle."
+    line += ": " + ", ".join(f"{label(key)} {s[key]:.4f}" for key in keys) + " on them"
+    whole = m.get("model") or {}
+    if all(key in whole for key in keys):
+        line += (" vs " + " / ".join(f"{whole[key]:.4f}" for key in keys) + " on the whole eval task (the table "
+                 "above): the drops below are against the sample's own figures")
+    return line + ":"
+
+
+def _norm_plot(path: str, m: dict, out_png: str) -> bool:
+    """Candidate norm vs log10(1 + train count), one colour per popularity bucket; False without the data."""
+    try:
+        data = np.load(path)
+    except (OSError, ValueError):
+        return False
+    if data.ndim != 2 or data.shape[1] < 3 or not len(data):
+        return False
+    rho = _diagnosis(m)["norms"].get("spearman_norm_vs_count")
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for b, (name, colour) in enumerate(zip(("head", "torso", "tail"), ("tab:red", "tab:orange", "tab:blue"))):
+        pick = data[:, 2] == b
+        ax.scatter(np.log10(1.0 + data[pick, 0]), data[pick, 1], s=6, alpha=0.5, color=colour, label=name)
+    ax.set_xlabel("log10(1 + train interactions)")
+    ax.set_ylabel("candidate norm (before L2 normalisation)"
+                  if _diagnosis(m)["norms"].get("measured") == "pre_normalisation" else "candidate norm")
+    ax.set_title(f"candidate norm vs item popularity (Spearman {_num(rho, 3)})")
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def diagnosis_blocks(m: dict, run: str | None, out_dir: str) -> list[Block]:
+    """The retrieval diagnosis (metrics.json "diagnosis"): norms vs popularity with their plot, the
+    retrieved items' popularity deciles, the query inputs' permutation importance; [] without it."""
+    d = _diagnosis(m)
+    if d is None:
+        return []
+    blocks: list[Block] = [Heading(3, "Diagnosis"), Text("Candidate embedding norm vs item popularity. "
+                                                         + " ".join(norm_lines(m))), norm_rows(m)]
+    npy = os.path.join(run, CANDIDATE_NORMS_FILE) if run else ""
+    png = os.path.join(out_dir, "retrieval_norms.png")
+    if npy and _norm_plot(npy, m, png):
+        blocks.append(Image(png, "candidate norm vs item popularity"))
+    table = decile_rows(m)
+    if table is not None:
+        k = d["retrieved_popularity"]["k"]
+        blocks += [Text(f"Popularity of what is retrieved vs the relevant items, by popularity decile (decile 1: the "
+                        f"most popular tenth of the catalogue's items by train count, ties in catalogue order): the "
+                        f"share of each model's top {k} in the decile, averaged over users, beside the relevant "
+                        f"items' (the head / torso / tail shares are in the beyond-accuracy table)."), table]
+    heading = retrieval_importance_heading(m)
+    if heading:
+        blocks.append(Text(heading))
+        if d["importance"]["groups"]:
+            blocks.append(importance_rows(d["importance"]["groups"], "query input group"))
+    return blocks
+
+
 REPORT_TITLE = "Training diagnosis report"
 
 
@@ -334,6 +478,7 @@ def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
             table, fairness = slice_rows(metrics)
             if table is not None:
                 blocks += [Heading(3, f"Slices (K = {k})"), table] + ([Bullets(fairness)] if fairness else [])
+        blocks += diagnosis_blocks(metrics, run, out_dir)
     elif metrics:
         blocks.append(ranking_rows(metrics))
     if history:

@@ -21,10 +21,14 @@ class Tower(tf.keras.Model):
         self.mlp = mlp(hp.hidden_units, hp.embedding_dim, hp.dropout, f"{name}_mlp")
 
     def call(self, x, training=False):
+        return tf.math.l2_normalize(self.unnormalized(x, training=training), axis=-1)
+
+    def unnormalized(self, x, training=False):
+        """The MLP's output before the L2 normalisation [B, D] (its norm sets no score; the
+        retrieval diagnosis, trainer/retrieval/diagnosis.py, reads it)."""
         kwargs = {"training": training} if isinstance(self.encoder, QueryEncoder) else {}
         # float32 out under a mixed policy: the logits, the logQ correction and the index are float32.
-        out = tf.cast(self.mlp(self.encoder(x, **kwargs), training=training), tf.float32)
-        return tf.math.l2_normalize(out, axis=-1)
+        return tf.cast(self.mlp(self.encoder(x, **kwargs), training=training), tf.float32)
 
     def call_sequence(self, x, training=False):
         """The query tower at every position of left-padded sequences: [B, L, D] (QueryEncoder.call_sequence)."""

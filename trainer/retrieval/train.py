@@ -8,12 +8,16 @@ requests) and, to the ModelRun artifact, what the gate, the index step and the
 report read: ``metrics.json`` (Recall/NDCG@K of the model, of the popularity baseline
 and of the classical ALS baseline, ``"als"`` (trainer/retrieval/classical.py), all on one
 eval task, user-level protocol of trainer/retrieval/metrics.py; with ``trainer.evaluation``
-also ``"beyond_accuracy"`` and ``"slices"`` from the same ranked lists, trainer/retrieval/slices.py), ``history.json``
+also ``"beyond_accuracy"`` and ``"slices"`` from the same ranked lists, trainer/retrieval/slices.py, and
+``"diagnosis"``: candidate norms vs popularity, the retrieved items' popularity deciles, the query inputs'
+permutation importance, trainer/retrieval/diagnosis.py, with ``candidate_norms.npy``), ``history.json``
 (per-epoch losses and gradient norms), ``eval_queries.npy`` (held-out query
 embeddings), ``eval_query_users.npy`` and TensorBoard logs. File names: trainer/artifacts.py.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context
 from trainer.query import QueryResolver
-from trainer.retrieval import classical, export, metrics as retrieval_metrics, sequence, slices
+from trainer.retrieval import classical, diagnosis, export, metrics as retrieval_metrics, sequence, slices
 from trainer.retrieval.model import RetrievalModel, add_sampling_probability, item_probabilities
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
@@ -212,7 +216,10 @@ class RetrievalRecipe:
         history is the user's latest training items); the truth is every item they
         interacted with in eval and not in train; train items are excluded. ALS scores
         cold users (no train rows) by popularity; if it cannot be fit, ``"als"`` holds
-        ``"unavailable"`` (the reason) instead of metrics and the run goes on.
+        ``"unavailable"`` (the reason) instead of metrics and the run goes on. With
+        ``config.evaluation``, also the beyond-accuracy metrics, the slices and the diagnosis
+        (trainer/retrieval/diagnosis.py: its permutation importance re-embeds the same raw query
+        columns, ``query``, through ``embed``).
         """
         candidates = export.candidate_set(data, model.candidate_tower)
         train = interactions(data.train.raw)  # all of train is excluded and known, as served
@@ -224,12 +231,16 @@ class RetrievalRecipe:
         ev = data.eval.raw
         task = retrieval_metrics.build_eval_task(train, interactions(ev), candidates["ids"])
         rows = first_rows(ev, task.user_ids)  # the first eval event of every evaluated user
-        query = {k: tf.constant(ev[k][rows]) for k in [*QUERY_KEYS, *sorted(data.user_features)]}
+        query = {k: ev[k][rows] for k in [*QUERY_KEYS, *sorted(data.user_features)]}  # raw columns, numpy
         if history_length > data.history_length:  # longer than the eval rows carry: the user's last train items
-            query[F.HISTORY_ITEM_IDS] = tf.constant(sequence.latest_items(
+            query[F.HISTORY_ITEM_IDS] = sequence.latest_items(
                 as_str(data.train.raw[F.USER_ID]), data.train.raw[F.TIMESTAMP], data.train.raw[F.ITEM_ID],
-                list(task.user_ids), history_length, b""))
-        q = resolver.resolve(query, fallback=False)[0].numpy()
+                list(task.user_ids), history_length, b"")
+
+        def embed(columns: dict) -> np.ndarray:  # raw query columns -> query embeddings (no stored state)
+            return resolver.resolve({k: tf.constant(v) for k, v in columns.items()}, fallback=False)[0].numpy()
+
+        q = embed(query)
         emb = candidates["embeddings"]
         model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T, ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
@@ -238,6 +249,7 @@ class RetrievalRecipe:
         als, als_ranked = classical.baseline_run(train, task, config.baseline, ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
                    "num_eval_users": int(task.num_users)}
+        run_files = {}
         if config.evaluation.enabled:
             ranked = {"model": ranked, "popularity": pop_ranked}
             if als_ranked is not None:  # ALS unavailable: no ALS figures in the slices
@@ -246,16 +258,20 @@ class RetrievalRecipe:
             metrics.update(slices.run_analysis(
                 task, ranked, pop, emb, data.items, data.item_features,
                 {k: ev[k][rows] for k in data.user_features}, data.user_features, user_events, KS, config.evaluation))
+            started = time.perf_counter()
+            norms, measured = diagnosis.candidate_norms(model.candidate_tower, export.item_model_inputs(data))
+            metrics["diagnosis"], run_files[artifacts.CANDIDATE_NORMS_FILE] = diagnosis.diagnose(
+                task, ranked, pop, norms, measured, query, embed, emb, sorted(data.user_features), KS,
+                config.evaluation, hp.seed, started)
         log(f"retrieval: {fmt_metrics(metrics)}")
         if "unavailable" in als:
             log(f"retrieval: ALS baseline unavailable: {als['unavailable']}")
         else:
             log(f"retrieval: ALS baseline: {als['factors']} factors, {als['train_seconds']:.1f} s, "
                 f"{als['cold_users']} cold user(s) scored by popularity")
-        return Evaluation(metrics=metrics,
-                          run_files={artifacts.EVAL_QUERIES_FILE: q,
-                                     artifacts.EVAL_QUERY_USERS_FILE: np.asarray(task.user_ids, dtype=str)},
-                          state={"resolver": resolver, "candidates": candidates})
+        run_files.update({artifacts.EVAL_QUERIES_FILE: q,
+                          artifacts.EVAL_QUERY_USERS_FILE: np.asarray(task.user_ids, dtype=str)})
+        return Evaluation(metrics=metrics, run_files=run_files, state={"resolver": resolver, "candidates": candidates})
 
     def export(self, data: TrainingData, model, hp, evaluation: Evaluation, serving_dir: str) -> None:
         candidates, resolver = evaluation.state["candidates"], evaluation.state["resolver"]
