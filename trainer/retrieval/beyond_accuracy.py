@@ -141,6 +141,26 @@ def _batches(n: int, size: int) -> Iterable[slice]:
         yield slice(start, min(start + size, n))
 
 
+def list_means(topk: np.ndarray, per_item: np.ndarray, k: int) -> np.ndarray:
+    """Per list, the mean of ``per_item`` over its first ``k`` entries (-1 entries left out;
+    a K above L sees the L entries); NaN for a list without one. float64 [n]."""
+    topk = np.asarray(topk, dtype=np.int64)[:, :k]
+    valid = topk >= 0
+    n_valid = valid.sum(axis=1).astype(np.float64)
+    total = np.where(valid, np.asarray(per_item)[np.where(valid, topk, 0)], 0.0).sum(axis=1)
+    return np.divide(total, n_valid, out=np.full(len(topk), np.nan), where=n_valid > 0)
+
+
+def truth_means(truth: sp.csr_matrix, per_item: np.ndarray) -> np.ndarray:
+    """Per user, the mean of ``per_item`` over their truth items; NaN for a row without one. float64 [n]."""
+    truth = sp.csr_matrix(truth)
+    sizes = np.diff(truth.indptr)
+    rows = np.repeat(np.arange(truth.shape[0]), sizes)
+    total = np.bincount(rows, weights=np.asarray(per_item, dtype=np.float64)[truth.indices],
+                        minlength=truth.shape[0])
+    return np.divide(total, sizes.astype(np.float64), out=np.full(truth.shape[0], np.nan), where=sizes > 0)
+
+
 def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int],
                           batch_size: int = 256) -> dict[str, np.ndarray]:
     """The per-user beyond-accuracy values of each list (module docstring), at every K.
@@ -157,24 +177,16 @@ def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int
         float64 [n] each, NaN for a list without the entries the metric needs.
     """
     topk = np.asarray(topk, dtype=np.int64)
-    n, width = topk.shape
+    n = topk.shape[0]
     valid = topk >= 0
     safe = np.where(valid, topk, 0)
     info = self_information(items.counts)
     out: dict[str, np.ndarray] = {}
     for k in ks:
-        kk = min(k, width)
-        v = valid[:, :kk]
-        n_valid = v.sum(axis=1).astype(np.float64)
-
-        def mean_of(per_item: np.ndarray) -> np.ndarray:
-            total = np.where(v, per_item[safe[:, :kk]], 0.0).sum(axis=1)
-            return np.divide(total, n_valid, out=np.full(n, np.nan), where=n_valid > 0)
-
-        out[f"novelty@{k}"] = mean_of(info)
-        out[f"mean_popularity@{k}"] = mean_of(items.counts.astype(np.float64))
+        out[f"novelty@{k}"] = list_means(topk, info, k)
+        out[f"mean_popularity@{k}"] = list_means(topk, items.counts.astype(np.float64), k)
         for b, name in enumerate(BUCKETS):
-            out[f"{name}_share@{k}"] = mean_of((items.buckets == b).astype(np.float64))
+            out[f"{name}_share@{k}"] = list_means(topk, (items.buckets == b).astype(np.float64), k)
     if items.embeddings is not None:
         emb = np.asarray(items.embeddings, dtype=np.float32)  # float32: half the memory traffic of the pairs
         if emb.shape[0] != items.num_items:
@@ -211,17 +223,9 @@ def per_user_list_metrics(topk: np.ndarray, items: ItemContext, ks: Sequence[int
 
 def per_user_truth_metrics(truth: sp.csr_matrix, items: ItemContext) -> dict[str, np.ndarray]:
     """``truth_popularity`` and ``truth_{head,torso,tail}_share`` per user (rows with >= 1 truth item)."""
-    truth = sp.csr_matrix(truth)
-    n_truth = np.diff(truth.indptr).astype(np.float64)
-    rows = np.repeat(np.arange(truth.shape[0]), np.diff(truth.indptr))
-
-    def mean_of(per_item: np.ndarray) -> np.ndarray:
-        total = np.bincount(rows, weights=per_item[truth.indices], minlength=truth.shape[0])
-        return np.divide(total, n_truth, out=np.full(truth.shape[0], np.nan), where=n_truth > 0)
-
-    out = {"truth_popularity": mean_of(items.counts.astype(np.float64))}
+    out = {"truth_popularity": truth_means(truth, items.counts.astype(np.float64))}
     for b, name in enumerate(BUCKETS):
-        out[f"truth_{name}_share"] = mean_of((items.buckets == b).astype(np.float64))
+        out[f"truth_{name}_share"] = truth_means(truth, (items.buckets == b).astype(np.float64))
     return out
 
 

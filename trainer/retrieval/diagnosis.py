@@ -114,34 +114,27 @@ def norm_summary(norms: np.ndarray, counts: np.ndarray, buckets: np.ndarray, dec
 
 # -- popularity of what is retrieved --------------------------------------------
 
-def list_shares(topk: np.ndarray, labels: np.ndarray, num_groups: int, k: int) -> list[float] | None:
-    """Mean over the lists with >= 1 valid entry among their first ``k`` of the share of those
-    entries whose item has each label (-1 entries left out); None when no list has one."""
-    topk = np.asarray(topk, dtype=np.int64)[:, :k]
-    valid = topk >= 0
-    n_valid = valid.sum(axis=1)
-    keep = n_valid > 0
+def _shares(per_user_mean, labels: np.ndarray, num_groups: int) -> list[float] | None:
+    """Mean over the users that have an entry of the share of their entries in each label group
+    (``per_user_mean``: per-item values -> per-user means, NaN for a user without entries)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    per_group = [per_user_mean((labels == g).astype(np.float64)) for g in range(num_groups)]
+    keep = ~np.isnan(per_group[0]) if num_groups else np.zeros(0, bool)
     if not keep.any():
         return None
-    rows = np.broadcast_to(np.arange(len(topk))[:, None], topk.shape)[valid]
-    item_labels = np.asarray(labels, dtype=np.int64)[topk[valid]]
-    per_row = np.bincount(rows * num_groups + item_labels, minlength=len(topk) * num_groups)
-    per_row = per_row.reshape(len(topk), num_groups)[keep] / n_valid[keep, None]
-    return [float(v) for v in per_row.mean(axis=0)]
+    return [float(v[keep].mean()) for v in per_group]
+
+
+def list_shares(topk: np.ndarray, labels: np.ndarray, num_groups: int, k: int) -> list[float] | None:
+    """Mean over the lists with >= 1 valid entry among their first ``k`` of the share of those
+    entries whose item has each label (-1 entries left out); None when no list has one.
+    The per-list means are beyond_accuracy's (``list_means``), as its bucket shares are."""
+    return _shares(lambda per_item: ba.list_means(topk, per_item, k), labels, num_groups)
 
 
 def truth_shares(truth: sp.csr_matrix, labels: np.ndarray, num_groups: int) -> list[float] | None:
-    """``list_shares`` of the users' truth items (every row with >= 1 truth item)."""
-    truth = sp.csr_matrix(truth)
-    sizes = np.diff(truth.indptr)
-    keep = sizes > 0
-    if not keep.any():
-        return None
-    rows = np.repeat(np.arange(truth.shape[0]), sizes)
-    item_labels = np.asarray(labels, dtype=np.int64)[truth.indices]
-    per_row = np.bincount(rows * num_groups + item_labels, minlength=truth.shape[0] * num_groups)
-    per_row = per_row.reshape(truth.shape[0], num_groups)[keep] / sizes[keep, None]
-    return [float(v) for v in per_row.mean(axis=0)]
+    """``list_shares`` of the users' truth items (every row with >= 1 truth item; ``ba.truth_means``)."""
+    return _shares(lambda per_item: ba.truth_means(truth, per_item), labels, num_groups)
 
 
 def decile_table(counts: np.ndarray, deciles: np.ndarray) -> list[dict]:
