@@ -16,8 +16,32 @@ The classical baseline check (``min_lift_over_baseline``; 0 turns it off):
   is not blessed on a comparison that could not be made. Set the factor to 0 (or
   disable the baseline) to gate without it.
 
-The latest blessed model's ``metrics.json`` is only read for ``model.recall@100``, so
-one written before the baseline existed is still a valid baseline.
+The latest blessed model's ``metrics.json`` is only read for ``model.recall@100`` (and,
+with ``max_cold_user_recall_drop`` on, its cold-user slice), so one written before the
+baseline existed is still a valid baseline.
+
+Two optional checks on the ``"slices"`` section (trainer/retrieval/slices.py), both off
+by default:
+
+- ``max_cold_user_recall_drop`` (-1 = off; 0 = no drop allowed): check
+  ``cold_user_no_regression``, the cold users' Recall@100
+  (``slices.user_activity.groups.cold.model["recall@100"]``) must be at least the latest
+  blessed model's minus this. Not checked, with a note in the reasons, when there is no
+  blessed model, or when this model's or the blessed model's ``metrics.json`` has no
+  cold-user Recall@100 (no slices: ``trainer.evaluation.enabled: false`` or written before
+  the slices existed; or no cold user); the note says which. The cold threshold is each
+  run's own (``user_activity.threshold``); the detail gives both.
+- ``max_group_recall_ratio`` (0 = off; else >= 1): one check ``group_fairness_<feature>``
+  per ``user_feature:<feature>`` slice, on its fairness entry for our model: the best
+  group's Recall@K over the worst's (K = 100 when the entry has it, else its largest K;
+  the detail says which), among the groups with at least ``min_group_users`` users (the
+  smaller ones are left out by ``slices.fairness``), must be at most this. A ratio of None
+  is decided by why: fewer than two groups large enough is no comparison (not checked,
+  noted); a worst group with Recall@K 0 (and so at least ``min_group_users`` users)
+  fails, an unbounded ratio, unless every compared group has 0 (no group does better:
+  passes, the absolute floors judge the recall itself). A ``metrics.json`` without
+  user-feature slices is not checked, and the reasons say so.
+
 Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA).
 """
 
@@ -60,6 +84,10 @@ def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) ->
             prev = baseline["model"]["recall@100"]
             check("no_regression", r100 >= prev - gate.max_recall_drop,
                   f"recall@100 {r100:.4f} vs latest blessed {prev:.4f} (max drop {gate.max_recall_drop})")
+        if gate.max_cold_user_recall_drop >= 0:
+            notes += cold_user_no_regression(current, baseline, gate.max_cold_user_recall_drop, check, checks)
+        if gate.max_group_recall_ratio > 0:
+            notes += group_fairness(current, gate.max_group_recall_ratio, check, checks)
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     if not reasons:
@@ -99,6 +127,103 @@ def lift_over_baseline(current: dict, factor: float, check, checks: dict) -> lis
             check(check_name, False, f"{label} {ours:.4f} < {factor} x {name} {theirs:.4f}: "
                                      f"the model loses to the {name} baseline")
     return []
+
+
+def _skip(name: str, note: str, checks: dict) -> str:
+    """Records a check that could not be made (it does not block the blessing); returns its note."""
+    checks[name] = {"ok": True, "skipped": True, "detail": note}
+    return f"{name}: {note}"
+
+
+def _cold_user_recall(metrics: dict) -> tuple[float | None, dict | str]:
+    """(cold users' Recall@100 of our model, the user_activity slice) or (None, why not)."""
+    activity = (metrics.get("slices") or {}).get("user_activity")
+    if activity is None:
+        return None, "no slices (trainer.evaluation.enabled: false, or written before the slices existed)"
+    cold = activity.get("groups", {}).get("cold", {})
+    if not cold.get("num_users"):
+        return None, "no cold user in its eval set"
+    value = cold.get("model", {}).get("recall@100")
+    if value is None:
+        return None, "no Recall@100 in its cold-user slice"
+    return float(value), activity
+
+
+def cold_user_no_regression(current: dict, baseline: dict | None, max_drop: float, check, checks: dict) -> list[str]:
+    """The ``max_cold_user_recall_drop`` check of ``decide`` (module docstring); returns notes."""
+    name = "cold_user_no_regression"
+    if baseline is None:
+        return [_skip(name, "not checked: no blessed model to compare the cold users' Recall@100 with", checks)]
+    ours, here = _cold_user_recall(current)
+    if ours is None:
+        return [_skip(name, f"not checked: this model's metrics.json has no cold-user Recall@100 ({here})", checks)]
+    prev, there = _cold_user_recall(baseline)
+    if prev is None:
+        return [_skip(name, f"not checked: the latest blessed model's metrics.json has no cold-user Recall@100 "
+                            f"({there})", checks)]
+    groups = (here["groups"]["cold"]["num_users"], there["groups"]["cold"]["num_users"])
+    who = (f"cold users: <= {here.get('threshold')} train events, {groups[0]} users; latest blessed: "
+           f"<= {there.get('threshold')}, {groups[1]} users")
+    drop = prev - ours
+    if drop <= max_drop:
+        check(name, True, f"cold-user recall@100 {ours:.4f} vs latest blessed {prev:.4f} "
+                          f"(max drop {max_drop}; {who})")
+    else:
+        check(name, False, f"cold-user recall@100 {ours:.4f} vs latest blessed {prev:.4f}: dropped {drop:.4f} > "
+                           f"max_cold_user_recall_drop {max_drop} ({who}); raise trainer.gate."
+                           f"max_cold_user_recall_drop, or -1 to turn the check off")
+    return []
+
+
+def _fairness_k(entries: dict) -> int | None:
+    """The K of a fairness entry the gate uses: 100 when there, else the largest."""
+    ks = sorted(int(key.split("@")[1]) for key in entries if key.startswith("recall@"))
+    return (100 if 100 in ks else ks[-1]) if ks else None
+
+
+def group_fairness(current: dict, max_ratio: float, check, checks: dict) -> list[str]:
+    """The ``max_group_recall_ratio`` checks of ``decide`` (module docstring); returns notes."""
+    prefix = "user_feature:"
+    sections = {key[len(prefix):]: s for key, s in (current.get("slices") or {}).items() if key.startswith(prefix)}
+    if not sections:
+        return [_skip("group_fairness", "not checked: this model's metrics.json has no user-feature slices "
+                                        "(trainer.evaluation.enabled: false, no user feature, or written before "
+                                        "the slices existed)", checks)]
+    notes = []
+    for feature, section in sorted(sections.items()):
+        name = f"group_fairness_{feature}"
+        entries = section.get("fairness", {}).get("model", {})
+        k = _fairness_k(entries)
+        if k is None:
+            notes.append(_skip(name, "not checked: no Recall@K fairness entry for the model", checks))
+            continue
+        key = f"recall@{k}"
+        entry, groups = entries[key], section.get("groups", {})
+        size = f"groups of >= {section.get('min_group_users')} users"
+        best, worst, ratio = entry.get("best"), entry.get("worst"), entry.get("ratio")
+        if best is None or worst is None:
+            notes.append(_skip(name, f"not checked: Recall@{k}: {entry.get('why', 'no groups to compare')}", checks))
+            continue
+
+        def group(g):
+            return f"{g} {groups[g]['model'][key]:.4f} ({groups[g]['num_users']} users)" if g in groups else str(g)
+
+        compared = f"best {group(best)} / worst {group(worst)}"
+        if ratio is None and groups.get(best, {}).get("model", {}).get(key, 1.0) == 0:
+            check(name, True, f"Recall@{k} of {feature}: every compared group has 0 ({size}); "
+                              f"no group does better")
+        elif ratio is None:
+            check(name, False, f"Recall@{k} of {feature}: {compared}: the worst group has recall 0, an unbounded "
+                               f"ratio > max_group_recall_ratio {max_ratio} ({size}); raise trainer.evaluation."
+                               f"min_group_users to leave small groups out, or set trainer.gate."
+                               f"max_group_recall_ratio: 0 to turn the check off")
+        elif ratio <= max_ratio:
+            check(name, True, f"Recall@{k} of {feature}: {compared} = {ratio:.2f} <= {max_ratio} ({size})")
+        else:
+            check(name, False, f"Recall@{k} of {feature}: {compared} = {ratio:.2f} > max_group_recall_ratio "
+                               f"{max_ratio} ({size}); raise trainer.gate.max_group_recall_ratio, or 0 to turn "
+                               f"the check off")
+    return notes
 
 
 def ranking_eval_config(gate: GateConfig):

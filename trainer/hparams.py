@@ -147,6 +147,23 @@ class GateConfig:
     max_recall_drop: float = 0.01
     max_auc_drop: float = 0.01
     max_rmse_increase: float = 0.02
+    # Slice checks of the retrieval gate on metrics.json "slices" (trainer/gate.py), both off by default.
+    # Largest allowed drop of the cold users' Recall@100 against the latest blessed model's cold
+    # users'; -1 = off, 0 = no drop allowed. Not checked (and noted) without a blessed model or
+    # when either metrics.json has no cold-user slice.
+    max_cold_user_recall_drop: float = -1.0
+    # Largest allowed best / worst group Recall@100 (the fairness entry's K; groups of at least
+    # trainer.evaluation.min_group_users users) per sliced user feature; 0 = off, else >= 1.
+    # A worst group with recall 0 fails (unbounded ratio); fewer than two groups is not checked.
+    max_group_recall_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.max_cold_user_recall_drop != -1.0 and not 0.0 <= self.max_cold_user_recall_drop <= 1.0:
+            raise ConfigError(f"max_cold_user_recall_drop must be in [0, 1] (or -1: off), "
+                              f"got {self.max_cold_user_recall_drop}")
+        if self.max_group_recall_ratio != 0.0 and not self.max_group_recall_ratio >= 1.0:
+            raise ConfigError(f"max_group_recall_ratio must be >= 1 (a best / worst ratio; or 0: off), "
+                              f"got {self.max_group_recall_ratio}")
 
 
 @dataclasses.dataclass(frozen=True)

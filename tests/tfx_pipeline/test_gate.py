@@ -2,6 +2,7 @@
 
 from trainer.gate import decide
 from trainer.hparams import GateConfig, trainer_config
+from trainer.typed_config import ConfigError
 
 import pytest
 
@@ -107,3 +108,138 @@ def test_trainer_config_is_strict():
         trainer_config({"baseline": {"factor": 8}})
     with pytest.raises(ValueError, match="kind must be one of"):
         trainer_config({"baseline": {"kind": "bpr"}})
+
+
+# --- The slice checks (max_cold_user_recall_drop, max_group_recall_ratio) -----------------------
+
+def _sliced(r100, cold=None, groups=None, min_group_users=10, ks=(10, 100), threshold=3):
+    """``_retrieval`` plus a ``"slices"`` section shaped like slices.run_analysis writes it: the
+    user_activity slice (cold users' Recall@100 ``cold``; None: no cold user) and, per feature in
+    ``groups`` ({feature: {group: (num_users, recall)}}), a user_feature slice with every K at
+    that recall and its fairness from slices.fairness itself."""
+    from trainer.retrieval.slices import fairness
+
+    def entry(n, recall):
+        return {"num_users": n, "model": {f"recall@{k}": recall for k in ks},
+                "popularity": {f"recall@{k}": 0.1 for k in ks}} if n else {"num_users": 0}
+
+    m = _retrieval(r100)
+    m["slices"] = {"user_activity": {"threshold": threshold, "rule": f"cold: <= {threshold} train events (configured); "
+                                                                    f"warm: the rest",
+                                     "groups": {"cold": entry(12 if cold is not None else 0, cold),
+                                                "warm": entry(30, r100)}}}
+    for feature, by_group in (groups or {}).items():
+        g = {name: entry(n, recall) for name, (n, recall) in by_group.items()}
+        m["slices"][f"user_feature:{feature}"] = {
+            "groups": g, "fairness": fairness(g, ["model", "popularity"], ks, min_group_users),
+            "min_group_users": min_group_users}
+    return m
+
+
+def test_slice_checks_are_off_by_default():
+    # Cold users down from 0.30 to 0.05 and a worst group at a fifth of the best: no check runs.
+    current = _sliced(0.40, cold=0.05, groups={"user_gender": {"F": (20, 0.1), "M": (20, 0.5)}})
+    d = decide("retrieval", current, _sliced(0.40, cold=0.30), GateConfig())
+    assert d["blessed"], d
+    assert not any(n.startswith(("cold_user", "group_fairness")) for n in d["checks"])
+    assert d["reasons"] == ["all checks passed"]
+
+
+def test_cold_user_recall_drop_passes_and_fails_with_the_numbers():
+    gate = GateConfig(max_cold_user_recall_drop=0.02)
+    # 0.20 -> 0.19: a drop of 0.01 <= 0.02.
+    d = decide("retrieval", _sliced(0.40, cold=0.19), _sliced(0.40, cold=0.20), gate)
+    assert d["blessed"] and d["checks"]["cold_user_no_regression"]["ok"], d
+    # 0.20 -> 0.15: a drop of 0.05 > 0.02, though the overall Recall@100 held.
+    d = decide("retrieval", _sliced(0.40, cold=0.15), _sliced(0.40, cold=0.20, threshold=4), gate)
+    assert not d["blessed"] and d["checks"]["no_regression"]["ok"]
+    assert d["reasons"] == [
+        "cold_user_no_regression: cold-user recall@100 0.1500 vs latest blessed 0.2000: dropped 0.0500 > "
+        "max_cold_user_recall_drop 0.02 (cold users: <= 3 train events, 12 users; latest blessed: <= 4, 12 users); "
+        "raise trainer.gate.max_cold_user_recall_drop, or -1 to turn the check off"]
+    # 0 allows no drop at all; an improvement always passes.
+    assert not decide("retrieval", _sliced(0.40, cold=0.1999), _sliced(0.40, cold=0.20),
+                      GateConfig(max_cold_user_recall_drop=0.0))["blessed"]
+    assert decide("retrieval", _sliced(0.40, cold=0.25), _sliced(0.40, cold=0.20),
+                  GateConfig(max_cold_user_recall_drop=0.0))["blessed"]
+
+
+def test_cold_user_check_is_skipped_with_a_note_when_there_is_nothing_to_compare():
+    gate = GateConfig(max_cold_user_recall_drop=0.0)
+    # First model: no blessed model.
+    d = decide("retrieval", _sliced(0.40, cold=0.05), None, gate)
+    assert d["blessed"] and d["checks"]["cold_user_no_regression"]["skipped"]
+    assert "cold_user_no_regression: not checked: no blessed model to compare the cold users' Recall@100 with" \
+        in d["reasons"]
+    # This model's metrics.json has no slices (trainer.evaluation.enabled: false).
+    d = decide("retrieval", _retrieval(0.40), _sliced(0.40, cold=0.30), gate)
+    assert d["blessed"] and d["checks"]["cold_user_no_regression"]["skipped"]
+    assert ("cold_user_no_regression: not checked: this model's metrics.json has no cold-user Recall@100 (no slices "
+            "(trainer.evaluation.enabled: false, or written before the slices existed))") in d["reasons"]
+    # The latest blessed model's has none (written before the slices existed).
+    d = decide("retrieval", _sliced(0.40, cold=0.05), _retrieval(0.40), gate)
+    assert d["blessed"] and any(r.startswith("cold_user_no_regression: not checked: the latest blessed model's "
+                                             "metrics.json has no cold-user Recall@100 (no slices")
+                                for r in d["reasons"])
+    # A cold group without users ({"num_users": 0}, as slices.analyse writes it) is no slice either.
+    d = decide("retrieval", _sliced(0.40, cold=None), _sliced(0.40, cold=0.30), gate)
+    assert d["blessed"] and "this model's metrics.json has no cold-user Recall@100 (no cold user in its eval set)" \
+        in d["checks"]["cold_user_no_regression"]["detail"]
+    # A skipped check does not hide a failing one.
+    d = decide("retrieval", _sliced(0.25, cold=0.05), None, gate)
+    assert not d["blessed"] and d["reasons"][0].startswith("lift_over_popularity")
+
+
+def test_group_recall_ratio_passes_and_fails_per_feature():
+    groups = {"user_gender": {"F": (20, 0.30), "M": (25, 0.36)},          # 0.36 / 0.30 = 1.20
+              "user_age": {"18": (15, 0.20), "35": (40, 0.40), "56": (3, 0.01)}}  # 56: 3 users, left out: 2.00
+    d = decide("retrieval", _sliced(0.40, groups=groups), None, GateConfig(max_group_recall_ratio=1.5))
+    assert not d["blessed"]
+    assert d["checks"]["group_fairness_user_gender"] == {
+        "ok": True, "detail": "Recall@100 of user_gender: best M 0.3600 (25 users) / worst F 0.3000 (20 users) = 1.20 "
+                              "<= 1.5 (groups of >= 10 users)"}
+    assert d["reasons"] == [
+        "group_fairness_user_age: Recall@100 of user_age: best 35 0.4000 (40 users) / worst 18 0.2000 (15 users) = "
+        "2.00 > max_group_recall_ratio 1.5 (groups of >= 10 users); raise trainer.gate.max_group_recall_ratio, "
+        "or 0 to turn the check off"]
+    assert decide("retrieval", _sliced(0.40, groups=groups), None, GateConfig(max_group_recall_ratio=2.0))["blessed"]
+    # Without Recall@100 in the fairness entry, its largest K, named in the detail.
+    d = decide("retrieval", _sliced(0.40, groups=groups, ks=(10, 50)), None, GateConfig(max_group_recall_ratio=2.0))
+    assert d["blessed"] and d["checks"]["group_fairness_user_age"]["detail"].startswith("Recall@50 of user_age:")
+
+
+def test_group_recall_ratio_with_a_zero_recall_group():
+    gate = GateConfig(max_group_recall_ratio=3.0)
+    # A worst group of 12 users (>= min_group_users) with recall 0: no finite ratio, fails.
+    d = decide("retrieval", _sliced(0.40, groups={"user_gender": {"F": (12, 0.0), "M": (30, 0.4)}}), None, gate)
+    assert not d["blessed"] and d["checks"]["group_fairness_user_gender"]["detail"].startswith(
+        "Recall@100 of user_gender: best M 0.4000 (30 users) / worst F 0.0000 (12 users): the worst group has recall "
+        "0, an unbounded ratio > max_group_recall_ratio 3.0 (groups of >= 10 users)")
+    # The same group with 9 users is left out by slices.fairness: one group left, not a comparison.
+    d = decide("retrieval", _sliced(0.40, groups={"user_gender": {"F": (9, 0.0), "M": (30, 0.4)}}), None, gate)
+    assert d["blessed"] and d["checks"]["group_fairness_user_gender"]["skipped"]
+    assert ("group_fairness_user_gender: not checked: Recall@100: fewer than 2 groups with >= 10 users"
+            in d["reasons"])
+    # Every group at 0: no group does better (the floors judge the recall itself).
+    d = decide("retrieval", _sliced(0.40, groups={"user_gender": {"F": (12, 0.0), "M": (30, 0.0)}}), None, gate)
+    assert d["blessed"] and d["checks"]["group_fairness_user_gender"]["ok"]
+
+
+def test_group_recall_ratio_is_skipped_with_a_note_without_user_feature_slices():
+    gate = GateConfig(max_group_recall_ratio=1.5)
+    for metrics in (_retrieval(0.40), _sliced(0.40, cold=0.2)):  # no slices at all; only the activity slice
+        d = decide("retrieval", metrics, None, gate)
+        assert d["blessed"] and d["checks"]["group_fairness"]["skipped"]
+        assert any(r.startswith("group_fairness: not checked: this model's metrics.json has no user-feature slices")
+                   for r in d["reasons"])
+
+
+def test_slice_check_settings_are_validated():
+    cfg = trainer_config({"gate": {"max_cold_user_recall_drop": 0, "max_group_recall_ratio": 2}})
+    assert (cfg.gate.max_cold_user_recall_drop, cfg.gate.max_group_recall_ratio) == (0.0, 2.0)
+    with pytest.raises(ValueError, match=r"trainer.gate: max_group_recall_ratio must be >= 1"):
+        trainer_config({"gate": {"max_group_recall_ratio": -1.5}})
+    with pytest.raises(ConfigError, match="max_group_recall_ratio must be >= 1"):
+        GateConfig(max_group_recall_ratio=0.8)  # a best / worst ratio is never below 1
+    with pytest.raises(ConfigError, match=r"max_cold_user_recall_drop must be in \[0, 1\] \(or -1: off\)"):
+        GateConfig(max_cold_user_recall_drop=-0.5)
