@@ -1,4 +1,6 @@
-"""The diagnosis report: curves, gradient norms, feature importance, the evaluation table
+"""The diagnosis report: training curves (the train and validation loss per example on one
+scale, the validation selection metric with the selected epoch, gradient norms: ``curve_panels``),
+feature importance, the evaluation table
 (retrieval: ours beside the popularity and ALS baselines, and a plain line for every
 metric where ours loses to one of them, with the gap), the beyond-accuracy table (with the
 retrieved items' popularity distribution against the truth's) and the slice table with
@@ -29,6 +31,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _load(path: str) -> dict | None:
@@ -38,23 +41,124 @@ def _load(path: str) -> dict | None:
         return json.load(fh)
 
 
-def _curves(history: dict, title: str, out_png: str) -> None:
-    keys = [k for k in history if k != "grad_norm" and "regularization" not in k and "total_loss" not in k]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for k in keys:
-        axes[0].plot(range(1, len(history[k]) + 1), history[k], marker="o", label=k)
-    axes[0].set_title(f"{title}: loss and metrics per epoch")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    g = history.get("grad_norm", [])
-    axes[1].plot(range(1, len(g) + 1), g, marker="o", color="tab:red")
-    axes[1].set_title("global gradient norm (probe batch)")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_yscale("log")
+PER_EXAMPLE = ("loss_per_example", "val_loss_per_example")
+KERAS_LOSS = ("loss", "val_loss")
+
+
+def _series(history: dict) -> dict[str, list[float]]:
+    """history.json's per-epoch series (``loss_scale`` and any other non-list entry left out)."""
+    return {k: [float("nan") if x is None else float(x) for x in v] for k, v in history.items()
+            if isinstance(v, list) and all(isinstance(x, (int, float)) or x is None for x in v)}
+
+
+def _is_loss(key: str) -> bool:
+    return key in PER_EXAMPLE or key in KERAS_LOSS or "regularization" in key or "total_loss" in key
+
+
+def selection_point(history: dict, metrics: dict | None) -> tuple[str | None, int | None, float | None]:
+    """(the validation selection metric's history key, the selected epoch, its value): from
+    metrics.json's ``selection`` when its metric is in the history; else the first ``val_*``
+    metric there, without a selected epoch; (None, None, None) without validation figures."""
+    series = _series(history)
+    sel = (metrics or {}).get("selection") or {}
+    if sel.get("validation") and sel.get("metric") in series:
+        return sel["metric"], sel.get("best_epoch"), sel.get("best_value")
+    if sel and not sel.get("validation"):
+        return None, None, None
+    key = next((k for k in series if k.startswith("val_") and not _is_loss(k)), None)
+    return key, None, None
+
+
+def _at(values: list[float], epoch: int | None) -> str:
+    return _num(values[epoch - 1]) if epoch and 0 < epoch <= len(values) else "n/a"
+
+
+def curve_panels(history: dict, metrics: dict | None) -> list[tuple[str, list[str], str, str]]:
+    """The curves' panels, left to right: (title, history keys, y scale, caption line)."""
+    series, scale = _series(history), history.get("loss_scale") or {}
+    key, best, value = selection_point(history, metrics)
+    panels = []
+    if "loss_per_example" in series:
+        keys = [k for k in PER_EXAMPLE if k in series]
+        approx = "approximate, " if scale.get("per_example") == "approximate" else ""
+        val = "val_loss_per_example" in series
+        at = (f" At the selected epoch {best}: train {_at(series['loss_per_example'], best)}"
+              + (f", validation {_at(series['val_loss_per_example'], best)}." if val else ".")) if best else ""
+        panels.append(("loss per example", keys, "linear", (
+            f"Loss per example ({approx}" + ("train and validation on one scale, " if val else "")
+            + "linear): train = the mean over each epoch's training batches (weights moving during the epoch, "
+            "training mode); " + ("validation = after the epoch, inference mode." if val else
+                                  "no validation loss: the run had no validation batches.")
+            + f" How: {scale.get('how', 'not recorded')}.{at}"
+            + " Keras' own loss and val_loss in history.json are each pass's LAST batch's loss, not plotted.")))
+    elif any(k in series for k in KERAS_LOSS):
+        why = (f" ({scale['how']})" if scale.get("how") else
+               " (this history.json has no loss_per_example: written before it was recorded)")
+        panels.append(("loss as Keras logged it", [k for k in KERAS_LOSS if k in series], "log", (
+            "loss and val_loss as Keras logged them, NOT on one scale (log scale): for these tfrs models each is "
+            "the LAST batch's loss of the epoch's training and of its validation pass, not a mean over the "
+            "batches; the in-batch softmax loss (retrieval) is a sum over that batch's rows, and the last validation batch "
+            f"is usually partial{why}.")))
+    if key is not None:
+        what = (" val_loss is Keras' figure: the last validation batch's loss, not a mean over the validation "
+                "split." if key == "val_loss" else "")
+        if not best:
+            chosen = " No selected epoch recorded (metrics.json has no selection)."
+        elif ((metrics or {}).get("selection") or {}).get("refit"):
+            chosen = (f" The star marks the selected epoch {best} ({key} {_num(value)}); the exported model was "
+                      f"then retrained on all of train for {best} epoch(s).")
+        else:
+            chosen = (f" The star marks the selected epoch {best} ({key} {_num(value)}), whose weights early "
+                      "stopping restored for the exported model.")
+        panels.append((f"validation {key[4:] if key.startswith('val_') else key} (selection)", [key], "linear", (
+            f"{key} per epoch (linear scale), on the validation split carved off train (never the eval split), "
+            f"after each epoch: the figure early stopping selects on.{chosen}{what}")))
+    others = [k for k in series if not _is_loss(k) and k != key and not k.startswith("grad_norm")]
+    if others:
+        panels.append(("other metrics", others, "linear", (
+            f"{', '.join(others)} (linear scale): figures without val_ accumulate over the epoch's training "
+            "batches (training mode, weights moving); val_ ones are over the validation split after the epoch.")))
+    groups = [k for k in series if k.startswith("grad_norm/")]
+    if "grad_norm" in series or groups:
+        reduction = {"sum": f"a sum over the probe batch's {scale.get('train_batch_rows')} rows, so it grows with "
+                            "the batch size", "mean": "a mean over its rows"}.get(scale.get("reduction"))
+        panels.append(("gradient norm (probe batch)", [k for k in ("grad_norm", *groups) if k in series], "log", (
+            "Gradient L2 norm of the training loss" + (f" ({reduction})" if reduction else "")
+            + " on one fixed training batch after each epoch, log scale: the global norm"
+            + (f" and per top-level layer ({', '.join(g.split('/', 1)[1] for g in groups)})" if groups else "")
+            + ".")))
+    return panels
+
+
+def _curves(history: dict, metrics: dict | None, title: str, out_png: str) -> tuple[str, ...]:
+    """One PNG, a panel per :func:`curve_panels` entry; returns the caption lines."""
+    panels, series = curve_panels(history, metrics), _series(history)
+    key, best, value = selection_point(history, metrics)
+    labels = {"loss_per_example": "train (loss_per_example)", "grad_norm": "global (grad_norm)",
+              "val_loss_per_example": "validation (val_loss_per_example)"}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    for ax, (name, keys, yscale, _) in zip(axes[0], panels):
+        for k in keys:
+            v = series[k]
+            style = {"color": "tab:red", "linewidth": 2.2} if k == "grad_norm" and len(keys) > 1 else {}
+            ax.plot(range(1, len(v) + 1), v, marker="o", markersize=3, label=labels.get(k, k), **style)
+        if best:
+            ax.axvline(best, color="grey", linestyle=":", linewidth=1)
+        if key in keys and best and value is not None:
+            ax.plot([best], [value], marker="*", markersize=14, color="tab:green", linestyle="none",
+                    label=f"selected: epoch {best}")
+        ax.set_title(f"{title}: {name}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_yscale(yscale)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+    lines = [f"({i}) {name}: {caption}" for i, (name, _, _, caption) in enumerate(panels, 1)]
+    if best:
+        lines.append(f"The dotted line in every panel marks the selected epoch ({best}).")
+    return tuple(lines)
 
 
 RETRIEVAL_BASELINES = (("popularity", "popularity baseline"), ("als", "ALS baseline (implicit)"))
@@ -483,8 +587,7 @@ def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
         blocks.append(ranking_rows(metrics))
     if history:
         png = os.path.join(out_dir, f"{title}_curves.png")
-        _curves(history, title, png)
-        blocks.append(Image(png, f"{title} curves"))
+        blocks.append(Image(png, f"{title} curves", _curves(history, metrics, title, png)))
     importance = _load(os.path.join(run, IMPORTANCE_FILE)) if run else None
     if importance:
         sample = _load(os.path.join(run, IMPORTANCE_SAMPLE_FILE)) or {}

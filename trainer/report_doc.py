@@ -54,6 +54,7 @@ def text_of(item) -> str:
 class Image:
     path: str  # a PNG on disk, written beside the report
     alt: str
+    caption: tuple[str, ...] = ()  # what the plot shows (its scales), one line each, under it
 
 
 Block = Union[Heading, Text, Bullets, Table, Image]
@@ -98,5 +99,7 @@ def markdown(blocks: list[Block]) -> str:
             lines += md_rows(b)
         elif isinstance(b, Image):
             lines.append(f"![{b.alt}]({os.path.basename(b.path)})")
+            if b.caption:
+                lines += [""] + [f"- {line}" for line in b.caption]
         lines.append("")
     return "\n".join(lines)

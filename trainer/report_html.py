@@ -39,6 +39,8 @@ td.bad { background: #f8d0d0; color: #8a0000; font-weight: 600; }
 table.meta td, table.meta th { border: none; padding: .1em .8em .1em 0; background: none; }
 code { font-size: .9em; background: #f4f4f4; padding: 0 .2em; word-break: break-all; }
 img { max-width: 100%; border: 1px solid #e0e0e0; }
+figure { margin: .8em 0 1.2em; } figcaption { font-size: .88em; color: #333; max-width: 60em; }
+figcaption p { margin: .3em 0; }
 .legend { font-size: .9em; color: #444; }
 .legend span { padding: 0 .3em; }
 """
@@ -73,11 +75,13 @@ def _table(t: Table) -> str:
 
 
 def _image(b: Image) -> str:
+    caption = ("<figcaption>" + "".join(f"<p>{_e(line)}</p>" for line in b.caption) + "</figcaption>"
+               if b.caption else "")
     if not os.path.isfile(b.path):
-        return f'<p class="legend">plot missing: <code>{_e(b.path)}</code></p>'
+        return f'<figure><p class="legend">plot missing: <code>{_e(b.path)}</code></p>{caption}</figure>'
     with open(b.path, "rb") as fh:
         data = base64.b64encode(fh.read()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.alt)}"></figure>'
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.alt)}">{caption}</figure>'
 
 
 def _block(b: Block) -> str:

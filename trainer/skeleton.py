@@ -39,7 +39,7 @@ from trainer.hparams import (SelectionConfig, TrainerConfig, hyperparameter_valu
 from trainer.splits import SplitConfig, assign_splits
 from trainer.typed_config import build
 from trainer.model_inputs import FeatureLayout, layout_from_transform
-from trainer.training_logs import GradientNormLogger, log
+from trainer.training_logs import GradientNormLogger, PerExampleLoss, log
 from trainer.warm_start import base_metric, maybe_warm_start, save_state
 
 
@@ -213,11 +213,16 @@ def carve_validation(train: SplitData, split: SplitConfig | None,
 
 
 def fit_callbacks(model, train_ds, patience: int, log_dir: str | None, monitor: str | None = "val_loss",
-                  mode: str = "min", selection_callback=None):
-    """Early stopping on ``monitor`` over the validation split (best weights restored), gradient
-    norms, TensorBoard; no early stopping when ``monitor`` is None (no validation split)."""
+                  mode: str = "min", selection_callback=None, eval_ds=None, replicas: int = 1,
+                  rows_are_examples: bool = True):
+    """Early stopping on ``monitor`` over the validation split (best weights restored), the loss
+    per example (over ``eval_ds`` too; ``rows_are_examples`` False: a batch's rows are not its
+    examples), gradient norms, TensorBoard; no early stopping when ``monitor`` is None (no
+    validation split)."""
     early_stopping = None
     callbacks = [selection_callback] if selection_callback is not None else []  # writes ``monitor`` first
+    loss_logger = PerExampleLoss(model, train_ds, eval_ds, replicas, rows_are_examples)
+    callbacks.append(loss_logger)
     if monitor is not None:
         early_stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
                                                           restore_best_weights=True)
@@ -226,14 +231,14 @@ def fit_callbacks(model, train_ds, patience: int, log_dir: str | None, monitor: 
     callbacks.append(grad_logger)
     if log_dir:
         callbacks.append(tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch"))
-    return callbacks, early_stopping, grad_logger
+    return callbacks, early_stopping, grad_logger, loss_logger
 
 
 @dataclasses.dataclass
 class Result:
     metrics: dict
     model: tf.keras.Model
-    history: dict  # Keras' per-epoch history (+ grad_norm)
+    history: dict  # Keras' per-epoch history (+ grad_norm[/layer], [val_]loss_per_example, loss_scale)
     evaluation: Evaluation | None
     selection: dict  # what selected the epochs: metric, best epoch, its validation value
     hp: object = None  # the hyper-parameters used, data-derived fields filled in (trainer/data_defaults.py)
@@ -303,14 +308,16 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
                                   data.batch_size(hp.batch_size), recipe.kind, prepared.steps_per_epoch)
     monitor, mode, selection_callback = (recipe.selection_monitor(data, model, hp, selection, prepared)
                                          if validating else (None, "min", None))
-    callbacks, early_stopping, grad_logger = fit_callbacks(model, prepared.train_ds, hp.early_stopping_patience,
-                                                           log_dir, monitor, mode, selection_callback)
+    callbacks, early_stopping, grad_logger, loss_logger = fit_callbacks(
+        model, prepared.train_ds, hp.early_stopping_patience, log_dir, monitor, mode, selection_callback,
+        prepared.eval_ds, data.replicas, rows_are_examples=not prepared.steps_per_epoch)
     log(f"{recipe.kind}: training {epochs} epoch(s), batch {prepared.batch_size or data.batch_size(hp.batch_size)}, "
         f"{data.replicas} replica(s), {prepared.describe}"
         + (f"; early stopping on {monitor} (validation split)" if validating else "; no validation split"))
     fit = model.fit(prepared.train_ds, validation_data=prepared.eval_ds, epochs=epochs, callbacks=callbacks,
                     verbose=verbose)
-    history = {**{k: [float(x) for x in v] for k, v in fit.history.items()}, "grad_norm": grad_logger.norms}
+    history = {**{k: [float(x) for x in v] for k, v in fit.history.items()}, "grad_norm": grad_logger.norms,
+               "loss_scale": loss_logger.scale}  # how loss_per_example / val_loss_per_example were computed
     best = int(early_stopping.best_epoch) + 1 if early_stopping is not None else len(fit.history["loss"])
     chosen = {"validation": validating, "metric": monitor, "best_epoch": best,
               "best_value": float(history[monitor][best - 1]) if validating else None, "refit": False,

@@ -136,3 +136,95 @@ def test_no_evaluated_user_gives_no_beyond_accuracy_tables():
     m = _m(0.0, 0.0)
     m["beyond_accuracy"] = {"truth": {}, "num_users": 0, "params": {"ks": [10], "report_k": 10}}
     assert beyond_accuracy_table(m) == [] and beyond_accuracy_line(m) is None
+
+
+def _run_with_curves(tmp_path, history: dict, metrics: dict):
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / "history.json").write_text(json.dumps(history))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+# A retrieval history.json as trainer/skeleton.py writes it: Keras' loss / val_loss (the last batch's
+# sum over its rows: 64 training rows, a partial validation batch of 10), the per-example series
+# (trainer/training_logs.py PerExampleLoss), the validation recall and the gradient norms.
+HISTORY = {
+    "loss": [265.0, 250.0, 240.0], "val_loss": [23.0, 22.9, 22.95],
+    "loss_per_example": [4.20, 3.95, 3.80], "val_loss_per_example": [4.30, 4.05, 4.10],
+    "val_recall@100": [0.20, 0.2512, 0.2400],
+    "grad_norm": [5.0, 4.0, 3.0], "grad_norm/query_tower": [3.0, 2.4, 1.8],
+    "grad_norm/candidate_tower": [4.0, 3.2, 2.4],
+    "loss_scale": {"reduction": "sum", "replicas": 1, "train_batch_rows": 64, "train_extra_negatives": 0,
+                   "validation_rows": 138, "validation_batches": 3, "validation_batch_rows": 64,
+                   "validation_last_batch_rows": 10, "validation_rows_used": 128, "per_example": "exact",
+                   "how": "the in-batch softmax loss is a sum over a batch's rows: divided by the rows; validation "
+                          "over its 2 full batch(es) of 64 rows (128 of 138 rows): the last batch, of 10 rows, "
+                          "scores its rows against fewer candidates and is left out"}}
+SELECTION = {"validation": True, "metric": "val_recall@100", "best_epoch": 2, "best_value": 0.2512, "refit": True,
+             "epochs_run": 3}
+
+
+def test_curves_put_train_and_validation_loss_per_example_on_one_scale():
+    from trainer.report import curve_panels, selection_point
+
+    m = {**_m(0.30, 0.15), "selection": SELECTION}
+    assert selection_point(HISTORY, m) == ("val_recall@100", 2, 0.2512)
+    panels = curve_panels(HISTORY, m)
+    assert [(title, keys, scale) for title, keys, scale, _ in panels] == [
+        ("loss per example", ["loss_per_example", "val_loss_per_example"], "linear"),
+        ("validation recall@100 (selection)", ["val_recall@100"], "linear"),
+        ("gradient norm (probe batch)", ["grad_norm", "grad_norm/query_tower", "grad_norm/candidate_tower"], "log")]
+    loss, recall, grads = (caption for *_, caption in panels)
+    assert "At the selected epoch 2: train 3.9500, validation 4.0500." in loss
+    assert "(128 of 138 rows): the last batch, of 10 rows" in loss  # the partial batch, said, not hidden
+    assert "LAST batch's loss, not plotted" in loss
+    assert ("The star marks the selected epoch 2 (val_recall@100 0.2512); the exported model was then "
+            "retrained") in recall
+    assert "a sum over the probe batch's 64 rows" in grads and "(query_tower, candidate_tower)" in grads
+    # No validation split: no selection panel; the recall of an old metrics.json is still found.
+    no_val = {**HISTORY, "val_recall@100": [], "val_loss_per_example": []}
+    assert selection_point(no_val, {"selection": {**SELECTION, "validation": False, "metric": None}}) == (None,) * 3
+    assert selection_point(HISTORY, {}) == ("val_recall@100", None, None)
+
+
+def test_curves_of_an_old_history_say_the_losses_are_not_on_one_scale():
+    from trainer.report import curve_panels
+
+    old = {k: HISTORY[k] for k in ("loss", "val_loss", "val_recall@100", "grad_norm")}
+    (title, keys, scale, caption), *_ = curve_panels(old, {"selection": SELECTION})
+    assert (title, keys, scale) == ("loss as Keras logged it", ["loss", "val_loss"], "log")
+    assert "NOT on one scale" in caption and "has no loss_per_example" in caption
+    # Ranking: selected on Keras' val_loss, its heads' metrics in their own panel.
+    ranking = {"loss": [0.9, 0.8], "val_loss": [0.95, 0.9], "loss_per_example": [0.91, 0.82],
+               "val_loss_per_example": [0.93, 0.88], "rmse": [1.0, 0.95], "auc": [0.7, 0.75],
+               "val_rmse": [1.02, 0.97], "val_auc": [0.69, 0.72], "grad_norm": [1.0, 0.5],
+               "loss_scale": {"reduction": "mean", "per_example": "exact", "how": "the loss is a mean"}}
+    panels = curve_panels(ranking, {"selection": {**SELECTION, "metric": "val_loss", "best_value": 0.9,
+                                                  "refit": False}})
+    assert [keys for _, keys, _, _ in panels] == [["loss_per_example", "val_loss_per_example"], ["val_loss"],
+                                                  ["rmse", "auc", "val_rmse", "val_auc"], ["grad_norm"]]
+    assert "the last validation batch's loss, not a mean over the validation split" in panels[1][3]
+    assert "whose weights early stopping restored for the exported model" in panels[1][3]
+    # The sequence objective: no validation batches, a mean over targets (approximate per example).
+    sequence = {"loss": [2.3, 2.1], "loss_per_example": [3.1, 2.2], "val_recall@100": [0.3, 0.4], "grad_norm": [5, 4],
+                "loss_scale": {"reduction": "mean_over_targets", "per_example": "approximate", "how": "a mean"}}
+    (title, keys, _, caption), *_ = curve_panels(sequence, {"selection": SELECTION})
+    assert keys == ["loss_per_example"] and caption.startswith("Loss per example (approximate, linear)")
+    assert "no validation loss: the run had no validation batches" in caption
+    assert "At the selected epoch 2: train 2.2000." in caption
+
+
+def test_report_shows_the_curves_with_their_captions(tmp_path):
+    run = _run_with_curves(tmp_path, HISTORY, {**_m(0.30, 0.15), "selection": SELECTION})
+    out = tmp_path / "report"
+    text = open(write_report(str(out), str(run), None, None)).read()
+    assert "![retrieval curves](retrieval_curves.png)" in text and (out / "retrieval_curves.png").is_file()
+    assert "- (1) loss per example: Loss per example (train and validation on one scale, linear)" in text
+    assert "At the selected epoch 2: train 3.9500, validation 4.0500." in text
+    assert "- (2) validation recall@100 (selection): val_recall@100 per epoch (linear scale)" in text
+    assert "- (3) gradient norm (probe batch): Gradient L2 norm" in text
+    assert "- The dotted line in every panel marks the selected epoch (2)." in text
+    page = (out / "report.html").read_text()
+    assert page.count("<figcaption>") == 1 and "<p>(2) validation recall@100 (selection): val_recall@100 per" in page
+    assert "At the selected epoch 2: train 3.9500, validation 4.0500." in page
