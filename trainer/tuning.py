@@ -34,7 +34,8 @@ by a trial, so the Trainer's final figures and the gates stay unbiased:
   loss: the in-batch softmax loss changes scale with ``temperature``, so losses of
   trials with different temperatures are not comparable.
 - ranking: ``val_loss`` (minimized), ``rating_loss_weight * MSE +
-  engagement_loss_weight * BCE``: the trade-off between the two heads that the
+  engagement_loss_weight * BCE`` per example over the whole validation split
+  (``val_loss_per_example``; Keras' own ``val_loss`` is the last batch's): the trade-off between the two heads that the
   config states and that early stopping selects on. Validation RMSE and AUC are
   recorded with every trial too.
 
@@ -193,7 +194,8 @@ class Trials:
         result = skeleton.fit_and_evaluate(self.recipe, self.data, hp, self.config.selection, epochs=self.epochs,
                                            evaluate=False)
         best = result.selection["best_epoch"] - 1
-        out = {"val_selection": result.selection["best_value"], "val_loss": float(result.history["val_loss"][best]),
+        val_loss = result.history.get("val_loss_per_example", result.history["val_loss"])  # whole split, if logged
+        out = {"val_selection": result.selection["best_value"], "val_loss": float(val_loss[best]),
                "selection_metric": result.selection["metric"]}
         if self.kind == RANKING:
             for name in ("val_rmse", "val_auc"):  # the heads' metrics (ranking/model.py), same epoch

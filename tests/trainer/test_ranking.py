@@ -68,7 +68,10 @@ def test_run_files_have_finite_metrics(ranking):
     with open(os.path.join(run_dir, "history.json")) as fh:
         h = json.load(fh)
     assert len(h["loss"]) == m["epochs_run"] == len(h["grad_norm"])
-    assert {"rmse", "auc", "val_rmse", "val_auc", "val_loss"} <= set(h)
+    assert {"rmse", "auc", "val_rmse", "val_auc", "val_loss", "val_loss_per_example"} <= set(h)
+    # The epoch is selected on the loss over the whole validation split, not Keras' val_loss (its last batch's).
+    assert m["selection"]["metric"] == "val_loss_per_example"
+    assert m["selection"]["best_value"] == min(h["val_loss_per_example"][:m["epochs_run"]])
     with open(os.path.join(run_dir, "feature_importance.json")) as fh:
         imp = json.load(fh)
     expected = {"user_id", "user_age", "user_gender", "user_occupation", "item_id", "item_title", "item_genres",

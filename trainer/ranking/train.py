@@ -199,8 +199,10 @@ class RankingRecipe:
             describe=f"{hp.num_cross_layers} cross layer(s), deep {list(hp.deep_units)}, {num_train} train rows")
 
     def selection_monitor(self, data: TrainingData, model, hp, selection, prepared: Prepared):
-        """The weighted loss of both heads on the validation split (what the config trades off)."""
-        return "val_loss", "min", None
+        """The weighted loss of both heads per example over the whole validation split (what the
+        config trades off). Not Keras' ``val_loss``: for a tfrs model that is the last validation
+        batch's loss only (trainer/training_logs.py ``PerExampleLoss``)."""
+        return "val_loss_per_example", "min", None
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         x = prepared.extras
