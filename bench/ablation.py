@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict] = {
     "all_features": dict(logq_correction=False, remove_accidental_hits=False),
     "full": dict(),  # all features + logQ correction + accidental-hit removal (the default)
     "full_gru": dict(history_encoder="gru"),
+    "full_mean": dict(history_encoder="mean"),
     "full_attention": dict(history_encoder="attention"),
     "full_sasrec": dict(history_encoder="sasrec"),
     # The sequential encoder alone on the history (no user id, features or context): SASRec's setting.
@@ -37,6 +38,16 @@ VARIANTS: dict[str, dict] = {
                                 use_context=False),
     "full_no_user_id": dict(use_user_id=False),
     "full_mixed_negatives": dict(uniform_negatives=256),
+    # Every catalogue item a negative of every row (no sampling, no logQ correction).
+    "full_catalogue": dict(negatives="catalogue"),
+    # The user id replaced by the OOV row on a share of training rows (new users get trained weights).
+    "full_user_dropout_0.1": dict(user_id_dropout=0.1),
+    "full_user_dropout_0.3": dict(user_id_dropout=0.3),
+    # Each row's positive drawn from the user's next W events (PinnerFormer's all-action target).
+    "full_window_8": dict(target_window=8),
+    "full_window_32": dict(target_window=32),
+    "full_catalogue_t0.1": dict(negatives="catalogue", temperature=0.1),
+    "full_catalogue_t0.025": dict(negatives="catalogue", temperature=0.025),
     "full_embedding_l2": dict(embedding_l2=1e-5),
     "full_8_epochs": dict(epochs=8),
     # Capacity and regularization of the id embeddings (the data-derived default's evidence).
@@ -71,6 +82,25 @@ def _latest(root: Path, component: str, output: str) -> str:
     return str(base / str(max(int(p.name) for p in base.iterdir() if p.name.isdigit())))
 
 
+def _schema_with_history(cfg, length: int) -> str:
+    """A copy of the config's curated schema whose history lists hold up to ``length`` items
+    (the curated one pins examples.history_length), under bench/results/schemas/."""
+    import re
+
+    from tfx_pipeline.config import resolve_path
+
+    source = Path(resolve_path(cfg.schema_dir)) / "schema.pbtxt"
+    text = source.read_text()
+    pattern = r'(name: "(?:history_item_ids)"\s*value_count \{\s*min: \d+\s*max: )\d+'
+    text, n = re.subn(pattern, lambda m: m.group(1) + str(length), text)
+    if not n:
+        raise SystemExit(f"{source}: no history_item_ids value_count to widen")
+    target = RESULTS / "schemas" / f"{cfg.name}_h{length}"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "schema.pbtxt").write_text(text)
+    return str(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/movielens_100k.yaml")
@@ -82,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequence-length", type=int, default=0, metavar="N",
                         help="examples.sequence_length: users' stored state and the sequence objective's window "
                              "(N > history_length; the variants with objective sequence use it; its own data half)")
+    parser.add_argument("--history-length", type=int, default=0, metavar="N",
+                        help="examples.history_length: the per-event rows' history (its own data half)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
@@ -100,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         data_overrides = {"name": f"{base.name}_{args.split}_seq{args.sequence_length}",
                           "examples": {"split": {"strategy": args.split}, "sequence_length": args.sequence_length},
                           "trainer": {"retrieval": {"objective": "sequence"}}}
+    if args.history_length:  # a data half of its own (every row's history differs)
+        data_overrides["name"] += f"_h{args.history_length}"
+        data_overrides["examples"]["history_length"] = args.history_length
+        data_overrides["schema_dir"] = _schema_with_history(base, args.history_length)
     cfg = load_config(args.config, data_overrides)
     run_local(cfg, stage="data")
     examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
@@ -130,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"ablation_{base.name}_{args.split}" + (f"_seq{args.sequence_length}" if args.sequence_length else ""))
+    stem = out / (f"ablation_{base.name}_{args.split}" + (f"_seq{args.sequence_length}" if args.sequence_length else "")
+                  + (f"_h{args.history_length}" if args.history_length else ""))
     meta = {"config": args.config, "split": args.split, "machine": f"{platform.node()} {os.cpu_count()} cpu",
             "command": "python -m bench.ablation " + " ".join(argv if argv is not None else os.sys.argv[1:])}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

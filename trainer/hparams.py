@@ -27,6 +27,7 @@ def check_rate(name: str, value: float) -> None:
 
 HISTORY_ENCODERS = ("mean", "gru", "attention", "sasrec")
 OBJECTIVES = ("in_batch", "sequence")
+NEGATIVES = ("in_batch", "catalogue")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -50,6 +51,10 @@ class RetrievalHParams:
     # Share of training rows whose context is replaced by "unknown" (what a request
     # without context sends), so such requests score with trained weights.
     context_dropout: float = 0.1
+    # Share of training rows whose user id is replaced by the vocabulary's OOV row (where a user
+    # unseen in training lands), so new users are queried with trained weights, not the row's
+    # random initial vector (trainer/model_inputs.py drop_user_id).
+    user_id_dropout: float = 0.0
     use_history: bool = True
     logq_correction: bool = True  # subtract log(sampling probability) from in-batch logits
     remove_accidental_hits: bool = True
@@ -68,6 +73,16 @@ class RetrievalHParams:
     # 0 = half of history_length, so every target but a user's first few sees at least half
     # a served history; history_length = windows side by side (each event in one window).
     sequence_stride: int = 0
+    # The per-event objective's negatives: "in_batch" (the batch's other positives, with the
+    # corrections above) or "catalogue" (a softmax over every catalogue item at each step, no
+    # sampling bias, so no logQ correction; a catalogue over full_softmax_max_items falls back
+    # to in_batch and says so). The sequence objective always uses the catalogue up to that size.
+    negatives: str = "in_batch"
+    # The per-event objective's positive: 1 = the event's own item (the next item after the
+    # history); W > 1 = an item drawn anew each epoch from the user's next W train events (this
+    # one and the W - 1 after it), so a query learns the user's coming items, not only the next
+    # one (the "all-action" target of PinnerFormer, Pancha et al. 2022).
+    target_window: int = 1
     # The sequence objective's softmax covers the whole catalogue up to this many items; a
     # larger catalogue falls back to the batch's other targets as negatives (logQ-corrected).
     full_softmax_max_items: int = 50000
@@ -94,14 +109,18 @@ class RetrievalHParams:
         one_of("history_encoder", self.history_encoder, HISTORY_ENCODERS)
         one_of("precision", self.precision, PRECISIONS)
         one_of("objective", self.objective, OBJECTIVES)
+        one_of("negatives", self.negatives, NEGATIVES)
         if self.objective == "sequence" and self.history_encoder == "attention":
             raise ConfigError("objective: sequence needs a history_encoder with a causal form (mean, gru or "
                               "sasrec); attention sees the whole history at once")
         if self.sequence_batch_size < 1 or self.full_softmax_max_items < 0 or self.sequence_stride < 0:
             raise ConfigError("sequence_batch_size must be >= 1, full_softmax_max_items and sequence_stride >= 0")
+        if self.target_window < 1:
+            raise ConfigError(f"target_window must be >= 1 (1: the event's own item), got {self.target_window}")
         if self.sequence_blocks < 1 or self.attention_heads < 1:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)
+        check_rate("user_id_dropout", self.user_id_dropout)
         if min(self.epochs, self.min_train_steps, self.embedding_l2, self.uniform_negatives, self.id_embedding_dim) < 0:
             raise ConfigError("epochs, min_train_steps, embedding_l2, uniform_negatives and id_embedding_dim must be >= 0")
 

@@ -123,3 +123,25 @@ def drop_context(rate: float, seed: int):
         return batch
 
     return fn
+
+
+def drop_user_id(rate: float, unknown_index: int, seed: int):
+    """A training-batch map fn: each row's user id index set to ``unknown_index`` (the vocabulary's
+    OOV row, where every user the Transform vocabulary has not seen lands) with probability ``rate``.
+
+    Without it that row is never trained: a new user (a global time split's eval users are
+    often new; a request for a user who signed up after training) is embedded with the
+    initial random vector. With it the row learns "a user we know nothing about by id", and
+    the rest of the query (features, history, context) learns to carry such a user.
+    """
+    def fn(batch: dict) -> dict:
+        if rate <= 0.0 or F.USER_ID_IDX not in batch:
+            return batch
+        batch = dict(batch)
+        ids = batch[F.USER_ID_IDX]
+        drop = tf.random.uniform(tf.shape(ids), seed=seed + 1) < rate
+        batch[F.USER_ID_IDX] = tf.where(drop, tf.cast(tf.fill(tf.shape(ids), unknown_index), ids.dtype), ids)
+        return batch
+
+    return fn
+

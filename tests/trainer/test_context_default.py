@@ -122,3 +122,42 @@ def test_a_request_without_context_scores_like_the_trained_contexts(trained_retr
     assert inside >= 0.9, inside
     outlier = _share_inside_known_contexts(fn, users, side, probe=(6, 3, 10_000.0))
     assert outlier < 0.5, (inside, outlier)
+
+
+def test_an_unseen_user_lands_on_the_row_user_id_dropout_trains(tiny_pipeline):
+    """user_id_dropout's row (layout.num_users - 1) is exactly where Transform maps a user it has
+    never seen; a known user does not land there."""
+    import tensorflow_transform as tft
+
+    from trainer.model_inputs import layout_from_transform
+    from trainer.query import raw_to_model_inputs
+
+    out = tft.TFTransformOutput(tiny_pipeline.transform_dir)
+    layout = layout_from_transform(out, tiny_pipeline.side_features)
+    known = next(iter(tiny_pipeline.user_ids))
+    raw = {F.USER_ID: tf.constant([b"never-seen-user", known.encode() if isinstance(known, str) else known]),
+           F.HISTORY_ITEM_IDS: tf.constant([[b""], [b""]]), F.HOUR_OF_DAY: tf.constant([1, 1], tf.int64),
+           F.DAY_OF_WEEK: tf.constant([1, 1], tf.int64), F.HOURS_SINCE_PREV_EVENT: tf.constant([1.0, 1.0])}
+    for key, kind in tiny_pipeline.side_features.items():
+        if key.startswith(F.USER_FEATURE_PREFIX):
+            raw[key] = tf.constant([30.0, 30.0]) if kind == F.NUMERIC else tf.constant([b"F", b"F"])
+    ids = raw_to_model_inputs(raw, out.transform_features_layer(), layout)[F.USER_ID_IDX].numpy().ravel()
+    assert ids[0] == layout.num_users - 1 and 0 < ids[1] < layout.num_users - 1, (ids, layout.num_users)
+
+
+def test_user_id_dropout_replaces_the_id_at_the_rate_and_nothing_else():
+    import pytest
+
+    from trainer.hparams import trainer_config
+    from trainer.model_inputs import drop_user_id
+    from trainer.typed_config import ConfigError
+
+    batch = {**_batch(4000), F.USER_ID_IDX: tf.fill([4000], tf.constant(5, tf.int64))}
+    out = drop_user_id(0.3, unknown_index=99, seed=1)(batch)
+    ids = out[F.USER_ID_IDX].numpy()
+    assert set(np.unique(ids)) == {5, 99} and 0.25 < (ids == 99).mean() < 0.35
+    for key in (F.HOUR_OF_DAY, F.DAY_OF_WEEK, F.RECENCY_Z, F.ITEM_ID_IDX):
+        np.testing.assert_array_equal(out[key].numpy(), batch[key].numpy())
+    assert drop_user_id(0.0, 99, seed=1)(batch) is batch
+    with pytest.raises(ConfigError, match="user_id_dropout"):
+        trainer_config({"retrieval": {"user_id_dropout": 1.0}})

@@ -214,3 +214,67 @@ def test_mixed_negatives_add_catalogue_candidates_with_mixture_logq():
 
     with pytest.raises(ValueError, match="uniform_negatives"):
         RetrievalModel(base.query_tower, base.candidate_tower, dataclasses.replace(base.hp, uniform_negatives=2))
+
+
+def test_catalogue_softmax_scores_every_catalogue_item_without_corrections():
+    """negatives: catalogue: each row's loss is the softmax cross-entropy of its item over every
+    catalogue item (no logQ, no accidental-hit masking: nothing is sampled); the loss is the mean
+    over rows, and a row whose item is not in the catalogue is left out."""
+    import dataclasses
+
+    import pytest
+
+    from trainer import features as F
+    from trainer.retrieval.model import RetrievalModel, item_probabilities
+
+    base = _retrieval_models(plain=dict(logq_correction=True, remove_accidental_hits=True))["plain"]
+    counts = np.array([0, 50, 10, 40, 1, 1, 1, 5, 1, 1, 1, 0])
+    probs = item_probabilities(tf.constant(counts)).numpy()
+    catalogue = {F.ITEM_ID_IDX: tf.constant([3, 1, 7, 2, 9], tf.int64)}  # catalogue rows in this order
+    full = RetrievalModel(base.query_tower, base.candidate_tower, dataclasses.replace(base.hp, negatives="catalogue"),
+                          catalogue, probs, full_softmax=True)
+    batch = _batch([7, 7, 2, 4], counts)  # a duplicate (not masked) and item 4, not a candidate
+    q = base.query_tower(batch).numpy()
+    logits = q @ base.candidate_tower(catalogue).numpy().T / base.hp.temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -np.mean([logp[0, 2], logp[1, 2], logp[2, 3]])
+    np.testing.assert_allclose(float(full.compute_loss(batch, training=True)), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="catalogue softmax"):
+        RetrievalModel(base.query_tower, base.candidate_tower, base.hp, full_softmax=True)
+
+
+def test_future_items_are_each_users_next_events_in_time_order():
+    """target_window: row i holds its own item, then the same user's next events by time (ties in
+    file order), 0 past the user's last event; rows stay in file order."""
+    from trainer.retrieval.model import future_items
+
+    users = np.array(["u", "v", "u", "u", "v", "w"], dtype=object)
+    times = np.array([30, 5, 10, 20, 5, 1])
+    items = np.array([3, 7, 1, 2, 8, 9])
+    # u's events by time: 1 (t10), 2 (t20), 3 (t30); v's: 7, 8 (tie: file order); w's: 9.
+    np.testing.assert_array_equal(future_items(items, users, times, 3),
+                                  [[3, 0, 0], [7, 8, 0], [1, 2, 3], [2, 3, 0], [8, 0, 0], [9, 0, 0]])
+    np.testing.assert_array_equal(future_items(items, users, times, 1), items[:, None])
+
+
+def test_drawn_future_target_swaps_the_positive_and_its_candidate_inputs():
+    """Each row's positive becomes one of its future items, and every candidate-tower input of the
+    row is that item's catalogue row (so the candidate tower sees the drawn item)."""
+    from trainer import features as F
+    from trainer.retrieval.model import FUTURE_ITEMS, draw_future_target
+
+    catalogue = {F.ITEM_ID_IDX: tf.constant([2, 3, 4, 5], tf.int64),
+                 "item_genre_idx": tf.constant([[20, 0], [30, 31], [40, 0], [50, 0]], tf.int64)}
+    draw = draw_future_target(catalogue, num_items=6, seed=1)
+    batch = {F.ITEM_ID_IDX: tf.constant([2, 3, 4], tf.int64),
+             "item_genre_idx": tf.constant([[20], [30], [40]], tf.int64),
+             FUTURE_ITEMS: tf.constant([[2, 5, 0], [3, 0, 0], [4, 2, 5]], tf.int64)}
+    seen = [set(), set(), set()]
+    for _ in range(40):
+        out = draw(batch)
+        assert FUTURE_ITEMS not in out
+        for r, item in enumerate(out[F.ITEM_ID_IDX].numpy()):
+            seen[r].add(int(item))
+            np.testing.assert_array_equal(out["item_genre_idx"].numpy()[r], catalogue["item_genre_idx"].numpy()[item - 2])
+    assert seen == [{2, 5}, {3}, {4, 2, 5}]

@@ -10,13 +10,17 @@ Loss: ``tfrs.tasks.Retrieval`` over in-batch negatives, with
 - optional mixed negatives (Yang et al., 2020): ``uniform_negatives`` catalogue items
   drawn uniformly per batch join the in-batch candidates, so items that are rarely in a
   batch (the tail) are negatives too; the logQ correction then uses each candidate's
-  probability under the mixture, (B p(item) + N / catalogue size) / (B + N).
+  probability under the mixture, (B p(item) + N / catalogue size) / (B + N);
+- or, with ``negatives: catalogue``, a softmax over the whole catalogue at every step
+  (every item a negative of every row, the candidate tower run over the catalogue once per
+  batch): no sampling, so neither correction applies (as the sequence objective's loss).
 Top-K metrics are computed at evaluation by trainer/retrieval/metrics.py, never
 per training step.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -29,17 +33,24 @@ SAMPLING_PROBABILITY = "sampling_probability"
 
 class RetrievalModel(tfrs.Model):
     def __init__(self, query_tower: Tower, candidate_tower: Tower, hp, catalogue: dict | None = None,
-                 item_probabilities=None):
+                 item_probabilities=None, full_softmax: bool = False):
         """``catalogue``: every item's candidate-tower inputs and ``item_probabilities`` [num_items]
-        (p(item) by item index), both needed when ``hp.uniform_negatives`` > 0."""
+        (p(item) by item index), both needed when ``hp.uniform_negatives`` > 0 or ``full_softmax``
+        (the loss is a softmax over the whole ``catalogue``)."""
         super().__init__()
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         self.hp = hp
-        self.uniform_negatives = int(hp.uniform_negatives)
-        if self.uniform_negatives and (catalogue is None or item_probabilities is None):
-            raise ValueError("uniform_negatives needs the catalogue's candidate inputs and item probabilities")
+        self.full_softmax = bool(full_softmax)
+        self.uniform_negatives = 0 if self.full_softmax else int(hp.uniform_negatives)
+        if (self.uniform_negatives or self.full_softmax) and (catalogue is None or item_probabilities is None):
+            raise ValueError("uniform_negatives and the catalogue softmax need the catalogue's candidate inputs "
+                             "and item probabilities")
         self.catalogue = catalogue
+        if self.full_softmax:
+            rows = np.full(len(item_probabilities), -1, np.int64)
+            rows[np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)] = np.arange(len(catalogue[F.ITEM_ID_IDX]))
+            self.item_rows = tf.constant(rows)  # item index -> catalogue row (-1: not a candidate)
         self.item_probabilities = (tf.constant(item_probabilities, tf.float32)
                                    if item_probabilities is not None else None)
         self.task = tfrs.tasks.Retrieval(
@@ -50,6 +61,8 @@ class RetrievalModel(tfrs.Model):
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.query_tower(inputs, training=training)
+        if self.full_softmax:
+            return self._catalogue_loss(query, inputs[F.ITEM_ID_IDX], training)
         candidate = self.candidate_tower(inputs, training=training)
         probability, ids = inputs.get(SAMPLING_PROBABILITY), inputs[F.ITEM_ID_IDX]
         if self.uniform_negatives and training:
@@ -75,6 +88,63 @@ class RetrievalModel(tfrs.Model):
                 candidate_ids=ids if self.hp.remove_accidental_hits else None,
                 compute_metrics=False,
             )
+
+    def _catalogue_loss(self, query, items, training: bool) -> tf.Tensor:
+        """Mean softmax cross-entropy of each row's item over every catalogue item (rows whose item
+        is not a candidate are left out)."""
+        rows = tf.gather(self.item_rows, tf.cast(items, tf.int64))
+        keep = rows >= 0
+        query, rows = tf.boolean_mask(query, keep), tf.boolean_mask(rows, keep)
+        with policy_scope("float32"):
+            candidates = self.candidate_tower(self.catalogue, training=training)  # [C, D]
+            logits = tf.matmul(query, candidates, transpose_b=True) / self.hp.temperature
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits))
+
+
+FUTURE_ITEMS = "future_item_ids_idx"  # [W]: this event's item and the user's next W - 1 (0 = none)
+
+
+def future_items(items: np.ndarray, users: np.ndarray, timestamps: np.ndarray, window: int) -> np.ndarray:
+    """[N, window]: each event's item index and those of the same user's next ``window - 1``
+    events in time order (ties in file order), 0 past the user's last; rows in file order."""
+    from trainer.retrieval.sequence import time_order
+
+    order = time_order(users, timestamps)
+    sorted_users, sorted_items = users[order], items[order].astype(np.int64)
+    out = np.zeros((len(items), window), np.int64)
+    for offset in range(window):
+        same = np.zeros(len(items), bool)
+        if offset < len(items):
+            same[:len(items) - offset] = sorted_users[offset:] == sorted_users[:len(items) - offset]
+        shifted = np.zeros(len(items), np.int64)
+        shifted[:len(items) - offset] = sorted_items[offset:]
+        out[order, offset] = np.where(same, shifted, 0)
+    return out
+
+
+def draw_future_target(catalogue: dict, num_items: int, seed: int):
+    """A training-batch map fn: each row's positive becomes an item drawn uniformly from its
+    ``FUTURE_ITEMS`` (the candidate-tower inputs gathered from ``catalogue``, by item index)."""
+    ids = np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)
+    rows = np.zeros(num_items, np.int64)
+    rows[ids] = np.arange(len(ids))
+    item_rows = tf.constant(rows)
+
+    def fn(batch: dict) -> dict:
+        batch = dict(batch)
+        future = batch.pop(FUTURE_ITEMS)  # [B, W]
+        count = tf.reduce_sum(tf.cast(future > 0, tf.int32), axis=1)
+        pick = tf.cast(tf.random.uniform(tf.shape(count), seed=seed) * tf.cast(tf.maximum(count, 1), tf.float32),
+                       tf.int32)
+        target = tf.gather(future, tf.minimum(pick, tf.maximum(count - 1, 0)), batch_dims=1)
+        target = tf.where(count > 0, target, tf.cast(batch[F.ITEM_ID_IDX], target.dtype))
+        picked = tf.gather(item_rows, target)
+        for key, values in catalogue.items():
+            if key in batch:
+                batch[key] = tf.cast(tf.gather(values, picked), batch[key].dtype)
+        return batch
+
+    return fn
 
 
 def item_probabilities(item_counts) -> tf.Tensor:

@@ -26,10 +26,11 @@ import tensorflow as tf
 from trainer import artifacts, features as F, skeleton
 from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
-from trainer.model_inputs import drop_context
+from trainer.model_inputs import drop_context, drop_user_id
 from trainer.query import QueryResolver
 from trainer.retrieval import classical, diagnosis, export, metrics as retrieval_metrics, sequence, slices
-from trainer.retrieval.model import RetrievalModel, add_sampling_probability, item_probabilities
+from trainer.retrieval.model import (FUTURE_ITEMS, RetrievalModel, add_sampling_probability, draw_future_target,
+                                     future_items, item_probabilities)
 from trainer.retrieval.towers import build_towers
 from trainer.raw_data import batched
 from trainer.skeleton import Evaluation, Prepared, SplitData, TrainingData
@@ -124,6 +125,27 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         log(f"retrieval: epoch {epoch + 1}: validation {self.metric} {value:.4f} ({self.task.num_users} users)")
 
 
+def drop_unknowns(data: TrainingData, hp):
+    """The training batches' map fn that teaches the "unknown" inputs a request may send: the
+    context (``context_dropout``) and the user id (``user_id_dropout``: the OOV row)."""
+    context = drop_context(hp.context_dropout, hp.seed)
+    user = drop_user_id(hp.user_id_dropout, data.layout.num_users - 1, hp.seed)
+    return lambda batch: user(context(batch))
+
+
+def catalogue_softmax(data: TrainingData, hp) -> bool:
+    """Whether the per-event objective's loss is the softmax over the whole catalogue
+    (``negatives: catalogue`` and a catalogue of at most ``full_softmax_max_items``)."""
+    if hp.negatives != "catalogue":
+        return False
+    size = len(data.items[F.ITEM_ID])
+    if not sequence.full_softmax(size, hp):
+        log(f"retrieval: negatives catalogue asked, but the catalogue has {size:,} items > full_softmax_max_items "
+            f"{hp.full_softmax_max_items:,}: in-batch negatives instead")
+        return False
+    return True
+
+
 class RetrievalRecipe:
     """What the two-tower model adds to the training skeleton."""
 
@@ -139,7 +161,7 @@ class RetrievalRecipe:
         for ids in train.rows.map(lambda row: row[F.ITEM_ID_IDX]).batch(8192):
             np.add.at(counts, ids.numpy(), 1)
         sampling = add_sampling_probability(tf.constant(counts + 1))  # logQ correction
-        unknown_context = drop_context(hp.context_dropout, hp.seed)
+        unknown_context = drop_unknowns(data, hp)
         batch_size = data.batch_size(hp.batch_size)
         if not counts.sum():
             raise skeleton.TrainingDataError("retrieval: the train split is empty (after carving validation off "
@@ -147,13 +169,23 @@ class RetrievalRecipe:
         if hp.objective == "sequence":
             return self._sequence_datasets(data, hp, train, counts + 1)
         fit_batch = data.fit_batch_size(hp.batch_size, int(counts.sum()), self.kind)
+        rows, train_map = train.rows, lambda b: sampling(unknown_context(b))
+        if hp.target_window > 1:  # each row's positive drawn from the user's next target_window events
+            event_items = sequence.event_columns(train.rows, [F.ITEM_ID_IDX])[F.ITEM_ID_IDX]
+            future = future_items(event_items, train.raw[F.USER_ID], train.raw[F.TIMESTAMP], hp.target_window)
+            rows = tf.data.Dataset.zip((train.rows, tf.data.Dataset.from_tensor_slices(future))).map(
+                lambda row, f: {**row, FUTURE_ITEMS: f})
+            draw = draw_future_target(export.item_model_inputs(data), data.layout.num_items, hp.seed)
+            train_map = lambda b: sampling(unknown_context(draw(b)))  # noqa: E731
         return Prepared(
-            train_ds=batched(train.rows, fit_batch, True, hp.seed, lambda b: sampling(unknown_context(b))),
+            train_ds=batched(rows, fit_batch, True, hp.seed, train_map),
             eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
             extras={"item_counts": counts + 1},
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "
-                      f"{data.layout.num_users - 2} users"))
+                      f"{data.layout.num_users - 2} users, "
+                      + (f"positives from each user's next {hp.target_window} events, " if hp.target_window > 1 else "")
+                      + ("softmax over the catalogue" if catalogue_softmax(data, hp) else "in-batch softmax")))
 
     def _sequence_datasets(self, data: TrainingData, hp, train: SplitData, item_counts: np.ndarray) -> Prepared:
         """The sequence objective's batches: windows of each user's train events (trainer/retrieval/sequence.py)."""
@@ -172,8 +204,7 @@ class RetrievalRecipe:
                 "user's first is a target); none has: use objective in_batch on this log")
         targets = int((windows[sequence.TARGETS] > 0).sum())
         batch = data.fit_batch_size(hp.sequence_batch_size, count, self.kind)
-        ds = sequence.sequence_dataset(windows, batch, True, hp.seed,
-                                       drop_context(hp.context_dropout, hp.seed))
+        ds = sequence.sequence_dataset(windows, batch, True, hp.seed, drop_unknowns(data, hp))
         catalogue = len(data.items[F.ITEM_ID])
         loss = ("full softmax" if sequence.full_softmax(catalogue, hp) else
                 f"in-batch softmax (catalogue {catalogue:,} > full_softmax_max_items {hp.full_softmax_max_items:,})")
@@ -201,10 +232,11 @@ class RetrievalRecipe:
             model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
             return model
         catalogue, probabilities = None, None
-        if hp.uniform_negatives:  # mixed negatives: the catalogue's candidate inputs, by item index
+        full = catalogue_softmax(data, hp)
+        if hp.uniform_negatives or full:  # mixed negatives or the catalogue softmax: every item's inputs
             catalogue = export.item_model_inputs(data)
             probabilities = item_probabilities(tf.constant(prepared.extras["item_counts"])).numpy()
-        model = RetrievalModel(query_tower, candidate_tower, hp, catalogue, probabilities)
+        model = RetrievalModel(query_tower, candidate_tower, hp, catalogue, probabilities, full_softmax=full)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
         return model
 
