@@ -2,7 +2,8 @@
 and ALS, with a plain line wherever ours loses to a baseline, and one beyond-accuracy line:
 coverage, tail share, cold users' recall), verdicts (the gates', and whether the one-call models
 were built), index recall, pushes; then the report (trainer/report.py: report.md and the
-self-contained report.html, with the gate decisions read here)."""
+self-contained report.html, with the gate decisions read here and the ranking Evaluator's
+per-slice metrics from its evaluation artifact)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def print_summary(cfg: PipelineConfig) -> dict:
               f"over {idx['num_candidates']:,} candidates")
     if retrieval_run or ranking_run:
         report = write_report(str(root / "report"), retrieval_run, ranking_run, index_report, gates,
-                              latest(root, ids.STATISTICS_GEN, "statistics"))
+                              latest(root, ids.STATISTICS_GEN, "statistics"), ranking_evaluation=evaluation)
         out["report"] = report
         out["report_html"] = os.path.join(os.path.dirname(report), HTML_FILE)
         print(f"[report] {report}")

@@ -42,7 +42,9 @@ by default:
   passes, the absolute floors judge the recall itself). A ``metrics.json`` without
   user-feature slices is not checked, and the reasons say so.
 
-Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA).
+Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA): RMSE and AUC thresholds on the
+overall slice, every metric also reported per slice of the user features that
+``ranking_slice_features`` picks (not gated).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import json
 import os
 
 from trainer.artifacts import METRICS_FILE
-from trainer.hparams import GateConfig
+from trainer.hparams import EvaluationConfig, GateConfig
 
 
 
@@ -226,10 +228,69 @@ def group_fairness(current: dict, max_ratio: float, check, checks: dict) -> list
     return notes
 
 
-def ranking_eval_config(gate: GateConfig):
-    """TFMA EvalConfig for the ranking model's Evaluator: RMSE of the rating head, AUC of
-    the engagement head, each with an absolute threshold and a change threshold against
-    the latest blessed model (TFMA skips change thresholds when there is no baseline)."""
+# The Evaluator's model names (ModelSpec.name): the model under evaluation and the latest blessed one.
+# With no blessed model yet TFX drops the baseline and TFMA renames the one model "".
+RANKING_CANDIDATE, RANKING_BASELINE = "candidate", "baseline"
+
+
+def ranking_slice_features(evaluation: EvaluationConfig, user_kinds: dict[str, str],
+                           domain_sizes: dict[str, int] | None = None) -> list[str]:
+    """The user features the ranking Evaluator slices by (one ``SlicingSpec`` each), as example keys.
+
+    The Evaluator reads the raw examples ExampleBuilder wrote (the eval split), and TFMA slices on
+    their features as written, before the model's ``evaluate_examples`` signature parses them:
+    ``user_<name>``, a categorical feature's string or a numeric feature's float.
+
+    ``evaluation.user_features`` (``trainer.evaluation``, shared with the retrieval slices) chooses
+    them from ``user_kinds`` (example key -> kind, the dataset config's user features):
+
+    - ``"*"``: every categorical user feature whose value domain is known and small: the curated
+      schema closes the domain of small categoricals only (``domain_sizes``: feature -> the number
+      of values of its string domain), and it must have at most ``evaluation.max_groups`` values.
+      A feature without a closed domain (a zip prefix, hundreds of values) is sliced only when named.
+    - named features: each categorical one, whatever its number of values.
+    - numeric features never: TFMA would make one slice per distinct value (61 ages in
+      MovieLens-100K) and cannot cut them into bands without a feature of its own, and the number
+      of distinct values is not known when the pipeline is built. The retrieval slices in
+      ``metrics.json`` cut them into quantile bands instead.
+    - ``evaluation.enabled: false``: none (the overall slice only).
+
+    Raises:
+        ValueError: a named feature that is not a categorical or numeric user feature.
+    """
+    from serving.features import CATEGORICAL
+    from trainer.retrieval.slices import choose_user_features
+
+    if not evaluation.enabled:
+        return []
+    keys = choose_user_features(evaluation.user_features, user_kinds)
+    categorical = [k for k in keys if user_kinds[k] == CATEGORICAL]
+    if list(evaluation.user_features) != ["*"]:
+        return categorical
+    sizes = domain_sizes or {}
+    return [k for k in categorical if 0 < sizes.get(k, 0) <= evaluation.max_groups]
+
+
+def ranking_eval_config(gate: GateConfig, slice_features: list[str] | tuple[str, ...] = ()):
+    """TFMA EvalConfig for the ranking model's Evaluator.
+
+    Metrics: ExampleCount, RMSE of the rating head, AUC of the engagement head, on the overall
+    slice and on one slice per value of each of ``slice_features`` (raw example keys, e.g.
+    ``ranking_slice_features``'s: ``SlicingSpec(feature_keys=[key])``).
+
+    Gate: RMSE and AUC each have an absolute threshold and a change threshold against the latest
+    blessed model (TFX drops the change thresholds when there is none), on the overall slice
+    only. A ``MetricConfig.threshold`` would apply to every slice (TFMA's metrics validator
+    checks a threshold without a slicing spec against each slice it computed), so a small group
+    with a worse RMSE would block the blessing; the thresholds are ``per_slice_thresholds`` on
+    the empty ``SlicingSpec()``, which matches the overall slice alone. (Leave
+    ``options.min_slice_size`` unset: TFMA drops the metrics of smaller slices, and its validator
+    counts a thresholded metric missing from any slice as a failure, per-slice thresholds included.)
+
+    No Fairness Indicators metric: the installed TFMA (0.47) no longer ships
+    ``addons.fairness``, and the ``fairness-indicators`` package that holds it now needs
+    tensorflow-hub >= 0.16.1, which TFX 1.16 excludes (< 0.16).
+    """
     import tensorflow_model_analysis as tfma
 
     from serving import names
@@ -239,17 +300,22 @@ def ranking_eval_config(gate: GateConfig):
         return tfma.ModelSpec(name=name, is_baseline=is_baseline, signature_name=names.EVAL_SIGNATURE,
                               label_keys={names.OUT_RATING: F.RATING_LABEL, names.OUT_ENGAGEMENT: F.ENGAGED_LABEL})
 
-    rmse = tfma.MetricConfig(class_name="RootMeanSquaredError", threshold=tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(upper_bound={"value": gate.max_rmse}),
-        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.LOWER_IS_BETTER,
-                                                     absolute={"value": gate.max_rmse_increase})))
-    auc = tfma.MetricConfig(class_name="AUC", threshold=tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
-        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                                     absolute={"value": -gate.max_auc_drop})))
+    def on_overall_slice(threshold):
+        return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)]
+
+    rmse = tfma.MetricConfig(class_name="RootMeanSquaredError", per_slice_thresholds=on_overall_slice(
+        tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(upper_bound={"value": gate.max_rmse}),
+            change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.LOWER_IS_BETTER,
+                                                         absolute={"value": gate.max_rmse_increase}))))
+    auc = tfma.MetricConfig(class_name="AUC", per_slice_thresholds=on_overall_slice(
+        tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_auc}),
+            change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                         absolute={"value": -gate.max_auc_drop}))))
     return tfma.EvalConfig(
-        model_specs=[spec("candidate"), spec("baseline", is_baseline=True)],
-        slicing_specs=[tfma.SlicingSpec()],
+        model_specs=[spec(RANKING_CANDIDATE), spec(RANKING_BASELINE, is_baseline=True)],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[key]) for key in slice_features],
         metrics_specs=[
             tfma.MetricsSpec(metrics=[tfma.MetricConfig(class_name="ExampleCount")]),
             tfma.MetricsSpec(output_names=[names.OUT_RATING], metrics=[rmse]),

@@ -10,9 +10,11 @@ popularity with a plot from candidate_norms.npy, the retrieved items' popularity
 inputs' permutation importance).
 
 Built from what the trainers leave in their ModelRun artifacts (history.json,
-metrics.json, feature_importance.json); writes PNGs, a Markdown page and the same content as
-one self-contained HTML page. The tables are built once as data (trainer/report_doc.py) and
-rendered both ways; the ``*_table`` functions give their Markdown rows.
+metrics.json, feature_importance.json) and, for the ranking model's per-slice RMSE / AUC, from
+the RankingGate's (TFX Evaluator's) evaluation artifact (TFMA's metrics file); writes PNGs, a
+Markdown page and the same content as one self-contained HTML page. The tables are built once
+as data (trainer/report_doc.py) and rendered both ways; the ``*_table`` functions give their
+Markdown rows.
 """
 
 from __future__ import annotations
@@ -385,6 +387,78 @@ def ranking_table(m: dict) -> list[str]:
     return md_rows(ranking_rows(m))
 
 
+# TFMA's names of the ranking Evaluator's metrics (trainer/gate.py ranking_eval_config) -> ours.
+TFMA_RANKING_METRICS = {"example_count": "examples", "root_mean_squared_error": "rmse", "auc": "auc"}
+
+
+def _slice_value(single) -> str:
+    """A TFMA SingleSliceKey's value as text."""
+    kind = single.WhichOneof("kind")
+    value = getattr(single, kind) if kind else ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def load_ranking_slices(evaluation_uri: str) -> list[dict]:
+    """The evaluated model's metrics per slice, from the ranking Evaluator's output (TFMA's
+    ``metrics`` file in the evaluation artifact, read with ``tfma.load_metrics``): one dict per
+    slice, {"feature": the example key (None: the overall slice), "value": its value as text
+    (None: overall), "examples", "rmse", "auc" (each None when TFMA has none)}, the overall slice
+    first, then by feature and value. The latest blessed model's metrics and the changes against
+    it (the baseline's and the diff keys) are left out. Raises when the metrics cannot be read."""
+    import tensorflow_model_analysis as tfma
+
+    from trainer.gate import RANKING_CANDIDATE
+
+    rows = []
+    for sliced in tfma.load_metrics(evaluation_uri):
+        keys = list(sliced.slice_key.single_slice_keys)
+        if len(keys) > 1:
+            continue  # crossed slices: the config makes none
+        row = {"feature": keys[0].column if keys else None, "value": _slice_value(keys[0]) if keys else None,
+               **{name: None for name in TFMA_RANKING_METRICS.values()}}
+        for kv in sliced.metric_keys_and_values:
+            key = kv.key
+            # "" names the one model of a run without a blessed baseline (TFMA renames it).
+            if key.is_diff or key.model_name not in (RANKING_CANDIDATE, "") or key.name not in TFMA_RANKING_METRICS:
+                continue
+            if kv.value.HasField("double_value"):
+                row[TFMA_RANKING_METRICS[key.name]] = float(kv.value.double_value.value)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["feature"] is not None, r["feature"] or "", r["value"] or ""))
+
+
+def ranking_slice_rows(slices: list[dict]) -> Table:
+    """:func:`load_ranking_slices`'s rows as a table: slice, value, examples, RMSE, AUC."""
+    table = Table(["slice", "value", "examples", "RMSE (rating)", "AUC (engagement)"])
+    for r in slices:
+        overall = r["feature"] is None
+        examples = "n/a" if r["examples"] is None else f"{r['examples']:,.0f}"
+        table.rows.append([Cell("overall (gated)" if overall else r["feature"]), Cell("" if overall else r["value"]),
+                           Cell(examples), Cell(_num(r["rmse"])), Cell(_num(r["auc"]))])
+    return table
+
+
+def ranking_slice_blocks(evaluation_uri: str | None) -> list[Block]:
+    """The ranking model's per-slice table from the Evaluator's output; a line saying why when
+    it cannot be read; nothing without an evaluation artifact."""
+    if not evaluation_uri:
+        return []
+    blocks: list[Block] = [Heading(3, "Slices (RankingGate, TFMA)")]
+    try:
+        slices = load_ranking_slices(evaluation_uri)
+    except Exception as e:  # noqa: BLE001 - a report is still written without the table
+        return blocks + [Text(f"per-slice metrics unavailable ({type(e).__name__}: {e}); evaluation:",
+                              code=evaluation_uri)]
+    if not slices:
+        return blocks + [Text("per-slice metrics unavailable (no metrics in the evaluation); evaluation:",
+                              code=evaluation_uri)]
+    return blocks + [Text("RMSE and AUC of this model on the eval split, overall and per value of each sliced "
+                          "user feature (trainer.evaluation.user_features; trainer/gate.py ranking_slice_features). "
+                          "The gate's thresholds apply to the overall slice only; the other rows are reported, not "
+                          "gated. Evaluation:", code=evaluation_uri),
+                     ranking_slice_rows(slices)]
+
+
 def importance_rows(importance: dict, first: str = "feature") -> Table:
     """Permutation importance per feature (``first``: the first column's name), the largest first (by
     the first measure's magnitude)."""
@@ -562,8 +636,9 @@ def diagnosis_blocks(m: dict, run: str | None, out_dir: str) -> list[Block]:
 REPORT_TITLE = "Training diagnosis report"
 
 
-def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
-    """One trainer's section: its tables, verdicts, curves (PNG written beside the report), importance."""
+def _run_blocks(out_dir: str, title: str, run: str | None, evaluation: str | None = None) -> list[Block]:
+    """One trainer's section: its tables, verdicts, curves (PNG written beside the report), importance;
+    ``evaluation``: the ranking Evaluator's output, for the per-slice table."""
     metrics = _load(os.path.join(run, METRICS_FILE)) if run else None
     history = _load(os.path.join(run, HISTORY_FILE)) if run else None
     blocks: list[Block] = [Heading(2, title), Text("run:", code=str(run))]
@@ -585,6 +660,8 @@ def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
         blocks += diagnosis_blocks(metrics, run, out_dir)
     elif metrics:
         blocks.append(ranking_rows(metrics))
+    if title == "ranking":
+        blocks += ranking_slice_blocks(evaluation)
     if history:
         png = os.path.join(out_dir, f"{title}_curves.png")
         blocks.append(Image(png, f"{title} curves", _curves(history, metrics, title, png)))
@@ -596,15 +673,17 @@ def _run_blocks(out_dir: str, title: str, run: str | None) -> list[Block]:
 
 
 def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | None, index_report: str | None,
-                 gates: dict | None = None, statistics: str | None = None) -> str:
+                 gates: dict | None = None, statistics: str | None = None,
+                 ranking_evaluation: str | None = None) -> str:
     """report.md and report.html (trainer/report_html.py: the same content, self-contained) in
     ``out_dir``, with the curves' PNGs; ``gates``: gate name -> {"blessed": bool, "reasons": [str],
     optional "uri"}, shown first when given; ``statistics``: a StatisticsGen artifact's URI, one
-    table per split at the end (trainer/report_stats.py). Returns the Markdown page's path."""
+    table per split at the end (trainer/report_stats.py); ``ranking_evaluation``: the ranking
+    Evaluator's evaluation artifact URI, for the ranking per-slice table. Returns the Markdown page's path."""
     os.makedirs(out_dir, exist_ok=True)
     blocks: list[Block] = [Heading(2, "gate decisions"), gate_rows(gates)] if gates else []
-    for title, run in (("retrieval", retrieval_run), ("ranking", ranking_run)):
-        blocks += _run_blocks(out_dir, title, run)
+    for title, run, evaluation in (("retrieval", retrieval_run, None), ("ranking", ranking_run, ranking_evaluation)):
+        blocks += _run_blocks(out_dir, title, run, evaluation)
     idx = _load(index_report) if index_report else None
     if idx:
         blocks += [Heading(2, "ScaNN index"),
@@ -617,6 +696,7 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
     name = os.path.basename(os.path.dirname(os.path.abspath(out_dir)))  # runs/<name>/report
     write_html(out_dir, blocks, f"{REPORT_TITLE}: {name}",
                [("report directory", os.path.abspath(out_dir)), ("retrieval run", retrieval_run),
-                ("ranking run", ranking_run), ("ScaNN index report", index_report),
+                ("ranking run", ranking_run), ("ranking evaluation (TFMA)", ranking_evaluation),
+                ("ScaNN index report", index_report),
                 ("StatisticsGen statistics", statistics)])
     return path

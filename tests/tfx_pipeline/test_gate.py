@@ -82,6 +82,17 @@ def test_latest_blessed_metrics_without_als_are_still_a_baseline():
     assert decide("retrieval", _retrieval(0.445), _retrieval(0.45, als=None), GateConfig(max_recall_drop=0.01))["blessed"]
 
 
+def _overall_threshold(metric):
+    """A ranking MetricConfig's one threshold, checked to be on the overall slice alone."""
+    import tensorflow_model_analysis as tfma
+
+    # MetricConfig.threshold would gate every slice; per_slice_thresholds on SlicingSpec() gates the overall one.
+    assert not metric.HasField("threshold")
+    (per_slice,) = metric.per_slice_thresholds
+    assert list(per_slice.slicing_specs) == [tfma.SlicingSpec()]
+    return per_slice.threshold
+
+
 def test_ranking_eval_config_carries_the_gate_thresholds():
     from serving import names
     from trainer.gate import ranking_eval_config
@@ -90,10 +101,98 @@ def test_ranking_eval_config_carries_the_gate_thresholds():
     assert [m.signature_name for m in cfg.model_specs] == [names.EVAL_SIGNATURE] * 2
     assert [m.is_baseline for m in cfg.model_specs] == [False, True]
     by_output = {tuple(s.output_names): s.metrics[0] for s in cfg.metrics_specs if s.output_names}
-    auc = by_output[(names.OUT_ENGAGEMENT,)].threshold
-    rmse = by_output[(names.OUT_RATING,)].threshold
+    auc = _overall_threshold(by_output[(names.OUT_ENGAGEMENT,)])
+    rmse = _overall_threshold(by_output[(names.OUT_RATING,)])
     assert auc.value_threshold.lower_bound.value == 0.6 and auc.change_threshold.absolute.value == -0.02
     assert rmse.value_threshold.upper_bound.value == 1.2 and rmse.change_threshold.absolute.value == 0.05
+    # Called as before (no slice features): the overall slice only.
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[]]
+
+
+def test_ranking_eval_config_slices_by_user_features_and_gates_the_overall_slice_only():
+    import tensorflow_model_analysis as tfma
+    from tfx.utils import proto_utils
+
+    from trainer.gate import ranking_eval_config
+
+    cfg = ranking_eval_config(GateConfig(min_auc=0.6, max_rmse=1.2), ["user_gender", "user_occupation"])
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[], ["user_gender"], ["user_occupation"]]
+    # Every threshold TFMA's validator will check is tied to the overall slice (none without a slicing spec,
+    # which it would apply to each slice), for the value and change thresholds of RMSE and AUC.
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(cfg.metrics_specs, eval_config=cfg)
+    # (the value thresholds, and the change thresholds on the diff keys)
+    assert sorted((key.name, key.is_diff) for key in thresholds) == [
+        ("auc", False), ("auc", True), ("root_mean_squared_error", False), ("root_mean_squared_error", True)]
+    assert all(spec == tfma.SlicingSpec() for pairs in thresholds.values() for spec, _ in pairs)
+    # ExampleCount (each slice's size) is reported, not gated.
+    counted = [m for s in cfg.metrics_specs for m in s.metrics if m.class_name == "ExampleCount"]
+    assert len(counted) == 1 and not counted[0].per_slice_thresholds and not counted[0].HasField("threshold")
+    # The Evaluator gets the config as JSON (an execution property) and completes it: the empty slicing
+    # spec survives the round trip, and without a blessed model the change thresholds go, the values stay.
+    back = proto_utils.json_to_proto(proto_utils.proto_to_json(cfg), tfma.EvalConfig())
+    assert back == cfg
+    first = tfma.utils.update_eval_config_with_defaults(back, has_baseline=False, rubber_stamp=True)
+    tfma.utils.verify_eval_config(first)
+    assert [m.name for m in first.model_specs] == [""]
+    gated = [_overall_threshold(s.metrics[0]) for s in first.metrics_specs if s.output_names]
+    assert [t.HasField("change_threshold") for t in gated] == [False, False]
+    assert [t.HasField("value_threshold") for t in gated] == [True, True]
+
+
+USER_KINDS = {"user_age": "numeric", "user_gender": "categorical", "user_occupation": "categorical",
+              "user_zip_prefix": "categorical"}
+DOMAINS = {"user_gender": 2, "user_occupation": 21, "item_genres": 19}  # the curated schema's closed domains
+
+
+def test_ranking_slice_features_follow_the_evaluation_config_and_the_schema():
+    from trainer.gate import ranking_slice_features
+    from trainer.hparams import EvaluationConfig
+
+    # "*": the categorical features with a closed domain of at most max_groups values; never a numeric
+    # one (one slice per distinct value), nor one without a closed domain (the zip prefix).
+    assert ranking_slice_features(EvaluationConfig(), USER_KINDS, DOMAINS) == ["user_gender", "user_occupation"]
+    assert ranking_slice_features(EvaluationConfig(max_groups=20), USER_KINDS, DOMAINS) == ["user_gender"]
+    assert ranking_slice_features(EvaluationConfig(), USER_KINDS, None) == []  # no schema yet
+    # Named: each categorical one, whatever its size, in the order named; numeric ones are left out.
+    named = EvaluationConfig(user_features=("zip_prefix", "age", "user_gender"))
+    assert ranking_slice_features(named, USER_KINDS, DOMAINS) == ["user_zip_prefix", "user_gender"]
+    assert ranking_slice_features(EvaluationConfig(user_features=()), USER_KINDS, DOMAINS) == []
+    assert ranking_slice_features(EvaluationConfig(enabled=False), USER_KINDS, DOMAINS) == []
+    assert ranking_slice_features(EvaluationConfig(), {}, DOMAINS) == []  # a dataset without user features
+    with pytest.raises(ValueError, match="'height' is not a categorical or numeric user feature"):
+        ranking_slice_features(EvaluationConfig(user_features=("height",)), USER_KINDS, DOMAINS)
+
+
+def test_string_domain_sizes_read_the_curated_schema(tmp_path):
+    from tfx_pipeline.data.schema_tools import string_domain_sizes
+
+    sizes = string_domain_sizes("schemas/movielens_100k/schema.pbtxt")
+    assert sizes["user_gender"] == 2 and sizes["user_occupation"] == 21
+    assert "user_zip_prefix" not in sizes and "user_age" not in sizes and "user_id" not in sizes
+    assert string_domain_sizes(tmp_path / "schema.pbtxt") == {}
+
+
+def test_ranking_gate_slices_by_the_datasets_small_categorical_user_features(tmp_path):
+    import json
+
+    import tensorflow_model_analysis as tfma
+    from tfx.utils import proto_utils
+
+    from tfx_pipeline.config import load_config
+    from tfx_pipeline.wiring.pipeline import create_pipeline
+
+    def slices(evaluation: dict) -> list:
+        cfg = load_config("configs/movielens_100k.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                          "serving_base_path": str(tmp_path / "serving"),
+                                                          "trainer": {"evaluation": evaluation}})
+        gate = {c.id: c for c in create_pipeline(cfg, fingerprint_inputs=False).components}["RankingGate"]
+        eval_config = proto_utils.json_to_proto(json.loads(json.dumps(gate.exec_properties["eval_config"])),
+                                                tfma.EvalConfig())
+        return [list(s.feature_keys) for s in eval_config.slicing_specs]
+
+    # MovieLens users: age (numeric), gender (2), occupation (21), zip prefix (no closed domain).
+    assert slices({}) == [[], ["user_gender"], ["user_occupation"]]
+    assert slices({"user_features": ["zip_prefix"]}) == [[], ["user_zip_prefix"]]
 
 
 def test_trainer_config_is_strict():

@@ -228,3 +228,51 @@ def test_report_shows_the_curves_with_their_captions(tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("<figcaption>") == 1 and "<p>(2) validation recall@100 (selection): val_recall@100 per" in page
     assert "At the selected epoch 2: train 3.9500, validation 4.0500." in page
+
+
+# --- The ranking per-slice table (the RankingGate's TFMA metrics; a real run in
+# tests/tfx_pipeline/test_ranking_gate_tfma.py) ------------------------------------------------
+
+SLICES = [{"feature": None, "value": None, "examples": 1234.0, "rmse": 0.95, "auc": 0.71},
+          {"feature": "user_gender", "value": "F", "examples": 400.0, "rmse": 1.01, "auc": 0.69},
+          {"feature": "user_gender", "value": "M", "examples": 834.0, "rmse": 0.92, "auc": None}]
+
+
+def test_ranking_slice_table_has_each_slices_examples_rmse_and_auc():
+    from trainer.report import ranking_slice_rows
+
+    table = ranking_slice_rows(SLICES)
+    assert table.header == ["slice", "value", "examples", "RMSE (rating)", "AUC (engagement)"]
+    assert [[c.text for c in row] for row in table.rows] == [
+        ["overall (gated)", "", "1,234", "0.9500", "0.7100"], ["user_gender", "F", "400", "1.0100", "0.6900"],
+        ["user_gender", "M", "834", "0.9200", "n/a"]]
+
+
+def test_report_shows_the_ranking_slices_or_why_not(tmp_path, monkeypatch):
+    import trainer.report as report
+
+    run = tmp_path / "ranking_run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"model": {"rmse": 0.95, "auc": 0.71},
+                                                  "baseline": {"rmse": 1.1, "auc": 0.5}}))
+    monkeypatch.setattr(report, "load_ranking_slices", lambda uri: SLICES)
+    out = tmp_path / "report"
+    text = open(write_report(str(out), None, str(run), None, ranking_evaluation="/runs/x/evaluation/7")).read()
+    assert "### Slices (RankingGate, TFMA)" in text and "`/runs/x/evaluation/7`" in text
+    assert "| overall (gated) |  | 1,234 | 0.9500 | 0.7100 |" in text
+    assert "| user_gender | M | 834 | 0.9200 | n/a |" in text
+    assert "The gate's thresholds apply to the overall slice only" in text
+    page = (out / "report.html").read_text()
+    assert "<td>user_gender</td><td>F</td>" in page and "ranking evaluation (TFMA)" in page
+    # No evaluation artifact: no slice section; an unreadable one: a line saying why.
+    assert "Slices (RankingGate" not in open(write_report(str(out), None, str(run), None)).read()
+
+    def unreadable(uri):
+        raise OSError("no metrics file")
+
+    monkeypatch.setattr(report, "load_ranking_slices", unreadable)
+    text = open(write_report(str(out), None, str(run), None, ranking_evaluation="/e")).read()
+    assert "per-slice metrics unavailable (OSError: no metrics file); evaluation: `/e`" in text
+    monkeypatch.setattr(report, "load_ranking_slices", lambda uri: [])
+    text = open(write_report(str(out), None, str(run), None, ranking_evaluation="/e")).read()
+    assert "per-slice metrics unavailable (no metrics in the evaluation)" in text

@@ -69,6 +69,26 @@ def curate(schema: schema_pb2.Schema, cfg, stats) -> schema_pb2.Schema:
     return s
 
 
+def string_domain_sizes(path: str | os.PathLike) -> dict[str, int]:
+    """Feature -> the number of values of its closed string domain, in the schema at ``path``
+    (``curate`` keeps one on small categoricals only); {} when there is no schema file yet."""
+    from google.protobuf import text_format
+
+    if not os.path.isfile(path):
+        return {}
+    schema = schema_pb2.Schema()
+    with open(path) as fh:
+        text_format.Parse(fh.read(), schema)
+    domains = {d.name: len(d.value) for d in schema.string_domain}
+    sizes = {}
+    for f in schema.feature:
+        if f.HasField("string_domain"):
+            sizes[f.name] = len(f.string_domain.value)
+        elif f.HasField("domain") and f.domain in domains:
+            sizes[f.name] = domains[f.domain]
+    return sizes
+
+
 def _observed_range(stats, name: str) -> tuple[float, float]:
     for ds in stats.datasets:
         for feat in ds.features:

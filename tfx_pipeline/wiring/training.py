@@ -15,8 +15,9 @@ from tfx_pipeline.components.index_builder import IndexBuilder
 from tfx_pipeline.components.infra_validator import InfraValidator
 from tfx_pipeline.components.model_gate import ModelGate
 from tfx_pipeline.components.recommender_builder import RecommenderBuilder
-from tfx_pipeline.config import PipelineConfig
-from trainer.gate import ranking_eval_config
+from tfx_pipeline.config import PipelineConfig, resolve_path
+from tfx_pipeline.data.schema_tools import string_domain_sizes
+from trainer.gate import ranking_eval_config, ranking_slice_features
 from trainer.artifacts import EVAL, TRAIN
 from trainer.hparams import sections as config_sections
 from trainer.typed_config import to_dict
@@ -111,12 +112,16 @@ def training_components(cfg: PipelineConfig, example_builder, schema_gen, transf
     retrieval_gate = ModelGate(model=retrieval.outputs["model"], baseline_model=retrieval_baseline.outputs["model"],
                                kind="retrieval", gate_json=gate_json).with_id(ids.RETRIEVAL_GATE)
     # Ranking through TFMA: RMSE (rating head) and AUC (engagement head) on the eval split,
-    # value thresholds and change thresholds against the latest blessed ranking model.
+    # value thresholds and change thresholds against the latest blessed ranking model, on the
+    # overall slice; the same metrics per value of the small categorical user features (by
+    # trainer.evaluation.user_features and the curated schema's closed domains), not gated.
+    slice_features = ranking_slice_features(trainer_cfg.evaluation, cfg.user_features(),
+                                            string_domain_sizes(resolve_path(cfg.schema_dir) / "schema.pbtxt"))
     ranking_gate = tfx.components.Evaluator(
         examples=example_builder.outputs["examples"],
         model=ranking.outputs["model"],
         baseline_model=ranking_baseline.outputs["model"],
-        eval_config=ranking_eval_config(trainer_cfg.gate),
+        eval_config=ranking_eval_config(trainer_cfg.gate, slice_features),
         example_splits=[EVAL],
     ).with_id(ids.RANKING_GATE)
     # ScaNN over every candidate; fails the run below the recall floor.
