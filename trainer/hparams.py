@@ -315,7 +315,8 @@ class EvaluationConfig:
     # Item feature of the feature diversity (categorical or multi-valued); "" = the first
     # multi-valued one by name, else the first categorical one; "none" = no feature diversity.
     item_feature: str = ""
-    # User features to slice by; "*" = every numeric and every categorical user feature with at
+    # User features to slice by (the retrieval slices here, and the ranking Evaluator's TFMA slices:
+    # categorical ones only, trainer/gate.py ranking_slice_features); "*" = every numeric and every categorical user feature with at
     # most max_groups values among the evaluated users (a zip prefix is sliced only when named).
     user_features: tuple[str, ...] = ("*",)
     max_groups: int = 25  # a categorical feature's largest groups kept; the rest pooled as "(other)"
