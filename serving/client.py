@@ -24,6 +24,11 @@ models (3-5 RPCs), and tries the one-call model again a minute later;
 5. a reason per item: the history items closest to it in embedding space,
    "popular with all users" for the fallback, or "matches your profile".
 
+On request only (`recommend(..., explain_score=True)`, or `explain_scores()`), one more
+Predict on the ranking model's `explain` signature for the final items: the feature groups
+(user_id, history, item_genres ...) that contributed most to each item's ranking score, by
+gradient x input (trainer/ranking/model.py `RankingModel.explain_encoded`).
+
 TLS: `root_cert_file` (PEM roots to verify the server; or any `credentials`);
 a server started with --auth_token_file needs `token`, sent as
 `authorization: Bearer <token>` metadata on every call.
@@ -116,6 +121,10 @@ class Recommendation:
         reason: why it was recommended, for people.
         similar_to: (history item id, cosine) pairs behind the reason, closest first.
         source: "retrieval" or "popular" (the fallback).
+        score_factors: with ``explain_score``: the feature groups that contributed most to the
+            ranking score, (group, attribution) by decreasing |attribution|: gradient x input of
+            the engagement logit (of the rating for rank_by="rating"); positive pushed the item
+            up. First-order and relative to an all-zero encoding, not a decomposition of the score.
     """
 
     item_id: str
@@ -127,6 +136,7 @@ class Recommendation:
     reason: str = ""
     similar_to: tuple[tuple[str, float], ...] = ()
     source: str = SOURCE_RETRIEVAL
+    score_factors: tuple[tuple[str, float], ...] = ()
 
     @property
     def title(self) -> str | None:
@@ -137,6 +147,7 @@ class Recommendation:
         d = dataclasses.asdict(self)
         d["features"] = dict(self.features)
         d["similar_to"] = [[i, s] for i, s in self.similar_to]
+        d["score_factors"] = [[g, a if math.isfinite(a) else None] for g, a in self.score_factors]
         for key in ("score", "retrieval_score", "rating", "engagement"):
             if d[key] is not None and not math.isfinite(d[key]):
                 d[key] = None
@@ -447,13 +458,55 @@ class RecommenderClient:
                                    None, self.ranking_model, names.SCORE_SIGNATURE)
         return rating, engagement
 
+    def explain_scores(self, user_id: str, item_ids: Sequence[str], history: Sequence[str] | None = None,
+                       context: dict | None = None, user_features: dict | None = None, head: str = "engagement",
+                       top: int | None = 3) -> dict[str, list[tuple[str, float]]]:
+        """The feature groups behind the ranking model's score of each item for this query.
+
+        One Predict on the ranking model's ``explain`` signature (names.EXPLAIN_SIGNATURE) with
+        the same query inputs as ``score``. Returns {item id: [(group, attribution), ...]}, the
+        ``top`` groups (None: all) by decreasing |attribution|: gradient x input of ``head``
+        ("engagement": its logit; "rating") summed over each group's encoded dimensions.
+        """
+        if head not in ("engagement", "rating"):
+            raise ValueError(f"head must be 'engagement' or 'rating', got {head!r}")
+        if self.ranking_model is None:
+            raise ValueError("explain_scores needs a ranking model (ranking_model is None)")
+        if top is not None and top < 1:
+            raise ValueError(f"top must be >= 1 or None, got {top}")
+        ids = [str(i) for i in item_ids]
+        if not ids:
+            return {}
+        history = [str(h) for h in (history or ()) if str(h)]
+        ufeats = _normalize_keys(user_features, F.USER_FEATURE_PREFIX)
+        meta = self.signature(self.ranking_model, names.EXPLAIN_SIGNATURE)
+        self._check_user_features(meta, ufeats, self.ranking_model)
+        inputs = self._query_inputs(meta, str(user_id), history, _context_values(context), ufeats,
+                                    {names.CANDIDATE_ITEM_IDS: [ids]})
+        out = self.predict(self.ranking_model, names.EXPLAIN_SIGNATURE, inputs)
+        key = names.OUT_RATING_ATTRIBUTIONS if head == "rating" else names.OUT_ENGAGEMENT_ATTRIBUTIONS
+        try:
+            groups = [str(g) for g in np.asarray(out[names.OUT_FEATURE_GROUPS])[0]]
+            attr = np.asarray(out[key], dtype=np.float64)[0]
+            if attr.shape != (len(ids), len(groups)):
+                raise ValueError(f"{key} has shape {attr.shape}, expected {(len(ids), len(groups))}")
+        except (KeyError, IndexError, ValueError) as e:
+            raise RecommenderError(f"Predict {self.ranking_model}/{names.EXPLAIN_SIGNATURE}: unexpected answer: {e!r}",
+                                   None, self.ranking_model, names.EXPLAIN_SIGNATURE) from e
+        result = {}
+        for item, row in zip(ids, attr):
+            order = sorted(range(len(groups)), key=lambda g: (-abs(row[g]) if math.isfinite(row[g]) else math.inf, g))
+            result[item] = [(groups[g], float(row[g])) for g in order[:top]]
+        return result
+
     # -- the public call -------------------------------------------------------
 
     def recommend(self, user_id: str, k: int = 10, history: Sequence[str] | None = None,
                   context: dict | None = None, user_features: dict | None = None, num_candidates: int = 100,
                   exclude: Iterable[str] = (), exclude_history: bool = True,
                   item_filter: Mapping[str, str | Iterable[str]] | None = None, diversity: float = 0.0,
-                  rank_by: str = "engagement", explain: bool = True) -> list[Recommendation]:
+                  rank_by: str = "engagement", explain: bool = True,
+                  explain_score: bool = False) -> list[Recommendation]:
         """Top-k recommendations for one user (fewer when filters leave fewer).
 
         Args:
@@ -474,6 +527,10 @@ class RecommenderClient:
             rank_by: "engagement", "rating" or "blend" (mean of engagement and the
                 min-max normalized rating over the candidates).
             explain: compute reasons (one extra candidate_embedding call).
+            explain_score: fill each item's ``score_factors`` with the 3 feature groups that
+                contributed most to its ranking score (``explain_scores``: one extra Predict on
+                the ranking model's explain signature, for the final items only; the rating's
+                attributions for rank_by="rating", else the engagement's).
 
         Raises:
             ValueError: bad arguments (k, diversity, rank_by, unknown feature names).
@@ -492,10 +549,22 @@ class RecommenderClient:
         ufeats = _normalize_keys(user_features, F.USER_FEATURE_PREFIX)
         filters = _normalize_filter(item_filter)
         num_candidates = max(int(num_candidates), int(k))
+        if explain_score and self.ranking_model is None:
+            raise ValueError("explain_score needs a ranking model (ranking_model is None)")
+        recs = self._recommend(user_id, int(k), history, ctx, ufeats, num_candidates, exclude, exclude_history,
+                               filters, float(diversity), rank_by, explain)
+        if not explain_score or not recs:
+            return recs
+        factors = self.explain_scores(user_id, [r.item_id for r in recs], history, context, ufeats,
+                                      head="rating" if rank_by == "rating" else "engagement")
+        return [dataclasses.replace(r, score_factors=tuple(factors.get(r.item_id, ()))) for r in recs]
+
+    def _recommend(self, user_id, k, history, ctx, ufeats, num_candidates, exclude, exclude_history, filters,
+                   diversity, rank_by, explain) -> list[Recommendation]:
         if self.recommender_model is not None and time.monotonic() >= self._one_call_retry_at:
             try:
-                return self._recommend_one_call(user_id, int(k), history, ctx, ufeats, num_candidates, exclude,
-                                                exclude_history, filters, float(diversity), rank_by, explain)
+                return self._recommend_one_call(user_id, k, history, ctx, ufeats, num_candidates, exclude,
+                                                exclude_history, filters, diversity, rank_by, explain)
             except RecommenderError as e:
                 if not (self._auto and e.code == grpc.StatusCode.NOT_FOUND):
                     raise
@@ -503,7 +572,7 @@ class RecommenderClient:
                             "retrying it in %.0fs", self.recommender_model, self.target, e, self.retrieval_model,
                             self.ranking_model, _ONE_CALL_RETRY_S)
                 self._one_call_retry_at = time.monotonic() + _ONE_CALL_RETRY_S
-        return self._recommend_two_stage(user_id, int(k), history, ctx, ufeats, num_candidates, exclude,
+        return self._recommend_two_stage(user_id, k, history, ctx, ufeats, num_candidates, exclude,
                                          exclude_history, filters, diversity, rank_by, explain)
 
     def _recommend_one_call(self, user_id, k, history, ctx, ufeats, num_candidates, exclude, exclude_history,

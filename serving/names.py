@@ -27,6 +27,7 @@ RECOMMEND_SIGNATURE = "recommend"  # retrieval: query features -> top-k item ids
 QUERY_EMBEDDING_SIGNATURE = "query_embedding"  # retrieval: query features -> [B, D]
 CANDIDATE_EMBEDDING_SIGNATURE = "candidate_embedding"  # retrieval: item ids -> [B, D]
 SCORE_SIGNATURE = "score"  # ranking: query features + candidates -> score per head
+EXPLAIN_SIGNATURE = "explain"  # ranking: score's inputs -> its scores + per-feature-group attributions
 POPULAR_SIGNATURE = "popular"  # retrieval: k [B] -> the most popular items in training
 ITEM_FEATURES_SIGNATURE = "item_features"  # retrieval: item ids -> their side features as strings
 DEFAULT_SIGNATURE = "serving_default"  # alias of recommend / score
@@ -98,6 +99,12 @@ OUT_KNOWN_ITEM = "known_item"  # bool [B]: the item id is in the served catalogu
 MULTI_VALUE_JOIN = "|"
 OUT_RATING = "rating"  # float32 [B, C]: predicted rating
 OUT_ENGAGEMENT = "engagement"  # float32 [B, C]: probability of engagement
+# The ranking model's explain signature: OUT_RATING, OUT_ENGAGEMENT and these. Gradient x input per
+# (query, candidate) pair, summed over each feature group's encoded columns (trainer/ranking/model.py
+# RankingModel.explain_encoded): a first-order attribution of the head, not an exact decomposition.
+OUT_ENGAGEMENT_ATTRIBUTIONS = "engagement_attributions"  # float32 [B, C, G]: of the engagement logit
+OUT_RATING_ATTRIBUTIONS = "rating_attributions"  # float32 [B, C, G]: of the predicted rating
+OUT_FEATURE_GROUPS = "feature_groups"  # string [B, G]: the G group names (user_id, item_genres, history ...)
 # One-call recommender outputs besides OUT_ITEM_IDS, OUT_SCORES (the final score the list is
 # ordered by), OUT_RATING / OUT_ENGAGEMENT ([B, k]), OUT_KNOWN_USER and one string [B, k]
 # per item side feature (item_<name>, as item_features answers); -inf / "" past a row's k.

@@ -2,11 +2,13 @@
 
     recsys recommend --user 42 --k 10 [--history 50,172,133] [--target localhost:8500]
         [--exclude 1,2] [--filter item_genres=Comedy] [--diversity 0.3] [--no-rank] [--json]
-        [--recommender-model none] [--root-cert-file ca.pem] [--token-file token.txt]
+        [--recommender-model none] [--root-cert-file ca.pem] [--token-file token.txt] [--explain-score]
 
 One Predict on the one-call model of the retrieval model (`recommender` for
 `retrieval`) where the server has it; the two stages in the client otherwise
-(serving/client.py).
+(serving/client.py). --explain-score adds a column with the three feature groups that
+contributed most to each item's ranking score (one more Predict, on the ranking model's
+explain signature; gradient x input, signed: + pushed the item up).
 
 Also `python -m serving.recommend_cli ...`. Exit status: 0 ok, 1 the server call
 failed, 2 bad arguments.
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=DEFAULT_TOKEN_FILE, metavar="FILE",
                    help="file holding the server's shared token (env RECSYS_TOKEN_FILE)")
     p.add_argument("--no-explain", action="store_true", help="skip the reasons")
+    p.add_argument("--explain-score", action="store_true",
+                   help="also show the top 3 feature groups behind each ranking score (gradient x input; "
+                        "one extra call to the ranking model's explain signature)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -86,11 +91,20 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def format_factors(factors) -> str:
+    """[("item_id", 0.4), ("item_genres", -0.25)] -> "item_id +0.40, item_genres -0.25"."""
+    return ", ".join(f"{group} {value:+.2f}" for group, value in factors)
+
+
 def format_table(recs) -> str:
-    """A fixed-width table: rank, item, title, score, rating, engagement, reason."""
+    """A fixed-width table: rank, item, title, score, rating, engagement, reason (+ score factors
+    when any item has them)."""
     header = ("#", "item", "title", "score", "rating", "engagement", "reason")
     rows = [(str(i), r.item_id, _cut(r.title or "", _TITLE_WIDTH), _fmt(r.score), _fmt(r.rating, 2),
              _fmt(r.engagement), _cut(r.reason, _REASON_WIDTH)) for i, r in enumerate(recs, 1)]
+    if any(r.score_factors for r in recs):
+        header += ("score factors",)
+        rows = [row + (format_factors(r.score_factors),) for row, r in zip(rows, recs)]
     widths = [max(len(h), *(len(row[c]) for row in rows)) if rows else len(h) for c, h in enumerate(header)]
     numeric = {0, 3, 4, 5}
 
@@ -151,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 exclude=[i for group in args.exclude for i in group],
                 exclude_history=not args.include_history,
                 item_filter=filters or None, diversity=args.diversity, rank_by=args.rank_by,
-                explain=not args.no_explain,
+                explain=not args.no_explain, explain_score=args.explain_score,
             )
     except ValueError as e:
         print(f"recsys recommend: {e}", file=sys.stderr)

@@ -194,6 +194,52 @@ def test_reasons_name_the_nearest_history_item(client):
     assert {r.reason for r in client.recommend("nobody", k=3, history=["i00"], explain=False)} == {""}
 
 
+def test_explain_score_names_the_top_feature_groups(client):
+    """``explain_score``: the ranking model's explain signature for the final items; the hand-set
+    attributions of tests/support/client_models.py give each item's top 3 groups by |value|."""
+    ranked = client.recommend("nobody", k=4, history=["i00"], explain_score=True)
+    assert ids(ranked) == ["i04", "i03", "i02", "i19"]  # the order of test_ranking_reorders_retrieval
+    assert [g for g, _ in ranked[0].score_factors] == ["item_id", "item_genres", "history"]
+    assert [a for _, a in ranked[0].score_factors] == pytest.approx([0.4, -0.25, 0.24])
+    # i19: cluster 3's genre weighs -0.55, its history 0.2 + 0.19.
+    assert ranked[3].score_factors[0][0] == "item_genres" and ranked[3].score_factors[0][1] == pytest.approx(-0.55)
+    assert [g for g, _ in ranked[3].score_factors] == ["item_genres", "history", "item_id"]
+    # rank_by rating: the rating's attributions (ties: the signature's group order).
+    by_rating = client.recommend("nobody", k=1, history=["i00"], rank_by="rating", explain_score=True)
+    assert ids(by_rating) == ["i02"]
+    assert [g for g, _ in by_rating[0].score_factors] == ["item_id", "user_id", "history"]
+    assert by_rating[0].score_factors[0][1] == pytest.approx(1.8)
+    assert ranked[0].to_dict()["score_factors"][0] == ["item_id", pytest.approx(0.4)]
+    # Off by default.
+    assert all(r.score_factors == () for r in client.recommend("nobody", k=4, history=["i00"]))
+
+
+def test_explain_score_is_one_extra_predict_for_the_final_items_only(server):
+    for one_call in (names.RECOMMENDER_MODEL, None):
+        recorder = Recorder()
+        with RecommenderClient(server.grpc_address, timeout_s=10, recommender_model=one_call,
+                               interceptors=[recorder]) as c:
+            c.recommend("nobody", k=3, history=["i00"])
+            assert recorder.predicts(names.EXPLAIN_SIGNATURE) == []
+            c.recommend("nobody", k=3, history=["i00"], explain_score=True)
+        [request] = recorder.predicts(names.EXPLAIN_SIGNATURE)
+        assert request.model_spec.name == names.RANKING_MODEL
+        assert make_ndarray(request.inputs[names.CANDIDATE_ITEM_IDS]).astype(str).tolist() == [["i04", "i03", "i02"]]
+        assert make_ndarray(request.inputs[names.HISTORY_ITEM_IDS]).astype(str).tolist() == [["i00"]]
+
+
+def test_explain_scores_directly(client, retrieval_only):
+    factors = client.explain_scores("nobody", ["i04", "no-such-item"], history=["i00"], top=None)
+    assert list(factors) == ["i04", "no-such-item"]
+    assert [g for g, _ in factors["i04"]] == ["item_id", "item_genres", "history", "user_id", "hour_of_day"]
+    assert [a for _, a in factors["no-such-item"]] == [0.0] * 5  # the test model's OOV row
+    assert client.explain_scores("nobody", []) == {}
+    with pytest.raises(ValueError, match="head"):
+        client.explain_scores("nobody", ["i04"], head="clicks")
+    with pytest.raises(ValueError, match="ranking model"):
+        retrieval_only.recommend("nobody", history=["i00"], explain_score=True)
+
+
 def test_popularity_fallback_for_unknown_user_without_history(client, retrieval_only):
     # The 5 most popular: i10..i14 (100 .. 80); ranked by engagement i14 > i13 > i12.
     recs = client.recommend("stranger", k=3, num_candidates=5)
@@ -420,6 +466,26 @@ def test_cli_prints_a_table(server, capsys):
     assert "Item 04" in rows[0] and "0.900" in rows[0] and "similar to i00" in rows[0]
     # Fixed width: the columns line up.
     assert len({line.index("Item") for line in rows}) == 1
+
+
+def test_cli_explain_score(server, capsys):
+    rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "2", "--explain-score", "--target", server.grpc_address])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[1].split()[-2:] == ["score", "factors"]
+    assert lines[3].split()[1] == "i04" and lines[3].endswith("item_id +0.40, item_genres -0.25, history +0.24")
+    assert lines[4].split()[1] == "i03" and lines[4].endswith("item_id +0.30, item_genres -0.25, history +0.23")
+    rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "1", "--explain-score", "--json",
+                   "--target", server.grpc_address])
+    assert rc == 0
+    [rec] = json.loads(capsys.readouterr().out)
+    assert [g for g, _ in rec["score_factors"]] == ["item_id", "item_genres", "history"]
+    # Without the flag: no column, no factors.
+    rc = cli_main(["--user", "nobody", "--history", "i00", "--k", "1", "--target", server.grpc_address])
+    assert rc == 0 and "factors" not in capsys.readouterr().out
+    assert cli_main(["--user", "nobody", "--no-rank", "--explain-score", "--target", server.grpc_address]) == 2
+    assert "ranking model" in capsys.readouterr().err
 
 
 def test_cli_options_and_json(server, capsys):

@@ -14,6 +14,8 @@ retrieval:
   Drama|Romance, Action|Comedy, Horror), item_release_year 1990 + n.
 ranking:
   engagement / rating are per-item tables (ENGAGEMENT, RATING), the user ignored.
+  explain: per-item attribution tables over EXPLAIN_GROUPS (ENGAGEMENT_ATTRIBUTIONS,
+  RATING_ATTRIBUTIONS), hand-set so each item's top groups are known (not gradients).
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ ENGAGEMENT[[0, 1, 2, 3, 4]] = [0.5, 0.6, 0.7, 0.8, 0.9]
 ENGAGEMENT[19] = 0.65
 RATING = np.array([3.0 + 0.01 * n for n in range(N_ITEMS)], np.float32)
 RATING[[1, 2, 3, 4, 19]] = [4.2, 4.8, 3.5, 2.0, 1.0]
+
+# The explain signature's groups and per-item attributions (rows: items, then the OOV row of zeros).
+# Engagement: item_id ENGAGEMENT - 0.5, history 0.2 + 0.01 n, item_genres -0.25 - 0.1 * cluster,
+# user_id 0.05, hour_of_day 0; rating: item_id RATING - 3, item_genres 0.1 * cluster, the rest 0.02.
+EXPLAIN_GROUPS = ["user_id", "history", "hour_of_day", "item_id", "item_genres"]
+ENGAGEMENT_ATTRIBUTIONS = np.stack([np.full(N_ITEMS, 0.05), 0.2 + 0.01 * np.arange(N_ITEMS), np.zeros(N_ITEMS),
+                                    ENGAGEMENT - 0.5, -0.25 - 0.1 * (np.arange(N_ITEMS) // 5)], 1).astype(np.float32)
+RATING_ATTRIBUTIONS = np.stack([np.full(N_ITEMS, 0.02), np.full(N_ITEMS, 0.02), np.full(N_ITEMS, 0.02),
+                                RATING - 3.0, 0.1 * (np.arange(N_ITEMS) // 5)], 1).astype(np.float32)
 
 
 def item_features(n: int) -> dict[str, str]:
@@ -189,6 +200,19 @@ class RankingTestModule(_Base):
         super().__init__()
         self.engagement = tf.constant(np.append(ENGAGEMENT, 0.0).astype(np.float32))
         self.rating = tf.constant(np.append(RATING, 0.0).astype(np.float32))
+        zero = np.zeros((1, len(EXPLAIN_GROUPS)), np.float32)
+        self.engagement_attr = tf.constant(np.concatenate([ENGAGEMENT_ATTRIBUTIONS, zero]))
+        self.rating_attr = tf.constant(np.concatenate([RATING_ATTRIBUTIONS, zero]))
+
+    def _explain(self, inputs):
+        out = self._score(inputs)
+        idx = self._item_index(inputs[names.CANDIDATE_ITEM_IDS])
+        idx = tf.where(idx >= 0, idx, N_ITEMS)
+        rows = tf.shape(idx)[0]
+        out[names.OUT_ENGAGEMENT_ATTRIBUTIONS] = tf.gather(self.engagement_attr, idx)
+        out[names.OUT_RATING_ATTRIBUTIONS] = tf.gather(self.rating_attr, idx)
+        out[names.OUT_FEATURE_GROUPS] = tf.tile(tf.constant(EXPLAIN_GROUPS)[None, :], [rows, 1])
+        return out
 
     def _score(self, inputs):
         self._query(inputs)  # validates the query inputs like the real model; result unused
@@ -201,7 +225,8 @@ class RankingTestModule(_Base):
         spec = _query_spec()
         spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
         score = tf.function(lambda **kw: self._score(kw)).get_concrete_function(**spec)
-        return {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
+        explain = tf.function(lambda **kw: self._explain(kw)).get_concrete_function(**spec)
+        return {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score, names.EXPLAIN_SIGNATURE: explain}
 
 
 def save_models(root: str, recommender: bool = False) -> str:

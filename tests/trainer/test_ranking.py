@@ -180,3 +180,112 @@ def test_score_encodes_each_side_once_and_matches_the_whole_model(ranking, tiny_
         np.testing.assert_allclose(pairs[key].numpy()[:, 0], whole[key].numpy(), rtol=1e-4, atol=1e-5)
     # The export holds encoded items, not the per-feature rows it used to gather per pair.
     assert hasattr(ranking["model"], "item_encoded") and not hasattr(ranking["model"], "item_rows")
+
+
+def test_explain_attributions_are_the_derivative_of_scaling_each_group(ranking, tiny_pipeline):
+    """``explain``: gradient x input per (query, candidate, feature group), [B, C, G], groups named
+    as the permutation importance names them, scores equal to ``score``'s.
+
+    The assertion that fails on garbage: the attribution of group g is sum_d x_d * dlogit/dx_d over
+    g's encoded columns, which is exactly the derivative of the engagement logit with respect to a
+    factor t that scales g's encoded vector, at t = 1. The export carries (outside the signatures)
+    ``group_scaled_logits``, the same forward pass with such per-group factors; a central
+    difference of it at t = 1 +- eps, group by group, must match each pair's attribution. Wrong
+    group spans, a wrong head, mixed-up (query, candidate) rows or a mis-reshaped output all
+    break it. The cross layers make the logit a low-degree polynomial between ReLU kinks, so the
+    central difference is accurate to O(eps^2).
+    """
+    explain = ranking["model"].signatures[names.EXPLAIN_SIGNATURE]
+    users = [tiny_pipeline.user_ids[0], "no-such-user"]
+    cands = [tiny_pipeline.item_ids[:3] + ["no-such-item"], tiny_pipeline.item_ids[3:7]]
+    query = _query(ranking, users, **{names.HOUR_OF_DAY: np.array([9, 20]), names.DAY_OF_WEEK: np.array([2, 6]),
+                                      names.HOURS_SINCE_PREV_EVENT: np.array([3.0, 40.0], np.float32)})
+    out = {k: v.numpy() for k, v in explain(**query, **{names.CANDIDATE_ITEM_IDS: tf.constant(cands)}).items()}
+    groups = [g.decode() for g in out[names.OUT_FEATURE_GROUPS][0]]
+    with open(os.path.join(ranking["run_dir"], "feature_importance.json")) as fh:
+        assert sorted(groups) == sorted(json.load(fh))
+    assert out[names.OUT_FEATURE_GROUPS].shape == (2, len(groups)) and (out[names.OUT_FEATURE_GROUPS][1] ==
+                                                                         out[names.OUT_FEATURE_GROUPS][0]).all()
+    for key in (names.OUT_ENGAGEMENT_ATTRIBUTIONS, names.OUT_RATING_ATTRIBUTIONS):
+        assert out[key].shape == (2, 4, len(groups)) and out[key].dtype == np.float32
+        assert np.all(np.isfinite(out[key])) and np.any(out[key] != 0)
+    scores = _score(ranking, query, cands)
+    for key in (names.OUT_RATING, names.OUT_ENGAGEMENT):
+        np.testing.assert_allclose(out[key], scores[key], rtol=1e-5, atol=1e-6)
+
+    scaled = ranking["model"].group_scaled_logits
+    inputs = {**query, names.CANDIDATE_ITEM_IDS: tf.constant(cands)}
+    ones = np.ones(len(groups), np.float32)
+    logit = scaled(inputs, tf.constant(ones)).numpy()
+    engagement = scores[names.OUT_ENGAGEMENT]
+    np.testing.assert_allclose(1 / (1 + np.exp(-logit)), engagement, rtol=1e-5, atol=1e-6)
+    eps = 1e-2
+    numeric = np.zeros_like(out[names.OUT_ENGAGEMENT_ATTRIBUTIONS])
+    for g in range(len(groups)):
+        up, down = ones.copy(), ones.copy()
+        up[g], down[g] = 1 + eps, 1 - eps
+        numeric[..., g] = (scaled(inputs, tf.constant(up)).numpy() - scaled(inputs, tf.constant(down)).numpy()) / (2 * eps)
+    np.testing.assert_allclose(out[names.OUT_ENGAGEMENT_ATTRIBUTIONS], numeric, rtol=2e-2, atol=2e-3)
+    # Not a constant per group: the same query's groups weigh differently for different candidates.
+    assert not np.allclose(out[names.OUT_ENGAGEMENT_ATTRIBUTIONS][0, 0], out[names.OUT_ENGAGEMENT_ATTRIBUTIONS][0, 1])
+
+
+def test_ranking_export_holds_only_stock_ops(ranking):
+    """Every op of the ranking export (score, explain with its gradient ops, evaluate_examples)
+    is registered by plain TensorFlow in a fresh process (no ScaNN, no TF Text, no project code
+    imported), so stock TF Serving can load it; and it loads there with the explain signature."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["scann"] = None  # any `import scann` now fails
+        import tensorflow as tf
+        from tensorflow.python.framework import op_def_registry
+        from tests.support.saved_model_ops import graph_ops, scann_ops
+        ops = graph_ops({ranking["serving_dir"]!r})
+        assert not scann_ops({ranking["serving_dir"]!r})
+        assert "ReluGrad" in ops, sorted(ops)  # explain's gradient is in the graph
+        print("unregistered", sorted(op for op in ops if op_def_registry.get(op) is None))
+        print("signatures", sorted(tf.saved_model.load({ranking["serving_dir"]!r}).signatures))
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "unregistered []" in done.stdout, done.stdout
+    assert f"'{names.EXPLAIN_SIGNATURE}'" in done.stdout and f"'{names.SCORE_SIGNATURE}'" in done.stdout
+
+
+def test_client_explains_the_trained_export_over_a_real_server(ranking, tiny_pipeline, tmp_path):
+    """RecommenderClient.explain_scores against the real model server serving this export: the
+    [B, G] group names and [B, C, G] attributions decode, and each item's factors are the
+    signature's own values, largest |attribution| first."""
+    import shutil
+
+    from serving.client import RecommenderClient
+    from serving.model_server import ModelServer
+
+    base = tmp_path / names.RANKING_MODEL
+    shutil.copytree(ranking["serving_dir"], base / "1")
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{\n  config {{ name: "{names.RANKING_MODEL}" base_path: "{base}" '
+                      f'model_platform: "tensorflow" }}\n}}\n')
+    user, items = tiny_pipeline.user_ids[0], tiny_pipeline.item_ids[:3]
+    expected = ranking["model"].signatures[names.EXPLAIN_SIGNATURE](
+        **_query(ranking, [user]), **{names.CANDIDATE_ITEM_IDS: tf.constant([items])})
+    groups = [g.decode() for g in expected[names.OUT_FEATURE_GROUPS].numpy()[0]]
+    attr = expected[names.OUT_ENGAGEMENT_ATTRIBUTIONS].numpy()[0]
+    srv = ModelServer(str(config), grpc_port=0, rest_port=None, metrics_port=None, poll_interval_s=5.0)
+    srv.start()
+    try:
+        srv.wait_until_available(120)
+        with RecommenderClient(srv.grpc_address, timeout_s=30, recommender_model=None) as client:
+            factors = client.explain_scores(user, items)
+    finally:
+        srv.stop(grace_s=0.5)
+    assert list(factors) == items
+    for c, item in enumerate(items):
+        top = np.argsort(-np.abs(attr[c]), kind="stable")[:3]
+        assert [g for g, _ in factors[item]] == [groups[g] for g in top]
+        np.testing.assert_allclose([a for _, a in factors[item]], attr[c][top], rtol=1e-5, atol=1e-6)

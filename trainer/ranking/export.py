@@ -7,6 +7,15 @@ Signature ``score`` (also ``serving_default``), names from serving/names.py:
   outputs  rating      float32 [B, C]   predicted rating
            engagement  float32 [B, C]   probability of engagement (sigmoid of the logit)
 
+Signature ``explain``: the same inputs as ``score``; outputs
+           rating, engagement         float32 [B, C]     as ``score``
+           engagement_attributions    float32 [B, C, G]  gradient x input of the engagement logit
+           rating_attributions        float32 [B, C, G]  gradient x input of the predicted rating
+           feature_groups             string  [B, G]     the G group names (the same in every row)
+  per (query, candidate) pair and feature group (``RankingModel.explain_encoded``: what exactly is
+  attributed, and what it sums to). Computed with tf.GradientTape inside the signature's graph
+  (stock ops only); only a caller that asks for explanations pays for it.
+
 The query is resolved by ``trainer/query.py QueryResolver.resolve_inputs`` (the same fallback to
 the user's stored history/features as the retrieval export), then repeated C times.
 Neither side is encoded per (query, candidate) pair: every catalogue item went through the
@@ -71,17 +80,46 @@ class RankingModule(tf.Module):
         self.item_encoded = tf.Variable(encoded, trainable=False, name="item_encoded")
 
     def _score(self, inputs: dict) -> dict:
+        query, item, b, c = self._encode_pairs(inputs)
+        out = self.model.score_encoded(query, item, training=False)
+        return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [b, c]),
+                names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [b, c])}
+
+    def _encode_pairs(self, inputs: dict):
+        """(encoded query [B*C, Dq] repeated per candidate, encoded items [B*C, Di], B, C)."""
         cands = inputs[names.CANDIDATE_ITEM_IDS]
         query_keys = query_lib.query_input_signature(self.user_features).keys()
         query, _, _ = self.resolver.resolve_inputs({k: inputs[k] for k in query_keys})
         b, c = tf.shape(cands)[0], tf.shape(cands)[1]
         idx = self.item_table.lookup(tf.reshape(cands, [-1]))
         idx = tf.where(idx >= 0, idx, self.oov_row)
-        encoded = self.model.query_encoder(query, training=False)
-        encoded = tf.repeat(encoded, c, axis=0)  # row-major: query i -> rows i*C..i*C+C-1
-        out = self.model.score_encoded(encoded, tf.gather(self.item_encoded, idx), training=False)
-        return {names.OUT_RATING: tf.reshape(tf.cast(out[RATING], tf.float32), [b, c]),
-                names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32)), [b, c])}
+        encoded = tf.repeat(self.model.query_encoder(query, training=False), c, axis=0)
+        return encoded, tf.gather(self.item_encoded, idx), b, c
+
+    def _explain(self, inputs: dict) -> dict:
+        query, item, b, c = self._encode_pairs(inputs)
+        out = self.model.explain_encoded(query, item)
+        groups = self.model.feature_group_names()
+        g = len(groups)
+        scores = out["scores"]
+        return {names.OUT_RATING: tf.reshape(tf.cast(scores[RATING], tf.float32), [b, c]),
+                names.OUT_ENGAGEMENT: tf.reshape(tf.sigmoid(tf.cast(scores[ENGAGEMENT_LOGIT], tf.float32)), [b, c]),
+                names.OUT_ENGAGEMENT_ATTRIBUTIONS: tf.reshape(out[ENGAGEMENT_LOGIT], [b, c, g]),
+                names.OUT_RATING_ATTRIBUTIONS: tf.reshape(out[RATING], [b, c, g]),
+                # Batch-major (one copy per row), so server-side batching can split it like the rest.
+                names.OUT_FEATURE_GROUPS: tf.tile(tf.constant(groups)[None, :], [b, 1])}
+
+    def _group_scaled_logits(self, inputs: dict, group_scale: tf.Tensor) -> tf.Tensor:
+        """The engagement logit [B, C] with feature group g's encoded columns multiplied by
+        ``group_scale[g]`` (ones: ``score``'s logit). Not a signature: what the tests
+        differentiate numerically to check ``explain`` (its attribution of group g is the
+        derivative of this logit with respect to ``group_scale[g]`` at ones)."""
+        query, item, b, c = self._encode_pairs(inputs)
+        scale = tf.linalg.matvec(self.model.group_membership(), group_scale)  # [Dq + Di]
+        dq = int(query.shape[-1])
+        x0 = tf.concat([tf.cast(query, tf.float32), tf.cast(item, tf.float32)], axis=-1) * scale
+        out = self.model.score_encoded(x0[:, :dq], x0[:, dq:], training=False)
+        return tf.reshape(tf.cast(out[ENGAGEMENT_LOGIT], tf.float32), [b, c])
 
     def _evaluate_examples(self, serialized: tf.Tensor) -> dict:
         """One score per example (its own user, item, history, context): what TFMA evaluates."""
@@ -97,7 +135,8 @@ class RankingModule(tf.Module):
         spec = dict(query_lib.query_input_signature(self.user_features))
         spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
         score = tf.function(lambda **kw: self._score(kw)).get_concrete_function(**spec)
-        out = {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score}
+        out = {names.SCORE_SIGNATURE: score, names.DEFAULT_SIGNATURE: score,
+               names.EXPLAIN_SIGNATURE: tf.function(lambda **kw: self._explain(kw)).get_concrete_function(**spec)}
         if self.raw_spec:
             out[names.EVAL_SIGNATURE] = tf.function(lambda examples: self._evaluate_examples(examples)).get_concrete_function(
                 tf.TensorSpec([None], tf.string, names.EXAMPLES_INPUT))
@@ -105,4 +144,10 @@ class RankingModule(tf.Module):
 
 
 def save(module: RankingModule, export_dir: str) -> None:
+    spec = dict(query_lib.query_input_signature(module.user_features))
+    spec[names.CANDIDATE_ITEM_IDS] = tf.TensorSpec([None, None], tf.string, names.CANDIDATE_ITEM_IDS)
+    groups = len(module.model.feature_group_names())
+    module.group_scaled_logits = tf.function(
+        lambda inputs, group_scale: module._group_scaled_logits(inputs, group_scale),
+        input_signature=[spec, tf.TensorSpec([groups], tf.float32, "group_scale")])
     tf.saved_model.save(module, export_dir, signatures=module.signatures())

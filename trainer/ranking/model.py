@@ -55,6 +55,14 @@ def encoder_hparams(hp) -> EncoderHParams:
                           feature_embedding_dim=max(4, hp.embedding_dim // 2), dropout=hp.dropout)
 
 
+def group_name(tensor_name: str) -> str:
+    """Model-input tensor name -> its feature group: item_genres_idx -> item_genres, item_title_tokens -> item_title."""
+    for suffix in (F.IDX_SUFFIX, F.TOKENS_SUFFIX):
+        if tensor_name.endswith(suffix):
+            return tensor_name[: -len(suffix)]
+    return tensor_name
+
+
 class RankingModel(tfrs.Model):
     def __init__(self, layout: FeatureLayout, hp, history_length: int, rating_mean: float = 0.0,
                  engagement_rate: float = 0.5, cross_projection_dim: int | None = None):
@@ -101,6 +109,82 @@ class RankingModel(tfrs.Model):
         # Heads in float32 under a mixed policy: the losses, metrics and signatures are float32.
         return {RATING: tf.squeeze(tf.cast(self.rating_head(h), tf.float32), -1),
                 ENGAGEMENT_LOGIT: tf.squeeze(tf.cast(self.engagement_head(h), tf.float32), -1)}
+
+    def feature_group_widths(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """(query, item): the feature groups of each encoder's output, in column order, with their widths.
+
+        The names are the permutation importance's (trainer/ranking/train.py ``feature_groups``):
+        user_id, user_<feature>, history, hour_of_day, day_of_week, recency on the query side;
+        item_id, item_<feature> on the item side. A numeric feature's group holds its bucket
+        embedding and its z-score column. Mirrors ``QueryEncoder._parts`` / ``ItemEncoder.call``:
+        ``explain_encoded`` checks the widths against the encoded tensors.
+        """
+        q, i = self.query_encoder, self.item_encoder
+        qhp, layout = q.hp, q.layout
+        query: list[tuple[str, int]] = []
+        if qhp.use_user_id:
+            query.append((F.USER_ID, q.user_embedding.output_dim))
+        if qhp.use_content_features:
+            query += [(group_name(n), q.embeddings[n].output_dim) for n in layout.user_cats]
+            query += [(k, q.embeddings[k + F.BUCKET_SUFFIX].output_dim + 1) for k in layout.user_nums]
+        if qhp.use_history:
+            h = q.history
+            query.append(("history", h.dim if h.kind == "gru" else h.item_embedding.output_dim))
+        if qhp.use_context:
+            query += [("hour_of_day", q.hour.output_dim), ("day_of_week", q.day.output_dim), ("recency", 1)]
+        item: list[tuple[str, int]] = []
+        if i.use_id:
+            item.append((F.ITEM_ID, i.item_embedding.output_dim))
+        if i.use_content:
+            item += [(group_name(n), i.embeddings[n].output_dim) for n in (*layout.item_cats, *layout.item_lists)]
+            item += [(k, i.embeddings[k + F.BUCKET_SUFFIX].output_dim + 1) for k in layout.item_nums]
+        return query, item
+
+    def feature_group_names(self) -> list[str]:
+        query, item = self.feature_group_widths()
+        return [name for name, _ in (*query, *item)]
+
+    def group_membership(self) -> tf.Tensor:
+        """[Dq + Di, G] float32 one-hot: column d of x0 (``score_encoded``'s concat) belongs to group g."""
+        query, item = self.feature_group_widths()
+        rows = []
+        for g, (_, width) in enumerate((*query, *item)):
+            rows += [g] * width
+        return tf.one_hot(rows, len(query) + len(item), dtype=tf.float32)
+
+    def explain_encoded(self, query: tf.Tensor, item: tf.Tensor) -> dict:
+        """Gradient x input of each head per feature group, on encoded rows (as ``score_encoded``).
+
+        For each row n and head h (the engagement *logit*, and the rating), with x0 = concat(query, item)
+        the vector the cross layers read: ``a[n, g] = sum_{d in g} x0[n, d] * d h(x0[n]) / d x0[n, d]``.
+        That is the first-order (Taylor) share of group g in h(x0) - h(0): the attributions sum to
+        about h(x0) - h(with every encoded input zeroed), not exactly, and not to h itself (the
+        heads' biases and the curvature of the cross / ReLU layers are left out). Equivalently,
+        a[n, g] is the derivative of h with respect to scaling group g's encoded vector, at scale 1.
+        Only the cross + deep layers and heads are differentiated: the encoders (embedding
+        lookups, the history pooling) are the inputs, so a group's attribution is about its
+        embedding vector as the model sees it, not about raw feature values.
+
+        Returns {RATING: [N, G], ENGAGEMENT_LOGIT: [N, G], "scores": score_encoded's dict}.
+        """
+        dq, di = self.feature_group_widths()
+        want_q, want_i = sum(w for _, w in dq), sum(w for _, w in di)
+        if query.shape[-1] is not None and int(query.shape[-1]) != want_q:
+            raise ValueError(f"query encoding has {query.shape[-1]} columns, the feature groups {want_q}: {dq}")
+        if item.shape[-1] is not None and int(item.shape[-1]) != want_i:
+            raise ValueError(f"item encoding has {item.shape[-1]} columns, the feature groups {want_i}: {di}")
+        x0 = tf.concat([tf.cast(query, tf.float32), tf.cast(item, tf.float32)], axis=-1)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x0)
+            out = self.score_encoded(x0[:, :want_q], x0[:, want_q:], training=False)
+        members = self.group_membership()
+        result = {"scores": out}
+        for head in (RATING, ENGAGEMENT_LOGIT):
+            # Each row's head reads only its own row of x0: the gradient of the sum is per row.
+            grad = tape.gradient(out[head], x0)
+            result[head] = tf.matmul(grad * x0, members)
+        del tape
+        return result
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         out = self(inputs, training=training)
