@@ -36,7 +36,7 @@ from trainer.splits import SplitConfig
 from trainer.model_inputs import FeatureLayout, drop_context
 from trainer.query import QueryResolver
 from trainer.ranking import export
-from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel
+from trainer.ranking.model import ENGAGEMENT_LOGIT, RATING, RankingModel, group_name
 from trainer.skeleton import Evaluation, Prepared, SplitData, TrainingData
 from trainer.training_logs import log
 from trainer.warmup_requests import write_ranking_warmup
@@ -59,13 +59,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def feature_groups(layout: FeatureLayout) -> dict[str, list[str]]:
-    """Input feature group -> the model-input tensors that carry it (shuffled together)."""
-    def base(name: str) -> str:
-        for suffix in (F.IDX_SUFFIX, F.TOKENS_SUFFIX):
-            if name.endswith(suffix):
-                return name[: -len(suffix)]
-        return name
-
+    """Input feature group -> the model-input tensors that carry it (shuffled together); the
+    names are the explain signature's (``model.group_name``)."""
+    base = group_name
     nums = lambda k: [k + F.Z_SUFFIX, k + F.BUCKET_SUFFIX]
     groups = {F.USER_ID: [F.USER_ID_IDX]}
     groups.update({base(n): [n] for n in layout.user_cats})
