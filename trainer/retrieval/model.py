@@ -26,6 +26,7 @@ import tensorflow_recommenders as tfrs
 
 from trainer import features as F
 from trainer.distribute import policy_scope
+from trainer.retrieval.sequence import catalogue_rows, catalogue_softmax_loss, time_order
 from trainer.retrieval.towers import Tower
 
 SAMPLING_PROBABILITY = "sampling_probability"
@@ -47,10 +48,8 @@ class RetrievalModel(tfrs.Model):
             raise ValueError("uniform_negatives and the catalogue softmax need the catalogue's candidate inputs "
                              "and item probabilities")
         self.catalogue = catalogue
-        if self.full_softmax:
-            rows = np.full(len(item_probabilities), -1, np.int64)
-            rows[np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)] = np.arange(len(catalogue[F.ITEM_ID_IDX]))
-            self.item_rows = tf.constant(rows)  # item index -> catalogue row (-1: not a candidate)
+        if self.full_softmax:  # item index -> catalogue row (-1: not a candidate)
+            self.item_rows = tf.constant(catalogue_rows(catalogue, len(item_probabilities)))
         self.item_probabilities = (tf.constant(item_probabilities, tf.float32)
                                    if item_probabilities is not None else None)
         self.task = tfrs.tasks.Retrieval(
@@ -96,9 +95,8 @@ class RetrievalModel(tfrs.Model):
         keep = rows >= 0
         query, rows = tf.boolean_mask(query, keep), tf.boolean_mask(rows, keep)
         with policy_scope("float32"):
-            candidates = self.candidate_tower(self.catalogue, training=training)  # [C, D]
-            logits = tf.matmul(query, candidates, transpose_b=True) / self.hp.temperature
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits))
+            return catalogue_softmax_loss(query, rows, self.candidate_tower, self.catalogue, self.hp.temperature,
+                                          training)
 
 
 FUTURE_ITEMS = "future_item_ids_idx"  # [W]: this event's item and the user's next W - 1 (0 = none)
@@ -107,8 +105,6 @@ FUTURE_ITEMS = "future_item_ids_idx"  # [W]: this event's item and the user's ne
 def future_items(items: np.ndarray, users: np.ndarray, timestamps: np.ndarray, window: int) -> np.ndarray:
     """[N, window]: each event's item index and those of the same user's next ``window - 1``
     events in time order (ties in file order), 0 past the user's last; rows in file order."""
-    from trainer.retrieval.sequence import time_order
-
     order = time_order(users, timestamps)
     sorted_users, sorted_items = users[order], items[order].astype(np.int64)
     out = np.zeros((len(items), window), np.int64)
@@ -125,10 +121,7 @@ def future_items(items: np.ndarray, users: np.ndarray, timestamps: np.ndarray, w
 def draw_future_target(catalogue: dict, num_items: int, seed: int):
     """A training-batch map fn: each row's positive becomes an item drawn uniformly from its
     ``FUTURE_ITEMS`` (the candidate-tower inputs gathered from ``catalogue``, by item index)."""
-    ids = np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)
-    rows = np.zeros(num_items, np.int64)
-    rows[ids] = np.arange(len(ids))
-    item_rows = tf.constant(rows)
+    item_rows = tf.constant(np.maximum(catalogue_rows(catalogue, num_items), 0))
 
     def fn(batch: dict) -> dict:
         batch = dict(batch)

@@ -142,6 +142,23 @@ def sequence_dataset(sequences: dict, batch_size: int, shuffle: bool, seed: int,
     return ds.prefetch(2)
 
 
+def catalogue_rows(catalogue: dict, num_items: int) -> np.ndarray:
+    """[num_items]: each item index's row in ``catalogue`` (candidate-tower inputs), -1 where
+    the item is not a candidate."""
+    ids = np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)
+    rows = np.full(num_items, -1, np.int64)
+    rows[ids] = np.arange(len(ids))
+    return rows
+
+
+def catalogue_softmax_loss(query, rows, candidate_tower, catalogue: dict, temperature: float, training: bool):
+    """Mean softmax cross-entropy of each query's target catalogue row over every catalogue item
+    (the candidate tower run over the whole catalogue); called under the float32 policy."""
+    candidates = candidate_tower(catalogue, training=training)  # [C, D]
+    logits = tf.matmul(query, candidates, transpose_b=True) / temperature
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits))
+
+
 def full_softmax(catalogue_size: int, hp) -> bool:
     """Whether the loss covers the whole catalogue (else the batch's targets are the negatives)."""
     return catalogue_size <= hp.full_softmax_max_items
@@ -156,11 +173,8 @@ class SequenceRetrievalModel(tfrs.Model):
         super().__init__()
         self.query_tower, self.candidate_tower, self.hp = query_tower, candidate_tower, hp
         self.catalogue = catalogue
-        ids = np.asarray(catalogue[F.ITEM_ID_IDX]).astype(np.int64)
-        self.catalogue_size = len(ids)
-        rows = np.full(len(item_probabilities), -1, np.int64)
-        rows[ids] = np.arange(len(ids))
-        self.item_rows = tf.constant(rows)  # item index -> catalogue row (-1: not a candidate)
+        self.catalogue_size = len(catalogue[F.ITEM_ID_IDX])
+        self.item_rows = tf.constant(catalogue_rows(catalogue, len(item_probabilities)))  # -1: not a candidate
         self.item_probabilities = tf.constant(item_probabilities, tf.float32)
         self.full_softmax = full_softmax(self.catalogue_size, hp)
         self.task = tfrs.tasks.Retrieval(temperature=hp.temperature, remove_accidental_hits=hp.remove_accidental_hits)
@@ -173,10 +187,8 @@ class SequenceRetrievalModel(tfrs.Model):
         query, rows, targets = tf.boolean_mask(query, keep), tf.boolean_mask(rows, keep), tf.boolean_mask(targets, keep)
         with policy_scope("float32"):
             if self.full_softmax:
-                candidates = self.candidate_tower(self.catalogue, training=training)  # [C, D]
-                logits = tf.matmul(query, candidates, transpose_b=True) / self.hp.temperature
-                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=rows, logits=logits)
-                return tf.reduce_mean(losses)
+                return catalogue_softmax_loss(query, rows, self.candidate_tower, self.catalogue, self.hp.temperature,
+                                              training)
             picked = {k: tf.gather(v, rows) for k, v in self.catalogue.items()}
             candidates = self.candidate_tower(picked, training=training)
             probability = tf.gather(self.item_probabilities, targets)

@@ -170,22 +170,24 @@ class RetrievalRecipe:
             return self._sequence_datasets(data, hp, train, counts + 1)
         fit_batch = data.fit_batch_size(hp.batch_size, int(counts.sum()), self.kind)
         rows, train_map = train.rows, lambda b: sampling(unknown_context(b))
+        full = catalogue_softmax(data, hp)
+        catalogue = export.item_model_inputs(data) if (full or hp.uniform_negatives or hp.target_window > 1) else None
         if hp.target_window > 1:  # each row's positive drawn from the user's next target_window events
             event_items = sequence.event_columns(train.rows, [F.ITEM_ID_IDX])[F.ITEM_ID_IDX]
             future = future_items(event_items, train.raw[F.USER_ID], train.raw[F.TIMESTAMP], hp.target_window)
             rows = tf.data.Dataset.zip((train.rows, tf.data.Dataset.from_tensor_slices(future))).map(
                 lambda row, f: {**row, FUTURE_ITEMS: f})
-            draw = draw_future_target(export.item_model_inputs(data), data.layout.num_items, hp.seed)
+            draw = draw_future_target(catalogue, data.layout.num_items, hp.seed)
             train_map = lambda b: sampling(unknown_context(draw(b)))  # noqa: E731
         return Prepared(
             train_ds=batched(rows, fit_batch, True, hp.seed, train_map),
             eval_ds=batched(validation.rows, batch_size, False, hp.seed, sampling) if validation else None,
             probe=lambda model, ds: model.compute_loss(next(iter(ds))),
-            extras={"item_counts": counts + 1},
+            extras={"item_counts": counts + 1, "catalogue_softmax": full, "catalogue": catalogue},
             describe=(f"encoder {hp.history_encoder}, {data.layout.num_items - 2} items, "
                       f"{data.layout.num_users - 2} users, "
                       + (f"positives from each user's next {hp.target_window} events, " if hp.target_window > 1 else "")
-                      + ("softmax over the catalogue" if catalogue_softmax(data, hp) else "in-batch softmax")))
+                      + ("softmax over the catalogue" if full else "in-batch softmax")))
 
     def _sequence_datasets(self, data: TrainingData, hp, train: SplitData, item_counts: np.ndarray) -> Prepared:
         """The sequence objective's batches: windows of each user's train events (trainer/retrieval/sequence.py)."""
@@ -231,10 +233,8 @@ class RetrievalRecipe:
                                                     probabilities)
             model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
             return model
-        catalogue, probabilities = None, None
-        full = catalogue_softmax(data, hp)
+        full, catalogue, probabilities = prepared.extras["catalogue_softmax"], prepared.extras["catalogue"], None
         if hp.uniform_negatives or full:  # mixed negatives or the catalogue softmax: every item's inputs
-            catalogue = export.item_model_inputs(data)
             probabilities = item_probabilities(tf.constant(prepared.extras["item_counts"])).numpy()
         model = RetrievalModel(query_tower, candidate_tower, hp, catalogue, probabilities, full_softmax=full)
         model.compile(optimizer=tf.keras.optimizers.Adam(hp.learning_rate))
