@@ -27,7 +27,10 @@ models (3-5 RPCs), and tries the one-call model again a minute later;
 On request only (`recommend(..., explain_score=True)`, or `explain_scores()`), one more
 Predict on the ranking model's `explain` signature for the final items: the feature groups
 (user_id, history, item_genres ...) that contributed most to each item's ranking score, by
-gradient x input (trainer/ranking/model.py `RankingModel.explain_encoded`).
+gradient x input (trainer/ranking/model.py `RankingModel.explain_encoded`). On both paths:
+the one-call model has no explain signature, so `ranking_model` must be served beside it
+(README "Serving": a ranking version pushed without a new one-call model explains with a
+newer ranking model than the one that ordered the list).
 
 TLS: `root_cert_file` (PEM roots to verify the server; or any `credentials`);
 a server started with --auth_token_file needs `token`, sent as
@@ -529,8 +532,9 @@ class RecommenderClient:
             explain: compute reasons (one extra candidate_embedding call).
             explain_score: fill each item's ``score_factors`` with the 3 feature groups that
                 contributed most to its ranking score (``explain_scores``: one extra Predict on
-                the ranking model's explain signature, for the final items only; the rating's
-                attributions for rank_by="rating", else the engagement's).
+                the ranking model's explain signature, for the final items only, also when the
+                list came from the one-call model; the rating's attributions for
+                rank_by="rating", else the engagement's).
 
         Raises:
             ValueError: bad arguments (k, diversity, rank_by, unknown feature names).

@@ -24,9 +24,11 @@ def latest(root: Path, component: str, output: str) -> str | None:
     return str(base / str(ids[0])) if ids else None
 
 
-def gate_decision(blessing: str) -> dict:
-    """A gate's blessing artifact: {"blessed": bool, "reasons": [str] (the retrieval gate's decision
-    JSON; none for TFMA's marker file), "uri": the artifact}."""
+def gate_decision(blessing: str, evaluation: str | None = None) -> dict:
+    """A gate's blessing artifact: {"blessed": bool, "reasons": [str], "uri": the artifact}. The
+    reasons: the retrieval gate's decision JSON; for TFMA's empty marker file, the validation
+    result in ``evaluation`` (the same Evaluator's evaluation artifact; trainer/gate.py
+    ``ranking_gate_reasons``), or a line saying why it could not be read."""
     blessed = os.path.exists(os.path.join(blessing, "BLESSED"))
     decision = os.path.join(blessing, "BLESSED" if blessed else "NOT_BLESSED")
     reasons: list = []
@@ -36,6 +38,13 @@ def gate_decision(blessing: str) -> dict:
                 reasons = list(json.load(fh).get("reasons", []))
         except (ValueError, AttributeError, TypeError):  # not the gate's JSON (e.g. TFMA's own marker file)
             reasons = []
+    if evaluation and not reasons:
+        from trainer.gate import ranking_gate_reasons
+
+        try:
+            reasons = ranking_gate_reasons(evaluation)
+        except Exception as e:  # noqa: BLE001 - the verdict is still shown without its reasons
+            reasons = [f"TFMA validation result unreadable ({type(e).__name__}: {e}) in {evaluation}"]
     return {"blessed": blessed, "reasons": reasons, "uri": blessing}
 
 
@@ -70,10 +79,11 @@ def print_summary(cfg: PipelineConfig) -> dict:
             elif ws:
                 print(f"  cold start: {ws.get('reason')}")
     gates: dict = {}  # printed here, and shown in the report
+    evaluation = latest(root, ids.RANKING_GATE, "evaluation")  # TFMA's output: the ranking gate's reasons
     for gate in (ids.RETRIEVAL_GATE, ids.RANKING_GATE):
         blessing = latest(root, gate, "blessing")
         if blessing:
-            gates[gate] = decision = gate_decision(blessing)
+            gates[gate] = decision = gate_decision(blessing, evaluation if gate == ids.RANKING_GATE else None)
             print(f"[gate] {gate}: {'BLESSED' if decision['blessed'] else 'NOT BLESSED'} ({blessing})")
             for r in decision["reasons"]:
                 print(f"  - {r}")
@@ -91,7 +101,6 @@ def print_summary(cfg: PipelineConfig) -> dict:
         gates[ids.RECOMMENDER_BUILDER] = {"blessed": built, "reasons": [said], "uri": composed}
         print(f"[recommender] {ids.RECOMMENDER_BUILDER}: {said} ({composed})")
     out["gates"] = gates
-    evaluation = latest(root, ids.RANKING_GATE, "evaluation")
     if evaluation:
         print(f"[gate] RankingGate is TFMA's Evaluator; metrics and validation result: {evaluation}")
     if index_report and os.path.exists(index_report):

@@ -44,7 +44,8 @@ by default:
 
 Ranking: ``ranking_eval_config`` for TFX's Evaluator (TFMA): RMSE and AUC thresholds on the
 overall slice, every metric also reported per slice of the user features that
-``ranking_slice_features`` picks (not gated).
+``ranking_slice_features`` picks (not gated); ``ranking_gate_reasons`` puts its decision in words
+from the validation result TFMA wrote (the run summary and the report show them).
 """
 
 from __future__ import annotations
@@ -322,3 +323,74 @@ def ranking_eval_config(gate: GateConfig, slice_features: list[str] | tuple[str,
             tfma.MetricsSpec(output_names=[names.OUT_ENGAGEMENT], metrics=[auc]),
         ],
     )
+
+
+# The RankingGate's thresholds by (TFMA metric name, is the change vs the latest blessed model):
+# the trainer.gate key that sets each (ranking_eval_config).
+_RANKING_THRESHOLD_KEYS = {("root_mean_squared_error", False): "max_rmse",
+                           ("root_mean_squared_error", True): "max_rmse_increase",
+                           ("auc", False): "min_auc", ("auc", True): "max_auc_drop"}
+_RANKING_METRIC_LABELS = {"root_mean_squared_error": "RMSE", "auc": "AUC", "example_count": "examples"}
+
+
+def _tfma_slice_text(slice_key) -> str:
+    keys = list(slice_key.single_slice_keys)
+    if not keys:
+        return "overall slice"
+    parts = []
+    for k in keys:
+        value = getattr(k, k.WhichOneof("kind")) if k.WhichOneof("kind") else ""
+        parts.append(f"{k.column}={value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}")
+    return ", ".join(parts)
+
+
+def _tfma_failure_text(failure, where: str) -> str:
+    """One failed TFMA threshold: metric (head), slice, the value against the bound it broke."""
+    key = failure.metric_key
+    label = _RANKING_METRIC_LABELS.get(key.name, key.name) + (f" ({key.output_name})" if key.output_name else "")
+    setting = _RANKING_THRESHOLD_KEYS.get((key.name, key.is_diff))
+    hint = f" (trainer.gate.{setting})" if setting else ""
+    if not failure.metric_value.HasField("double_value"):
+        return f"{label}, {where}: {failure.message.strip() or 'no value'}{hint}"
+    value = failure.metric_value.double_value.value
+    t = failure.metric_threshold
+    if t.HasField("change_threshold"):
+        import tensorflow_model_analysis as tfma
+
+        c = t.change_threshold
+        lower_is_better = c.direction == tfma.MetricDirection.LOWER_IS_BETTER
+        bound = []
+        if c.HasField("absolute"):
+            bound.append(f"{'<=' if lower_is_better else '>='} {c.absolute.value:+.4g}")
+        if c.HasField("relative"):
+            bound.append(f"relative {'<=' if lower_is_better else '>='} {c.relative.value:+.4g}")
+        return (f"{label} change vs the latest blessed model, {where}: {value:+.4f}, "
+                f"allowed {' and '.join(bound) or 'by the threshold'}{hint}")
+    v = t.value_threshold
+    if v.HasField("upper_bound") and value > v.upper_bound.value:
+        return f"{label}, {where}: {value:.4f} > {v.upper_bound.value:.4g} (upper bound){hint}"
+    if v.HasField("lower_bound") and value < v.lower_bound.value:
+        return f"{label}, {where}: {value:.4f} < {v.lower_bound.value:.4g} (lower bound){hint}"
+    return f"{label}, {where}: {value:.4f} fails {str(v).strip() or 'its threshold'}{hint}"
+
+
+def ranking_gate_reasons(evaluation_uri: str) -> list[str]:
+    """The RankingGate's (TFX Evaluator's) decision in words, as the retrieval gate's reasons are:
+    read from the TFMA validation result it wrote into its evaluation artifact
+    (``tfma.load_validation_result``). One line per failed threshold (``metric_validations_per_slice``:
+    metric and head, slice, the value against the bound, the trainer.gate key that sets it), one per
+    slice a threshold names that was not evaluated, and one line when every threshold was met.
+    Raises when there is no readable validation result."""
+    import tensorflow_model_analysis as tfma
+
+    result = tfma.load_validation_result(evaluation_uri)
+    lines = [_tfma_failure_text(f, _tfma_slice_text(v.slice_key))
+             for v in result.metric_validations_per_slice for f in v.failures]
+    lines += [f"slice {list(s.feature_keys) or 'overall'} was not evaluated: its thresholds could not be checked"
+              for s in result.missing_slices]
+    if result.missing_thresholds:
+        lines.append("TFMA found no thresholds to validate against")
+    if result.validation_ok:
+        lines.append("every TFMA threshold met" + (" (first model: no blessed baseline, no change thresholds)"
+                                                   if result.rubber_stamp else ""))
+    return lines

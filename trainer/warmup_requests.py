@@ -62,4 +62,7 @@ def write_ranking_warmup(export_dir: str, users: dict, user_features: dict, item
     cands = np.array([[str(i).encode() for i in list(item_ids)[:4]] + [b"__warmup_unknown__"]] * len(rows), dtype=object)
     reqs = [_request(model, names.SCORE_SIGNATURE, {**query_inputs(users, user_features, rows, unknown),
                                                     names.CANDIDATE_ITEM_IDS: cands}) for unknown in (False, True)]
+    # explain (score's inputs): one record, so the first explanation after a load finds its gradient graph run.
+    reqs.append(_request(model, names.EXPLAIN_SIGNATURE, {**query_inputs(users, user_features, rows),
+                                                          names.CANDIDATE_ITEM_IDS: cands}))
     write_warmup_requests(export_dir, reqs)

@@ -215,13 +215,19 @@ def test_explain_score_names_the_top_feature_groups(client):
 
 
 def test_explain_score_is_one_extra_predict_for_the_final_items_only(server):
+    """Behind the one-call model too: it has no explain signature, so the client sends the final
+    items to the ranking model's (the one the one-call model wraps; the pipeline pushes both)."""
     for one_call in (names.RECOMMENDER_MODEL, None):
         recorder = Recorder()
         with RecommenderClient(server.grpc_address, timeout_s=10, recommender_model=one_call,
                                interceptors=[recorder]) as c:
             c.recommend("nobody", k=3, history=["i00"])
             assert recorder.predicts(names.EXPLAIN_SIGNATURE) == []
+            recorder.calls.clear()
             c.recommend("nobody", k=3, history=["i00"], explain_score=True)
+        if one_call:  # the list came from the one Predict on the one-call model, the explanation from ranking
+            assert [(r.model_spec.name, r.model_spec.signature_name) for m, r in recorder.calls if m == "Predict"] == [
+                (names.RECOMMENDER_MODEL, names.RECOMMEND_SIGNATURE), (names.RANKING_MODEL, names.EXPLAIN_SIGNATURE)]
         [request] = recorder.predicts(names.EXPLAIN_SIGNATURE)
         assert request.model_spec.name == names.RANKING_MODEL
         assert make_ndarray(request.inputs[names.CANDIDATE_ITEM_IDS]).astype(str).tolist() == [["i04", "i03", "i02"]]

@@ -12,6 +12,8 @@ classes for the candidate (AUC 1) and not for the baseline (AUC 0.5). Takes ~30 
 
 from __future__ import annotations
 
+import html
+
 import pytest
 
 from serving import names
@@ -143,22 +145,50 @@ def test_a_threshold_without_a_slice_would_gate_every_slice(data, tmp_path):
         (f.metric_key.name, f.metric_key.is_diff) for f in v.failures) for v in validation.metric_validations_per_slice}
     assert failed == {(("user_gender", b"F"),): [("root_mean_squared_error", False),
                                                   ("root_mean_squared_error", True)]}
+    # The same failures in words, as the run summary and the report give them (trainer/gate.py).
+    from trainer.gate import ranking_gate_reasons
+
+    assert sorted(ranking_gate_reasons(str(tmp_path / "evaluation"))) == [
+        "RMSE (rating) change vs the latest blessed model, user_gender=F: +0.3858, allowed <= +0.02 "
+        "(trainer.gate.max_rmse_increase)",
+        "RMSE (rating), user_gender=F: 1.8000 > 1.5 (upper bound) (trainer.gate.max_rmse)"]
 
 
-def test_the_overall_slice_still_gates_and_a_first_model_has_no_change_threshold(data, tmp_path):
-    from trainer.gate import ranking_eval_config
+def test_the_overall_slice_still_gates_and_a_first_model_has_no_change_threshold(data, tmp_path, capsys):
+    from tfx_pipeline import component_ids as ids
+    from tfx_pipeline.config import load_config
+    from tfx_pipeline.summary import print_summary
+    from trainer.gate import ranking_eval_config, ranking_gate_reasons
     from trainer.report import load_ranking_slices
 
     # RMSE 1.27 over a 1.2 ceiling: not blessed, on the overall slice alone (F's 1.8 is not a failure).
+    # Written where the Evaluator writes in a run: its evaluation artifact, beside its blessing marker.
+    cfg = load_config("configs/implicit_demo.yaml", {"pipeline_root": str(tmp_path / "run"),
+                                                      "serving_base_path": str(tmp_path / "serving")})
+    gate_dir = cfg.root / "artifacts" / ids.RANKING_GATE
     strict = GateConfig(max_rmse=1.2, max_rmse_increase=0.02, min_auc=0.6, max_auc_drop=0.01)
-    validation = _evaluate(data, ranking_eval_config(strict, ["user_gender"]), str(tmp_path / "strict"))
+    validation = _evaluate(data, ranking_eval_config(strict, ["user_gender"]), str(gate_dir / "evaluation" / "5"))
     assert not validation.validation_ok
     assert [list(v.slice_key.single_slice_keys) for v in validation.metric_validations_per_slice] == [[]]
     (failure,) = validation.metric_validations_per_slice[0].failures
     assert (failure.metric_key.name, failure.metric_key.is_diff) == ("root_mean_squared_error", False)
+
+    # The run summary and the report say which threshold failed, on which slice, value vs bound: the
+    # Evaluator's blessing is an empty NOT_BLESSED file, the reasons come from its validation result.
+    (gate_dir / "blessing" / "6").mkdir(parents=True)
+    (gate_dir / "blessing" / "6" / "NOT_BLESSED").write_text("")
+    (cfg.root / "artifacts" / ids.RANKING_TRAINER / "model_run" / "4").mkdir(parents=True)
+    reason = "RMSE (rating), overall slice: 1.2728 > 1.2 (upper bound) (trainer.gate.max_rmse)"
+    out = print_summary(cfg)
+    assert out["gates"][ids.RANKING_GATE]["reasons"] == [reason]
+    assert f"[gate] {ids.RANKING_GATE}: NOT BLESSED" in capsys.readouterr().out
+    assert f"| {ids.RANKING_GATE} | NOT BLESSED | {reason} |" in open(out["report"]).read()
+    page = open(out["report_html"]).read()
+    assert '<td class="bad">NOT BLESSED</td>' in page and html.escape(reason) in page
 
     # No blessed model yet: TFX drops the baseline and the change thresholds; the one model is named "".
     out = str(tmp_path / "first")
     assert _evaluate(data, ranking_eval_config(GATE, ["user_gender"]), out, with_baseline=False).validation_ok
     got = _by_slice(load_ranking_slices(out))
     assert got[("user_gender", "F")]["examples"] == 100 and got[("user_gender", "F")]["rmse"] == pytest.approx(F_ERROR)
+    assert ranking_gate_reasons(out) == ["every TFMA threshold met"]

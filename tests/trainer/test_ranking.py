@@ -131,8 +131,25 @@ def test_known_user_alone_uses_stored_state(ranking, tiny_pipeline):
     np.testing.assert_allclose(alone[names.OUT_ENGAGEMENT], given[names.OUT_ENGAGEMENT], rtol=1e-5, atol=1e-6)
 
 
-def test_warmup_requests_written(ranking):
-    assert os.path.getsize(os.path.join(ranking["serving_dir"], names.WARMUP_DIR, names.WARMUP_FILE)) > 0
+def test_warmup_requests_cover_score_and_explain_and_run(ranking):
+    """Every signature a client calls has a warmup record (explain too: its first call otherwise
+    pays the gradient graph's first run after a load), and each record runs on the export."""
+    from serving.model_server.warmup_file import read_warmup_requests
+
+    requests = read_warmup_requests(ranking["serving_dir"])
+    by_signature = {}
+    for req in requests:
+        assert req.model_spec.name == names.RANKING_MODEL
+        by_signature.setdefault(req.model_spec.signature_name, []).append(req)
+    assert sorted(by_signature) == sorted([names.SCORE_SIGNATURE, names.EXPLAIN_SIGNATURE])
+    assert len(by_signature[names.SCORE_SIGNATURE]) == 2 and len(by_signature[names.EXPLAIN_SIGNATURE]) == 1
+    for req in requests:
+        fn = ranking["model"].signatures[req.model_spec.signature_name]
+        out = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()})
+        cands = tf.make_ndarray(req.inputs[names.CANDIDATE_ITEM_IDS])
+        assert out[names.OUT_ENGAGEMENT].shape == cands.shape
+        if req.model_spec.signature_name == names.EXPLAIN_SIGNATURE:
+            assert out[names.OUT_ENGAGEMENT_ATTRIBUTIONS].shape[:2] == cands.shape
 
 
 def _raw_spec(tiny_pipeline) -> dict:
