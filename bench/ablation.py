@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict] = {
     "full_mixed_negatives": dict(uniform_negatives=256),
     # Every catalogue item a negative of every row (no sampling, no logQ correction).
     "full_catalogue": dict(negatives="catalogue"),
+    # No popularity prior at scoring time (the default picks its beta on validation).
+    "full_no_prior": dict(popularity_prior=0.0),
     # The user id replaced by the OOV row on a share of training rows (new users get trained weights).
     "full_user_dropout_0.1": dict(user_id_dropout=0.1),
     "full_user_dropout_0.3": dict(user_id_dropout=0.3),
@@ -156,9 +158,15 @@ def main(argv: list[str] | None = None) -> int:
             sel = m.get("selection") or {}
             rows.append({"variant": name, "overrides": VARIANTS[name], **m["model"],
                          "validation": sel.get("best_value"), "validation_metric": sel.get("metric"),
+                         "served_validation": sel.get("served_value"), "prior": m.get("popularity_prior", 0.0),
+                         "without_prior": m.get("model_without_prior"),
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
             popularity, als = m["popularity"], m.get("als") or {}
-        print(f"[ablation] {name}: recall@100 {rows[-1]['recall@100']:.4f} ndcg@10 {rows[-1]['ndcg@10']:.4f}", flush=True)
+        r = rows[-1]
+        print(f"[ablation] {name}: recall@100 {r['recall@100']:.4f} ndcg@10 {r['ndcg@10']:.4f} (popularity prior "
+              f"{r['prior']:g}" + (f"; without it {r['without_prior']['recall@100']:.4f} / "
+                                   f"{r['without_prior']['ndcg@10']:.4f}" if r["without_prior"] else "") + ")",
+              flush=True)
     rows.append({"variant": "popularity", **popularity, "seconds": 0.0, "epochs_run": 0})
     if "recall@100" in als:  # the trainer's classical baseline, on the same eval task
         rows.append({"variant": "als", **{k: v for k, v in als.items() if "@" in k or k == "num_users"},
@@ -173,12 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"Retrieval ablation, {base.name}, {args.split} split ({meta['machine']})", "",
              "Defaults are chosen on the validation column (carved from train), never on the eval columns.", "",
-             "| variant | validation | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | HR@10 | epochs | train+eval s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "`validation`: the epoch-selection metric on the validation split, the model's own scores; "
+             "`prior`: the popularity prior's beta (trainer/retrieval/prior.py) and the validation metric with it; "
+             "the eval columns are the served scores (prior included), `without prior` the same model's own scores.",
+             "",
+             "| variant | validation | prior (validation) | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | HR@10 | "
+             "without prior R@100 / NDCG@10 | epochs | train+eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = "-" if r.get("validation") is None else f"{r['validation']:.4f} ({r['validation_metric']})"
-        lines.append(f"| {r['variant']} | {val} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | {r['recall@100']:.4f} | "
-                     f"{r['ndcg@10']:.4f} | {r['hit_rate@10']:.4f} | {r['epochs_run']} | {r['seconds']:.0f} |")
+        pri = "-" if "prior" not in r else (f"{r['prior']:g}" + (
+            f" ({r['served_validation']:.4f})" if r.get("served_validation") is not None else ""))
+        wo = r.get("without_prior")
+        wo = f"{wo['recall@100']:.4f} / {wo['ndcg@10']:.4f}" if wo else "-"
+        lines.append(f"| {r['variant']} | {val} | {pri} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | "
+                     f"{r['recall@100']:.4f} | {r['ndcg@10']:.4f} | {r['hit_rate@10']:.4f} | {wo} | {r['epochs_run']} | "
+                     f"{r['seconds']:.0f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

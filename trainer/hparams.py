@@ -86,6 +86,10 @@ class RetrievalHParams:
     # The sequence objective's softmax covers the whole catalogue up to this many items; a
     # larger catalogue falls back to the batch's other targets as negatives (logQ-corrected).
     full_softmax_max_items: int = 50000
+    # Served scores are q . c + beta * temperature * log p(item) (trainer/retrieval/prior.py):
+    # -1 = beta picked on the validation split after epoch selection (0 without one),
+    # 0 = off, > 0 = that beta.
+    popularity_prior: float = -1.0
     batch_size: int = 512
     learning_rate: float = 0.003
     # 0 = derived from the data: at least 8, raised on a small log until training takes
@@ -121,6 +125,9 @@ class RetrievalHParams:
             raise ConfigError("sequence_blocks and attention_heads must be >= 1")
         check_rate("context_dropout", self.context_dropout)
         check_rate("user_id_dropout", self.user_id_dropout)
+        if self.popularity_prior < 0 and self.popularity_prior != -1:
+            raise ConfigError(f"popularity_prior must be -1 (picked on validation), 0 (off) or > 0, "
+                              f"got {self.popularity_prior}")
         if min(self.epochs, self.min_train_steps, self.embedding_l2, self.uniform_negatives, self.id_embedding_dim) < 0:
             raise ConfigError("epochs, min_train_steps, embedding_l2, uniform_negatives and id_embedding_dim must be >= 0")
 

@@ -221,6 +221,26 @@ def retrieval_verdicts(m: dict) -> list[str]:
     return lines
 
 
+def prior_line(m: dict) -> str | None:
+    """The popularity prior the served scores carry (trainer/retrieval/prior.py): its beta, how it
+    was picked (the validation metric per beta) and ours without it on the same eval task."""
+    picked = (m.get("selection") or {}).get("popularity_prior")
+    if not picked:
+        return None  # a metrics.json written before the prior existed
+    beta = float(picked.get("beta", 0.0))
+    line = f"Popularity prior: {'off' if beta <= 0 else f'beta {beta:g}'} ({picked.get('picked_on', '?')}"
+    values = picked.get("validation") or {}
+    if values:
+        metric = ((m.get("selection") or {}).get("metric") or "validation").removeprefix("val_")
+        line += f"; validation {metric} by beta: " + ", ".join(f"{float(b):g}: {v:.4f}" for b, v in values.items())
+    line += ")"
+    without = m.get("model_without_prior")
+    if without:
+        line += (f". Ours without it: Recall@100 {without['recall@100']:.4f}, NDCG@10 {without['ndcg@10']:.4f} "
+                 f"(with it: {m['model']['recall@100']:.4f}, {m['model']['ndcg@10']:.4f})")
+    return line + "."
+
+
 BA_MODELS = (("model", "ours"), ("popularity", "popularity"), ("als", "ALS"))
 
 
@@ -645,6 +665,8 @@ def _run_blocks(out_dir: str, title: str, run: str | None, evaluation: str | Non
     if metrics and title == "retrieval":
         blocks += [retrieval_rows(metrics), Bullets([Cell(v, LOSS if v.startswith("OURS LOSES") else "")
                                                      for v in retrieval_verdicts(metrics)])]
+        if prior_line(metrics):
+            blocks.append(Text(prior_line(metrics)))
         k = report_k(metrics)
         if k is not None:
             params = metrics["beyond_accuracy"]["params"]

@@ -115,6 +115,10 @@ class Recipe(Protocol):
 
     def build(self, data: TrainingData, hp, prepared: "Prepared") -> tf.keras.Model: ...
 
+    # Optional: after_selection(data, model, hp, selection_callback) -> (hp, dict for
+    # ``selection``): choices made on the selected weights, before the refit (retrieval's
+    # popularity prior); ``selection_callback`` is None without a validation split.
+
     def evaluate(self, data: TrainingData, model: tf.keras.Model, hp, prepared: "Prepared",
                  config: TrainerConfig) -> "Evaluation": ...
 
@@ -324,6 +328,10 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
               "epochs_run": len(fit.history["loss"])}
     if validating:
         log(f"{recipe.kind}: selected epoch {best} of {chosen['epochs_run']} ({monitor} {chosen['best_value']:.4f})")
+    after_selection = getattr(recipe, "after_selection", None)
+    if after_selection is not None:  # choices made on the selected weights (e.g. retrieval's popularity prior)
+        hp, picked = after_selection(data, model, hp, selection_callback)
+        chosen.update(picked)
     if not evaluate:
         return Result(metrics={}, model=model, history=history, evaluation=None, selection=chosen, hp=hp)
     if validating and selection.refit:

@@ -7,7 +7,11 @@ module class serves both exports; only the top-k layer differs:
 - ``retrieval``: ``tfrs.layers.factorized_top_k.ScaNN`` (built by the index step,
   trainer/retrieval/index.py), saved with the ``Scann`` op namespace allowed.
 
-What the module stores besides the towers: the candidate embeddings and ids, each
+Both rank by ``q . c`` plus each candidate's popularity prior (trainer/retrieval/prior.py):
+the top-k layer indexes ``[c, bias]`` and is queried with ``[q, 1]``; the
+``query_embedding`` and ``candidate_embedding`` signatures return the model's own vectors.
+
+What the module stores besides the towers: the candidate embeddings, biases and ids, each
 known user's latest history and features (so a known user id alone is enough),
 item popularity (the fallback) and item features as strings (for client filters).
 Signatures and tensor names come from serving/names.py.
@@ -21,12 +25,14 @@ import tensorflow_recommenders as tfrs
 
 from serving import names
 from trainer import features as F
+from trainer.retrieval import prior
 from trainer.query import QueryResolver, finalize_topk, query_input_signature, raw_to_model_inputs
 from trainer.query import unknown_item_raw
 
 
 class RetrievalModule(tf.Module):
-    """The exported retrieval model; ``topk`` is a BruteForce or ScaNN layer over the candidates."""
+    """The exported retrieval model; ``topk`` is a BruteForce or ScaNN layer over the candidates
+    as ``served_candidates`` returns them (embedding and prior bias)."""
 
     def __init__(self, resolver: QueryResolver, topk_layer, candidates: dict, max_k: int, fetch_k: int,
                  item_feature_keys: list[str], unknown_item_embedding: np.ndarray):
@@ -36,6 +42,7 @@ class RetrievalModule(tf.Module):
         ids = candidates["ids"]
         self.candidate_ids = tf.Variable(ids, trainable=False, name="candidate_ids")
         self.candidate_embeddings = tf.Variable(candidates["embeddings"], trainable=False, name="candidate_embeddings")
+        self.candidate_bias = tf.Variable(candidate_bias(candidates), trainable=False, name="candidate_bias")
         self.unknown_item_embedding = tf.constant(unknown_item_embedding)
         self.item_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
@@ -52,7 +59,7 @@ class RetrievalModule(tf.Module):
 
     def _recommend(self, inputs: dict) -> dict:
         query, history, known = self.resolver.resolve(inputs)
-        scores, ids = self.topk(query, k=self.fetch_k)
+        scores, ids = self.topk(prior.augment_query_tensor(query), k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, history, inputs[names.EXCLUDE_HISTORY], k)
         # The history it used (sent or stored): the one-call recommender reads it instead of
@@ -149,6 +156,17 @@ def candidate_set(data, candidate_tower) -> dict:
             "features": item_strings(data.items, data.item_features)}
 
 
+def candidate_bias(candidates: dict) -> np.ndarray:
+    """Each candidate's prior bias (``candidate_set`` + the evaluation's ``bias``; zeros when absent)."""
+    bias = candidates.get("bias")
+    return np.zeros(len(candidates["ids"]), np.float32) if bias is None else np.asarray(bias, np.float32)
+
+
+def served_candidates(embeddings: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """What the top-k layers index: ``[c, bias]`` per candidate (queried with ``[q, 1]``)."""
+    return prior.augment_candidates(embeddings, bias)
+
+
 def brute_force_layer(embeddings: np.ndarray, ids: np.ndarray, k: int):
     return tfrs.layers.factorized_top_k.BruteForce(k=k).index(
         tf.constant(embeddings), tf.constant(ids))
@@ -173,7 +191,7 @@ class ScannRetrievalModule(tf.Module):
     def _recommend(self, inputs: dict) -> dict:
         query_keys = self.base.resolve_query.input_signature[0].keys()
         resolved = self.base.resolve_query({k: inputs[k] for k in query_keys})
-        scores, ids = self.topk(resolved[names.OUT_EMBEDDING], k=self.fetch_k)
+        scores, ids = self.topk(prior.augment_query_tensor(resolved[names.OUT_EMBEDDING]), k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, resolved["history"], inputs[names.EXCLUDE_HISTORY], k)
         return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores,

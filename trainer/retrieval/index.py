@@ -94,10 +94,15 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
     import tensorflow as tf
 
     from serving import names
-    from trainer.retrieval.export import ScannRetrievalModule
+    from trainer.retrieval.export import ScannRetrievalModule, served_candidates
+    from trainer.retrieval.prior import augment_queries
 
     base = tf.saved_model.load(brute_force_dir)
-    embeddings = base.candidate_embeddings.numpy()
+    # What the top-k layer ranks: [c, prior bias] against [q, 1] (trainer/retrieval/prior.py).
+    bias = (base.candidate_bias.numpy() if hasattr(base, "candidate_bias")
+            else np.zeros(base.candidate_embeddings.shape[0], np.float32))
+    embeddings = served_candidates(base.candidate_embeddings.numpy(), bias)
+    eval_queries = augment_queries(eval_queries)
     ids = base.candidate_ids.numpy() if hasattr(base, "candidate_ids") else None
     if ids is None:
         raise ValueError(f"{brute_force_dir}: export has no candidate_ids")

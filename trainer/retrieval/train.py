@@ -17,6 +17,7 @@ embeddings), ``eval_query_users.npy`` and TensorBoard logs. File names: trainer/
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -28,7 +29,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context, drop_user_id
 from trainer.query import QueryResolver
-from trainer.retrieval import classical, diagnosis, export, metrics as retrieval_metrics, sequence, slices
+from trainer.retrieval import classical, diagnosis, export, metrics as retrieval_metrics, prior, sequence, slices
 from trainer.retrieval.model import (FUTURE_ITEMS, RetrievalModel, add_sampling_probability, draw_future_target,
                                      future_items, item_probabilities)
 from trainer.retrieval.towers import build_towers
@@ -113,13 +114,29 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
                                             fit_items.astype(np.int64), picked_users, history_length, 0)
             self.queries = {**self.queries, F.HISTORY_IDX: tf.constant(history)}
 
-    def on_epoch_end(self, epoch, logs=None):
+        # Each candidate's fit-split count (the popularity the validation queries may know).
+        self.fit_counts = fit[F.ITEM_ID].value_counts().reindex(self.item_ids).fillna(0).to_numpy(np.float64)
+
+    def score(self, bias: np.ndarray | None = None) -> float:
+        """The metric of the model as it is now, scores ``q . c`` (+ ``bias`` per candidate)."""
         if self.queries is None or not self.task.num_users:
-            value = 0.0
-        else:
-            q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
-            c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
-            value = retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T, ks=(self.k,))[self.metric]
+            return 0.0
+        q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
+        c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
+        offset = 0.0 if bias is None else bias[None, :]
+        return retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T + offset, ks=(self.k,))[self.metric]
+
+    def select_prior(self, temperature: float) -> tuple[float, dict]:
+        """The popularity prior's beta with the best validation metric (trainer/retrieval/prior.py)."""
+        if self.queries is None or not self.task.num_users:
+            return 0.0, {}
+        q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
+        c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
+        return prior.select(lambda bias: retrieval_metrics.evaluate_scores(
+            self.task, lambda r: q[r] @ c.T + bias[None, :], ks=(self.k,))[self.metric], self.fit_counts, temperature)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.score()
         if logs is not None:
             logs[self.key] = value
         log(f"retrieval: epoch {epoch + 1}: validation {self.metric} {value:.4f} ({self.task.num_users} users)")
@@ -224,6 +241,27 @@ class RetrievalRecipe:
                                        hp.seed, prepared.extras.get("event_items"), model_history_length(data, hp))
         return callback.key, "max", callback
 
+    def after_selection(self, data: TrainingData, model, hp, callback: ValidationRetrieval | None):
+        """The popularity prior's beta (``hp.popularity_prior``; -1: picked here on the validation
+        split, on the selected weights, before the refit) and the validation metric it serves."""
+        if hp.popularity_prior != prior.AUTO:
+            picked = {"beta": float(hp.popularity_prior), "picked_on": "config"}
+            if callback is not None:
+                picked["validation"] = {float(hp.popularity_prior): callback.score(
+                    prior.item_bias(callback.fit_counts, hp.popularity_prior, hp.temperature))}
+        elif callback is None:
+            picked = {"beta": 0.0, "picked_on": "no validation split: off"}
+        else:
+            started = time.perf_counter()
+            beta, values = callback.select_prior(hp.temperature)
+            picked = {"beta": beta, "picked_on": "validation", "validation": values}
+            log(f"retrieval: popularity prior {prior.describe(beta)}, picked on validation {callback.metric} "
+                f"({', '.join(f'{b:g}: {v:.4f}' for b, v in values.items())}; "
+                f"{time.perf_counter() - started:.1f} s)")
+        served = picked.get("validation", {}).get(picked["beta"])
+        return dataclasses.replace(hp, popularity_prior=picked["beta"]), {
+            "popularity_prior": picked, **({"served_value": served} if served is not None else {})}
+
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         hp = skeleton.resolved(data, hp, self.kind)  # a no-op when fit_and_evaluate resolved it
         query_tower, candidate_tower = build_towers(data.layout, hp, model_history_length(data, hp))
@@ -257,6 +295,9 @@ class RetrievalRecipe:
         train = interactions(data.train.raw)  # all of train is excluded and known, as served
         train_items = train[F.ITEM_ID].value_counts()
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
+        # The served scores' popularity prior (picked in after_selection; off when unresolved).
+        beta = max(0.0, float(hp.popularity_prior))
+        candidates["bias"] = bias = prior.item_bias(candidates["counts"], beta, hp.temperature)
         history_length = model_history_length(data, hp)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
                                  history_length)
@@ -274,13 +315,16 @@ class RetrievalRecipe:
 
         q = embed(query)
         emb = candidates["embeddings"]
-        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T, ks=KS)
+        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T + bias[None, :],
+                                                                    ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity, pop_ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
         als, als_ranked = classical.baseline_run(train, task, config.baseline, ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
-                   "num_eval_users": int(task.num_users)}
+                   "num_eval_users": int(task.num_users), "popularity_prior": beta}
+        if beta > 0:  # what the prior changed, on the same task (the model's own scores)
+            metrics["model_without_prior"] = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
         run_files = {}
         if config.evaluation.enabled:
             ranked = {"model": ranked, "popularity": pop_ranked}
@@ -293,7 +337,8 @@ class RetrievalRecipe:
             started = time.perf_counter()
             norms, measured = diagnosis.candidate_norms(model.candidate_tower, export.item_model_inputs(data))
             metrics["diagnosis"], run_files[artifacts.CANDIDATE_NORMS_FILE] = diagnosis.diagnose(
-                task, ranked, pop, norms, measured, query, embed, emb, sorted(data.user_features), KS,
+                task, ranked, pop, norms, measured, query, lambda cols: prior.augment_queries(embed(cols)),
+                prior.augment_candidates(emb, bias), sorted(data.user_features), KS,
                 config.evaluation, hp.seed, started)
         log(f"retrieval: {fmt_metrics(metrics)}")
         if "unavailable" in als:
@@ -309,7 +354,8 @@ class RetrievalRecipe:
         candidates, resolver = evaluation.state["candidates"], evaluation.state["resolver"]
         ids, emb = candidates["ids"], candidates["embeddings"]
         fetch_k = min(len(ids), hp.max_k + hp.exclusion_pad)
-        module = export.RetrievalModule(resolver, export.brute_force_layer(emb, ids, fetch_k), candidates,
+        served = export.served_candidates(emb, export.candidate_bias(candidates))
+        module = export.RetrievalModule(resolver, export.brute_force_layer(served, ids, fetch_k), candidates,
                                         hp.max_k, fetch_k, sorted(data.item_features), candidates["unknown_embedding"])
         export.save(module, serving_dir, data.user_features)
         write_retrieval_warmup(serving_dir, data.users, data.user_features, ids)
