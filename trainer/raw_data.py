@@ -83,13 +83,23 @@ def transformed_rows(files, spec: dict, tft_layer, layout: FeatureLayout) -> tf.
 
 
 def batched(rows: tf.data.Dataset, batch_size: int, shuffle: bool, seed: int, map_fn=None) -> tf.data.Dataset:
+    """Batches of ``batch_size`` rows (the global batch: per replica x replicas); training
+    batches (``shuffle``) are shuffled with ``seed`` and drop the remainder.
+
+    Sharded by DATA under multi-worker training (trainer/distribute.py): every worker reads the
+    same rows, shuffled alike (same seed), and keeps its share of each batch. Sharding by FILE
+    would not split them: the rows are cached in memory, carved by position (the validation
+    split) and zipped with in-memory columns, and a split may be a single file.
+    """
     ds = rows
     if shuffle:
         ds = ds.shuffle(100_000, seed=seed, reshuffle_each_iteration=True)
     ds = ds.padded_batch(batch_size, drop_remainder=shuffle)
     if map_fn is not None:
         ds = ds.map(map_fn)
-    return ds.prefetch(2)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(2).with_options(options)
 
 
 def subset_spec(spec: dict, keys) -> dict:

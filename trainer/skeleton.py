@@ -33,7 +33,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from trainer import artifacts, data_defaults, features as F, raw_data
-from trainer.distribute import choose_strategy, precision_scope
+from trainer.distribute import choose_strategy, output_dirs, precision_scope
 from trainer.hparams import (SelectionConfig, TrainerConfig, hyperparameter_values, trainer_config,
                              with_tuned_values)
 from trainer.splits import SplitConfig, assign_splits
@@ -159,12 +159,12 @@ def load_data(examples_uri: str, transform_dir: str, side_features: dict, histor
     ``sequence_length``: the items of the user-state rows (examples.state_length; 0 =
     ``history_length``).
     """
+    strategy, replicas = choose_strategy()  # first: a multi-worker strategy must precede any TF op
     tf.keras.utils.set_random_seed(seed)
     tft_out = tft.TFTransformOutput(transform_dir)
     tft_layer = tft_out.transform_features_layer()
     layout = layout_from_transform(tft_out, side_features)
     spec = tft_out.raw_feature_spec()
-    strategy, replicas = choose_strategy()
     keys = {k: list(v) for k, v in raw_keys.items()}
     keys[artifacts.TRAIN] = sorted({*keys.get(artifacts.TRAIN, ()), F.USER_ID, F.ITEM_ID, F.TIMESTAMP})
     keys[artifacts.EVAL] = sorted({*keys.get(artifacts.EVAL, ()), F.USER_ID})  # to count its rows
@@ -364,25 +364,28 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
     artifact; ``base_model``: the latest blessed model of this kind to warm-start from.
     """
     hp = getattr(cfg, recipe.kind)
-    result = fit_and_evaluate(recipe, data, hp, cfg.selection, base_model=base_model,
-                              warm_start_cfg=cfg.warm_start, log_dir=log_dir, config=cfg)
-    model_dir = os.path.dirname(serving_dir.rstrip("/"))
-    recipe.export(data, result.model, result.hp, result.evaluation, serving_dir)
-    save_state(result.model, data.transform_dir, model_dir)
+    # Multi-worker (TF_CONFIG): every worker fits and saves (both run collective ops), but only
+    # the chief writes into these directories; the others into a temporary copy, then deleted.
+    with output_dirs(serving_dir, run_dir, log_dir) as (serving_dir, run_dir, log_dir):
+        result = fit_and_evaluate(recipe, data, hp, cfg.selection, base_model=base_model,
+                                  warm_start_cfg=cfg.warm_start, log_dir=log_dir, config=cfg)
+        model_dir = os.path.dirname(serving_dir.rstrip("/"))
+        recipe.export(data, result.model, result.hp, result.evaluation, serving_dir)
+        save_state(result.model, data.transform_dir, model_dir)
 
-    os.makedirs(run_dir, exist_ok=True)
-    # Beside the model too: the gate reads it from the Model artifact (and from the
-    # latest blessed Model's artifact).
-    for directory in (run_dir, model_dir):
-        _write_json(os.path.join(directory, artifacts.METRICS_FILE), result.metrics)
-    _write_json(os.path.join(run_dir, artifacts.HISTORY_FILE), result.history)
-    for name, value in result.evaluation.run_files.items():
-        path = os.path.join(run_dir, name)
-        if isinstance(value, np.ndarray):
-            np.save(path, value)
-        else:
-            _write_json(path, value)
-    check_outputs(serving_dir, run_dir)
+        os.makedirs(run_dir, exist_ok=True)
+        # Beside the model too: the gate reads it from the Model artifact (and from the
+        # latest blessed Model's artifact).
+        for directory in (run_dir, model_dir):
+            _write_json(os.path.join(directory, artifacts.METRICS_FILE), result.metrics)
+        _write_json(os.path.join(run_dir, artifacts.HISTORY_FILE), result.history)
+        for name, value in result.evaluation.run_files.items():
+            path = os.path.join(run_dir, name)
+            if isinstance(value, np.ndarray):
+                np.save(path, value)
+            else:
+                _write_json(path, value)
+        check_outputs(serving_dir, run_dir)
     return result.metrics
 
 

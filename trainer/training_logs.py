@@ -38,11 +38,21 @@ class GradientNormLogger(tf.keras.callbacks.Callback):
                 owner.setdefault(id(v), layer.name)
         return [owner.get(id(v), "other") for v in self._model.trainable_variables]
 
+    def _gradients(self) -> list:
+        def probe():
+            with tf.GradientTape() as tape:
+                loss = self._model.compute_loss(self._probe, training=True)
+                loss = loss + sum(self._model.losses) if self._model.losses else loss
+            return tape.gradient(loss, self._model.trainable_variables)
+
+        # In a replica context: a distributed variable (MirroredStrategy, MultiWorkerMirroredStrategy)
+        # has no handle to differentiate outside one. Each replica gets the whole probe batch and no
+        # gradient is reduced across them (no collective op): this process's first replica's is kept.
+        strategy = self._model.distribute_strategy
+        return tf.nest.map_structure(lambda g: strategy.experimental_local_results(g)[0], strategy.run(probe))
+
     def on_epoch_end(self, epoch, logs=None):
-        with tf.GradientTape() as tape:
-            loss = self._model.compute_loss(self._probe, training=True)
-            loss = loss + sum(self._model.losses) if self._model.losses else loss
-        grads = tape.gradient(loss, self._model.trainable_variables)
+        grads = self._gradients()
         squares: dict[str, float] = {}
         for group, g in zip(self._groups(), grads):
             if g is not None:
