@@ -30,7 +30,8 @@ Objectives, computed on the validation split carved from train (trainer/skeleton
 by a trial, so the Trainer's final figures and the gates stay unbiased:
 
 - retrieval: ``val_selection``, the user-level ``trainer.selection.retrieval_metric``
-  (default Recall@100, maximized), the protocol of the trainer's evaluation. Not the
+  (default Recall@100, maximized), the protocol of the trainer's evaluation, scored as
+  served (with the popularity prior the trial picks on the same split). Not the
   loss: the in-batch softmax loss changes scale with ``temperature``, so losses of
   trials with different temperatures are not comparable.
 - ranking: ``val_loss`` (minimized), ``rating_loss_weight * MSE +
@@ -195,7 +196,9 @@ class Trials:
                                            evaluate=False)
         best = result.selection["best_epoch"] - 1
         val_loss = result.history.get("val_loss_per_example", result.history["val_loss"])  # whole split, if logged
-        out = {"val_selection": result.selection["best_value"], "val_loss": float(val_loss[best]),
+        # What would be served: with retrieval's popularity prior when one was picked (served_value).
+        served = result.selection.get("served_value", result.selection["best_value"])
+        out = {"val_selection": served, "val_loss": float(val_loss[best]),
                "selection_metric": result.selection["metric"]}
         if self.kind == RANKING:
             for name in ("val_rmse", "val_auc"):  # the heads' metrics (ranking/model.py), same epoch
