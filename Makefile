@@ -42,8 +42,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not e2e" $(PYTEST_ARGS)
 
+# A spec names shared storage only: e.g. COMPILE_ARGS="--set pipeline_root=gs://B/runs
+# --set data.events.path=gs://B/events.csv ..." (README, "Scaling out").
+COMPILE_ARGS ?=
 compile: $(STAMP)
-	$(VENV)/bin/recsys pipeline compile --config $(CONFIG)
+	$(VENV)/bin/recsys pipeline compile --config $(CONFIG) $(COMPILE_ARGS)
 
 clean:
 	rm -rf runs

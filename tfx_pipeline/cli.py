@@ -75,6 +75,9 @@ def cmd_pipeline_run(args) -> int:
 
 def cmd_pipeline_compile(args) -> int:
     cfg = _load(args)  # checked before the heavy imports below
+    from tfx_pipeline.kubeflow_paths import cluster_config
+
+    cluster_config(cfg)  # every location a pod reads or writes, also before the heavy imports
     from tfx_pipeline.kubeflow_runner import compile_pipeline
 
     out = compile_pipeline(cfg, args.output, image=args.image, beam_pipeline_args=args.beam_arg or None)

@@ -22,7 +22,8 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.typed_config import ConfigError, build
 
-__all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "config_from_json", "resolve_path"]
+__all__ = ["ConfigError", "PipelineConfig", "load_config", "parse_config", "config_from_json", "resolve_path",
+           "resolve_location", "is_uri"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # data.fetch: the built-in sources (tfx_pipeline/data/datasets.py), or none.
@@ -115,6 +116,16 @@ class ValidationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    """Read by ``recsys pipeline compile`` only (tfx_pipeline/kubeflow_runner.py); local runs ignore it."""
+
+    # Beam args of every Beam step in the compiled spec (a distributed runner, e.g.
+    # --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp); the
+    # command's --beam-arg values come after them. Empty: Beam's defaults inside each task's pod.
+    beam_pipeline_args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str
     data: DataConfig
@@ -126,6 +137,7 @@ class PipelineConfig:
     # The trainer sections (retrieval, ranking, gate, index, tuning, warm_start), typed
     # and checked here with the rest (trainer/hparams.py).
     trainer: TrainerConfig = TrainerConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
     source_path: str = ""  # set by load_config
 
     # -- derived -------------------------------------------------------------
@@ -136,6 +148,16 @@ class PipelineConfig:
     @property
     def serving_root(self) -> Path:
         return resolve_path(self.serving_base_path or f"runs/{self.name}/serving")
+
+    @property
+    def root_location(self) -> str:
+        """``root`` as a string that keeps a URI (gs://...) whole, for what a component is told."""
+        return resolve_location(self.pipeline_root or f"runs/{self.name}")
+
+    @property
+    def serving_location(self) -> str:
+        """``serving_root`` as a string that keeps a URI whole."""
+        return resolve_location(self.serving_base_path or f"runs/{self.name}/serving")
 
     @property
     def metadata_path(self) -> Path:
@@ -157,7 +179,11 @@ class PipelineConfig:
         return {k: v for k, v in self.side_features().items() if k.startswith(F.USER_FEATURE_PREFIX)}
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        """The config as components receive it (``config_from_json``). Without the kubeflow
+        section: only the compiler reads it, so it is no part of any component's cache key."""
+        raw = dataclasses.asdict(self)
+        del raw["kubeflow"]
+        return json.dumps(raw, sort_keys=True, default=list)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
@@ -166,6 +192,16 @@ class PipelineConfig:
 def resolve_path(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else (REPO_ROOT / p)
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """gs://, s3://, hdfs://, ...: a location ``Path`` would mangle (it folds the ``//``)."""
+    return "://" in str(path)
+
+
+def resolve_location(path: str | os.PathLike) -> str:
+    """``resolve_path`` for a location that may be a URI: a URI is returned untouched."""
+    return str(path) if is_uri(path) else str(resolve_path(path))
 
 
 def _validate(cfg: PipelineConfig, where: str) -> None:

@@ -20,7 +20,10 @@
 #     serving.*) installed in site-packages, so module paths such as
 #     `trainer.retrieval.train.run_fn` resolve without a module_file upload.
 #   * Access to the pipeline root (gs:// via tensorflow-io-gcs-filesystem and
-#     the pod's workload identity; nothing is baked in here).
+#     the pod's workload identity; nothing is baked in here). TFX's own executors
+#     read and write gs:// through tf.io.gfile; this project's components still use
+#     local file I/O (README, "Scaling out"), so for them the pipeline root and the
+#     tables must be paths the pod sees as files (a mounted volume).
 # Pass the image as KubeflowV2DagRunnerConfig(default_image=...) when compiling.
 #
 # Not built here: this repository's CI has no Docker engine. The commands mirror
@@ -61,6 +64,10 @@ ENV PYTHONUNBUFFERED=1 \
 # Same base image, so copying the interpreter prefix is exact.
 COPY --from=build /usr/local /usr/local
 WORKDIR /pipeline
-# Dataset/pipeline configs, read by `recsys` when compiling/running.
+# Dataset/pipeline configs, read by `recsys` when compiling/running, and the curated
+# schemas: a compiled spec's ImportSchemaGen reads /pipeline/schemas/<dataset>/schema.pbtxt
+# (tfx_pipeline/kubeflow_paths.py; tests/tfx_pipeline/test_kubeflow_spec.py checks every
+# in-image path a spec names against these lines).
 COPY configs ./configs
+COPY schemas ./schemas
 ENTRYPOINT ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]

@@ -12,6 +12,8 @@ import shlex
 import pytest
 import yaml
 
+from tests.support.dockerfile import parse_dockerfile
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCKER = REPO / "deploy" / "docker"
 K8S = REPO / "deploy" / "k8s"
@@ -21,27 +23,6 @@ DOCKERFILES = [PIPELINE, SCANN]
 
 
 # --------------------------------------------------------------------------- parser
-
-
-def parse_dockerfile(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs; joins `\\` continuations, drops comments."""
-    out: list[tuple[str, str]] = []
-    buf = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not buf and (not line or line.startswith("#")):
-            continue
-        if buf and line.startswith("#"):  # comment inside a continuation
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        buf += line
-        instr, _, args = buf.strip().partition(" ")
-        out.append((instr.upper(), args.strip()))
-        buf = ""
-    assert not buf, "dangling line continuation"
-    return out
 
 
 def _substitute(value: str, args: dict[str, str]) -> str:

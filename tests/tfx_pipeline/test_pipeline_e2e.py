@@ -58,7 +58,8 @@ def test_schema_anomaly_stops_before_transform(tmp_path):
 def test_kubeflow_v2_compile_has_every_component(tmp_path):
     from tfx_pipeline.kubeflow_runner import compile_pipeline
 
-    cfg = _cfg(tmp_path)
+    # A spec runs in pods: its tables are on shared storage (tests/tfx_pipeline/test_kubeflow_spec.py).
+    cfg = _cfg(tmp_path, data={"events": {"path": "gs://example-bucket/implicit_demo/events.csv"}})
     out = compile_pipeline(cfg, tmp_path / "kfp" / "pipeline.json", image="example/recsys:test")
     spec = json.loads(out.read_text())
     tasks = set(spec["pipelineSpec"]["root"]["dag"]["tasks"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 from typing import Optional
 
 from tfx import v1 as tfx
@@ -33,12 +34,15 @@ def create_pipeline(
     enable_cache: bool = True,
     metadata_path: Optional[str] = None,
     fingerprint_inputs: bool = True,
+    schema_file: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
     """The pipeline for ``cfg``.
 
     ``fingerprint_inputs``: digest the input files now, so TFX's cache follows data
     changes (local runs). False for a compiled spec that runs later elsewhere (the
     files, and the latest span, are only known at run time).
+    ``schema_file``: where ImportSchemaGen reads the curated schema; default: the
+    checkout's ``<schema_dir>/schema.pbtxt`` (a compiled spec names the image's copy).
     """
     beam_args = list(beam_pipeline_args if beam_pipeline_args is not None else DEFAULT_BEAM_ARGS)
     # Data components get the config without the trainer/serving sections, so tuning a
@@ -61,7 +65,7 @@ def create_pipeline(
         examples=example_builder.outputs["examples"], exclude_splits=list(SIDE_SPLITS)).with_id(ids.STATISTICS_GEN)
     # The curated, version-controlled schema (schemas/<dataset>/schema.pbtxt).
     schema_gen = tfx.components.ImportSchemaGen(
-        schema_file=str(resolve_path(cfg.schema_dir) / "schema.pbtxt")).with_id(ids.SCHEMA_GEN)
+        schema_file=schema_file or str(resolve_path(cfg.schema_dir) / "schema.pbtxt")).with_id(ids.SCHEMA_GEN)
     # Anomalies of each split against the schema.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
@@ -72,7 +76,7 @@ def create_pipeline(
         schema=schema_gen.outputs["schema"],
         anomalies=example_validator.outputs["anomalies"],
         config_json=config_json,
-        baseline_dir=str(cfg.root / "drift_baseline"),
+        baseline_dir=posixpath.join(cfg.root_location, "drift_baseline"),
     ).with_id(ids.DATA_GATE)
     # Feature logic (trainer/preprocessing.py), analyzed on train. Not materialized:
     # the trainers apply the graph to raw examples (and export it inside the models).
@@ -97,7 +101,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         # Kubeflow v2 accepts only [a-z0-9-] names; one name for both runners.
         pipeline_name=cfg.name.lower().replace("_", "-"),
-        pipeline_root=str(cfg.root / "artifacts"),
+        pipeline_root=posixpath.join(cfg.root_location, "artifacts"),
         metadata_connection_config=metadata,
         components=components,
         enable_cache=enable_cache,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
@@ -42,7 +43,8 @@ def _pusher(model_channel, blessing, infra_blessing, cfg: PipelineConfig, model_
         model_blessing=blessing,
         infra_blessing=infra_blessing,
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(cfg.serving_root / model_name))),
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=posixpath.join(cfg.serving_location, model_name))),
     ).with_id(ids.pusher(model_name))
 
 
