@@ -7,7 +7,8 @@ Runs the pipeline's data half (cached after the first time) for the chosen split
 then trains each variant of the retrieval model on the same Transform output and
 evaluates it with the one metric implementation (trainer/retrieval/metrics.py:
 user-level, seen items excluded, the whole catalogue as candidates). Writes
-bench/results/ablation_<dataset>_<split>.{json,md} and prints the table.
+bench/results/ablation_<dataset>_<split>.{json,md} (and each variant's whole metrics.json in
+ablation_<dataset>_<split>_metrics.json) and prints the table.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = _latest(cfg.root, ids.TRANSFORM, "transform_graph")
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    rows = []
+    rows, full_metrics = [], {}
     for name in args.variants.split(","):
         # base.trainer: the config's own objective (cfg's is set to sequence for --sequence-length's check)
         overrides = {**sections(base.trainer)["retrieval"], **VARIANTS[name], **extra}
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                          "without_prior": m.get("model_without_prior"),
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
             popularity, als = m["popularity"], m.get("als") or {}
+            full_metrics[name] = m  # metrics.json as the trainer wrote it (slices, beyond accuracy, diagnosis)
         r = rows[-1]
         print(f"[ablation] {name}: recall@100 {r['recall@100']:.4f} ndcg@10 {r['ndcg@10']:.4f} (popularity prior "
               f"{r['prior']:g}" + (f"; without it {r['without_prior']['recall@100']:.4f} / "
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"config": args.config, "split": args.split, "machine": f"{platform.node()} {os.cpu_count()} cpu",
             "command": "python -m bench.ablation " + " ".join(argv if argv is not None else os.sys.argv[1:])}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    # Each variant's whole metrics.json (the report's slice and beyond-accuracy tables render from it:
+    # trainer.report.slice_table / beyond_accuracy_rows).
+    Path(f"{stem}_metrics.json").write_text(json.dumps({"meta": meta, "metrics": full_metrics}, indent=2, default=float))
     lines = [f"Retrieval ablation, {base.name}, {args.split} split ({meta['machine']})", "",
              "Defaults are chosen on the validation column (carved from train), never on the eval columns.", "",
              "`validation`: the epoch-selection metric on the validation split, the model's own scores; "

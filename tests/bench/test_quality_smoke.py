@@ -132,6 +132,11 @@ def test_ablation_smoke(tmp_path, capsys):
     # The trained variant's numbers are its own, not the baseline's.
     assert (ours["recall@10"], ours["ndcg@10"]) != (popularity["recall@10"], popularity["ndcg@10"]), rows
     assert ours["epochs_run"] == 1 and popularity["epochs_run"] == 0
+    # The popularity prior the variant was served with, and each variant's whole metrics.json.
+    assert ours["prior"] >= 0.0 and ours["served_validation"] is not None
+    full = json.loads((tmp_path / "ablation_implicit_demo_per_user_metrics.json").read_text())["metrics"]
+    assert list(full) == ["ids_only"] and full["ids_only"]["model"]["recall@10"] == ours["recall@10"]
+    assert "slices" in full["ids_only"] and "beyond_accuracy" in full["ids_only"]
 
 
 @pytest.mark.e2e
