@@ -50,20 +50,20 @@ from the validation result TFMA wrote (the run summary and the report show them)
 
 from __future__ import annotations
 
-import json
 import os
 
+from serving.fileio import gfile, read_json
 from trainer.artifacts import METRICS_FILE
 from trainer.hparams import EvaluationConfig, GateConfig
 
 
 
 def read_model_metrics(model_uri: str) -> dict:
+    """The ``metrics.json`` beside a model (a local path or a URI: gs://, s3:// ...)."""
     path = os.path.join(model_uri, METRICS_FILE)
-    if not os.path.exists(path):
+    if not gfile.exists(path):
         raise FileNotFoundError(f"{path}: the trainer wrote no metrics; cannot evaluate this model")
-    with open(path) as fh:
-        return json.load(fh)
+    return read_json(path)
 
 
 def decide(kind: str, current: dict, baseline: dict | None, gate: GateConfig) -> dict:

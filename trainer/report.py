@@ -19,9 +19,9 @@ Markdown rows.
 
 from __future__ import annotations
 
-import json
 import os
 
+from serving.fileio import gfile, is_uri, load_npy, read_json, write_text
 from trainer.artifacts import CANDIDATE_NORMS_FILE, HISTORY_FILE, IMPORTANCE_FILE, IMPORTANCE_SAMPLE_FILE, METRICS_FILE
 from trainer.report_doc import (BAD, BEATS, GOOD, LOSS, Block, Bullets, Cell, Heading, Image, Table, Text, beaten,
                                 markdown, marks, md_rows)
@@ -37,10 +37,15 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _load(path: str) -> dict | None:
-    if not path or not os.path.exists(path):
+    if not path or not gfile.exists(path):
         return None
-    with open(path) as fh:
-        return json.load(fh)
+    return read_json(path)
+
+
+def _save_png(fig, out_png: str) -> None:
+    """``fig.savefig(out_png, dpi=90)`` through tf.io.gfile (a local path or a URI)."""
+    with gfile.GFile(out_png, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
 
 
 PER_EXAMPLE = ("loss_per_example", "val_loss_per_example")
@@ -155,7 +160,7 @@ def _curves(history: dict, metrics: dict | None, title: str, out_png: str) -> tu
         ax.set_yscale(yscale)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
+    _save_png(fig, out_png)
     plt.close(fig)
     lines = [f"({i}) {name}: {caption}" for i, (name, _, _, caption) in enumerate(panels, 1)]
     if best:
@@ -604,8 +609,10 @@ def retrieval_importance_heading(m: dict) -> str | None:
 
 def _norm_plot(path: str, m: dict, out_png: str) -> bool:
     """Candidate norm vs log10(1 + train count), one colour per popularity bucket; False without the data."""
+    if not gfile.exists(path):
+        return False
     try:
-        data = np.load(path)
+        data = load_npy(path)
     except (OSError, ValueError):
         return False
     if data.ndim != 2 or data.shape[1] < 3 or not len(data):
@@ -621,7 +628,7 @@ def _norm_plot(path: str, m: dict, out_png: str) -> bool:
     ax.set_title(f"candidate norm vs item popularity (Spearman {_num(rho, 3)})")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
+    _save_png(fig, out_png)
     plt.close(fig)
     return True
 
@@ -702,7 +709,7 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
     optional "uri"}, shown first when given; ``statistics``: a StatisticsGen artifact's URI, one
     table per split at the end (trainer/report_stats.py); ``ranking_evaluation``: the ranking
     Evaluator's evaluation artifact URI, for the ranking per-slice table. Returns the Markdown page's path."""
-    os.makedirs(out_dir, exist_ok=True)
+    gfile.makedirs(out_dir)
     blocks: list[Block] = [Heading(2, "gate decisions"), gate_rows(gates)] if gates else []
     for title, run, evaluation in (("retrieval", retrieval_run, None), ("ranking", ranking_run, ranking_evaluation)):
         blocks += _run_blocks(out_dir, title, run, evaluation)
@@ -713,11 +720,11 @@ def write_report(out_dir: str, retrieval_run: str | None, ranking_run: str | Non
                         f"{idx['num_candidates']} candidates, params {idx['params']}")]
     blocks += statistics_blocks(statistics)
     path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as fh:
-        fh.write(markdown([Heading(1, REPORT_TITLE), *blocks]))
-    name = os.path.basename(os.path.dirname(os.path.abspath(out_dir)))  # runs/<name>/report
+    write_text(path, markdown([Heading(1, REPORT_TITLE), *blocks]))
+    where = out_dir.rstrip("/") if is_uri(out_dir) else os.path.abspath(out_dir)
+    name = os.path.basename(os.path.dirname(where))  # runs/<name>/report
     write_html(out_dir, blocks, f"{REPORT_TITLE}: {name}",
-               [("report directory", os.path.abspath(out_dir)), ("retrieval run", retrieval_run),
+               [("report directory", where), ("retrieval run", retrieval_run),
                 ("ranking run", ranking_run), ("ranking evaluation (TFMA)", ranking_evaluation),
                 ("ScaNN index report", index_report),
                 ("StatisticsGen statistics", statistics)])

@@ -17,6 +17,7 @@ import os
 import re
 from datetime import datetime, timezone
 
+from serving.fileio import gfile, read_bytes, write_text
 from trainer.report_doc import BAD, BEATS, GOOD, LOSS, Block, Bullets, Cell, Heading, Image, Table, Text, text_of
 
 HTML_FILE = "report.html"
@@ -77,10 +78,9 @@ def _table(t: Table) -> str:
 def _image(b: Image) -> str:
     caption = ("<figcaption>" + "".join(f"<p>{_e(line)}</p>" for line in b.caption) + "</figcaption>"
                if b.caption else "")
-    if not os.path.isfile(b.path):
+    if not gfile.exists(b.path) or gfile.isdir(b.path):
         return f'<figure><p class="legend">plot missing: <code>{_e(b.path)}</code></p>{caption}</figure>'
-    with open(b.path, "rb") as fh:
-        data = base64.b64encode(fh.read()).decode("ascii")
+    data = base64.b64encode(read_bytes(b.path)).decode("ascii")
     return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(b.alt)}">{caption}</figure>'
 
 
@@ -125,6 +125,5 @@ def render(blocks: list[Block], title: str, meta: list[tuple[str, str | None]], 
 def write_html(out_dir: str, blocks: list[Block], title: str, meta: list[tuple[str, str | None]]) -> str:
     """``out_dir``/report.html; returns its path."""
     path = os.path.join(out_dir, HTML_FILE)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(render(blocks, title, meta))
+    write_text(path, render(blocks, title, meta))  # tf.io.gfile writes str as UTF-8
     return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from serving.fileio import gfile, read_bytes
 from trainer.artifacts import EVAL, SPLIT_DIR, TRAIN
 from trainer.report_doc import Block, Cell, Heading, Table, Text
 
@@ -40,11 +41,12 @@ def _split_table(dataset) -> Table:
 
 def statistics_blocks(statistics_uri: str | None) -> list[Block]:
     """A "data statistics" section (heading, the artifact's path, one table per split), or []."""
-    if not statistics_uri or not os.path.isdir(statistics_uri):
+    if not statistics_uri or not gfile.isdir(statistics_uri):
         return []
     order = {SPLIT_DIR.format(TRAIN): 0, SPLIT_DIR.format(EVAL): 1}  # then the others, by name
-    splits = sorted((d for d in os.listdir(statistics_uri)
-                     if d.startswith(_PREFIX) and os.path.isfile(os.path.join(statistics_uri, d, STATS_FILE))),
+    # tf.io.gfile: a local path or a URI; object stores list "directories" with a trailing slash.
+    splits = sorted((d for d in (n.rstrip("/") for n in gfile.listdir(statistics_uri))
+                     if d.startswith(_PREFIX) and gfile.exists(os.path.join(statistics_uri, d, STATS_FILE))),
                     key=lambda d: (order.get(d, 2), d))
     if not splits:
         return []
@@ -56,8 +58,7 @@ def statistics_blocks(statistics_uri: str | None) -> list[Block]:
     for split in splits:
         stats = statistics_pb2.DatasetFeatureStatisticsList()
         try:
-            with open(os.path.join(statistics_uri, split, STATS_FILE), "rb") as fh:
-                stats.ParseFromString(fh.read())
+            stats.ParseFromString(read_bytes(os.path.join(statistics_uri, split, STATS_FILE)))
         except Exception as e:  # a truncated or foreign file: say so, keep the rest of the report
             blocks.append(Text(f"{split[len(_PREFIX):]}: unreadable statistics ({type(e).__name__}: {e})"))
             continue

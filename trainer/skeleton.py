@@ -22,7 +22,6 @@ were written) before returning.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Protocol
@@ -32,6 +31,7 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from serving.fileio import save_npy, write_json
 from trainer import artifacts, data_defaults, features as F, raw_data
 from trainer.distribute import choose_strategy, output_dirs, precision_scope
 from trainer.hparams import (SelectionConfig, TrainerConfig, hyperparameter_values, trainer_config,
@@ -373,7 +373,7 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
         recipe.export(data, result.model, result.hp, result.evaluation, serving_dir)
         save_state(result.model, data.transform_dir, model_dir)
 
-        os.makedirs(run_dir, exist_ok=True)
+        tf.io.gfile.makedirs(run_dir)
         # Beside the model too: the gate reads it from the Model artifact (and from the
         # latest blessed Model's artifact).
         for directory in (run_dir, model_dir):
@@ -382,7 +382,7 @@ def train(recipe: Recipe, data: TrainingData, cfg: TrainerConfig, serving_dir: s
         for name, value in result.evaluation.run_files.items():
             path = os.path.join(run_dir, name)
             if isinstance(value, np.ndarray):
-                np.save(path, value)
+                save_npy(path if path.endswith(".npy") else path + ".npy", value)  # np.save's naming
             else:
                 _write_json(path, value)
         check_outputs(serving_dir, run_dir)
@@ -400,8 +400,7 @@ def check_outputs(serving_dir: str, run_dir: str) -> None:
 
 
 def _write_json(path: str, value) -> None:
-    with open(path, "w") as fh:
-        json.dump(value, fh, indent=2)
+    write_json(path, value)  # tf.io.gfile: a local path or a URI (gs://, s3:// ...)
 
 
 def train_and_export(recipe: Recipe, examples_uri: str, transform_dir: str, serving_dir: str, run_dir: str,

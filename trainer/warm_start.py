@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from serving.fileio import copy_file, load_npy, read_json, save_npz, write_json
 from trainer import features as F
 from trainer.artifacts import METRICS_FILE, SERVING_DIR, WARM_START_DIR
 from trainer.training_logs import log
@@ -75,24 +75,24 @@ def vocabulary_of(variable_name: str) -> str | None:
 def save_state(model: tf.keras.Model, transform_dir: str, model_artifact_dir: str) -> str:
     """Writes ``<model artifact>/warmstart/``; returns its path."""
     state = os.path.join(model_artifact_dir, STATE_DIR)
-    os.makedirs(os.path.join(state, VOCAB_DIR), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.join(state, VOCAB_DIR))
     variables = model.trainable_variables
     keys = _keys(variables)
-    np.savez(os.path.join(state, VARIABLES_FILE), *[v.numpy() for v in variables])
+    save_npz(os.path.join(state, VARIABLES_FILE), *[v.numpy() for v in variables])
     tft_out = tft.TFTransformOutput(transform_dir)
     vocabs = {}
     for key in keys:
         name = vocabulary_of(key)
         if name and name not in vocabs:
-            shutil.copyfile(tft_out.vocabulary_file_by_name(name), os.path.join(state, VOCAB_DIR, name))
+            copy_file(tft_out.vocabulary_file_by_name(name), os.path.join(state, VOCAB_DIR, name))
             vocabs[name] = name
-    with open(os.path.join(state, INDEX_FILE), "w") as fh:
-        json.dump({"variables": keys, "vocabularies": sorted(vocabs), "oov_buckets": F.OOV_BUCKETS}, fh, indent=1)
+    write_json(os.path.join(state, INDEX_FILE),
+               {"variables": keys, "vocabularies": sorted(vocabs), "oov_buckets": F.OOV_BUCKETS}, indent=1)
     return state
 
 
 def _read_vocab(path: str) -> list[bytes]:
-    with open(path, "rb") as fh:
+    with tf.io.gfile.GFile(path, "rb") as fh:
         return [line.rstrip(b"\n") for line in fh]
 
 
@@ -107,7 +107,7 @@ def state_dir_of(base_model: str | None) -> str | None:
         return None
     for candidate in _artifact_dirs(base_model):
         path = os.path.join(candidate, STATE_DIR)
-        if os.path.exists(os.path.join(path, INDEX_FILE)):
+        if tf.io.gfile.exists(os.path.join(path, INDEX_FILE)):
             return path
     return None
 
@@ -141,9 +141,8 @@ def _remap_rows(new: np.ndarray, old: np.ndarray, new_vocab: list[bytes], old_vo
 
 def warm_start(model: tf.keras.Model, state_dir: str, transform_dir: str) -> dict:
     """Copies the base model's variables into ``model`` (already built); returns what was carried."""
-    with open(os.path.join(state_dir, INDEX_FILE)) as fh:
-        index = json.load(fh)
-    saved = np.load(os.path.join(state_dir, VARIABLES_FILE))
+    index = read_json(os.path.join(state_dir, INDEX_FILE))
+    saved = load_npy(os.path.join(state_dir, VARIABLES_FILE))
     old = {k: saved[f"arr_{i}"] for i, k in enumerate(index["variables"])}
     tft_out = tft.TFTransformOutput(transform_dir)
     report = {"taken": True, "from": os.path.dirname(state_dir), "copied": 0, "remapped": {}, "skipped": []}

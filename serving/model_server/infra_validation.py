@@ -3,7 +3,8 @@
 The TFX pipeline calls `infra_validate` before pushing a model: it proves the
 export loads in this server (custom ops included), that the warmup requests
 run, and that real gRPC clients get answers, in the same code the production
-server runs.
+server runs. The model directory may be a URI (``gs://`` ...): it is read through
+``tf.io.gfile`` and copied into the server's local temporary base path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from serving.fileio import copy_tree, gfile, is_uri
 from serving.model_server.config import ModelServerConfig
 from serving.model_server.server import ModelServer
 from serving.model_server.version_files import incomplete_reason
@@ -48,13 +50,14 @@ def infra_validate(model_dir: str, model_name: str, timeout_s: float = 120.0) ->
             (version_files.py), load/warmup failure,
             timeout, or a failed request.
     """
-    model_dir = os.path.abspath(model_dir)
-    if not any(os.path.exists(os.path.join(model_dir, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
+    if not is_uri(model_dir):
+        model_dir = os.path.abspath(model_dir)
+    if not any(gfile.exists(os.path.join(model_dir, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise InfraValidationError(f"{model_dir} is not a SavedModel directory (no saved_model.pb)")
     reason = incomplete_reason(model_dir)
     if reason is not None:  # the server would skip it as still being written, until the timeout
         raise InfraValidationError(f"{model_dir} is an incomplete SavedModel ({reason}); export it again")
-    if not os.path.exists(warmup_file(model_dir)):
+    if not gfile.exists(warmup_file(model_dir)):
         raise InfraValidationError(
             f"no warmup file at {warmup_file(model_dir)}; export one (PredictionLog TFRecord) so the model can be validated"
         )
@@ -65,7 +68,11 @@ def infra_validate(model_dir: str, model_name: str, timeout_s: float = 120.0) ->
     with tempfile.TemporaryDirectory(prefix="infra_validation_") as base:
         model_base = os.path.join(base, model_name)
         os.makedirs(model_base)
-        os.symlink(model_dir, os.path.join(model_base, str(VALIDATION_VERSION)))
+        version_dir = os.path.join(model_base, str(VALIDATION_VERSION))
+        if is_uri(model_dir):  # the server serves local directories: a local copy of the remote model
+            copy_tree(model_dir, version_dir)
+        else:
+            os.symlink(model_dir, version_dir)
         config = ModelServerConfig()
         model = config.model_config_list.config.add()
         model.name, model.base_path, model.model_platform = model_name, model_base, "tensorflow"

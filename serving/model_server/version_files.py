@@ -16,6 +16,10 @@ Hand-written because TF Serving has no such check: it loads whatever directory
 appears and relies on writers renaming complete copies into place. Our pushes
 do that too (tfx_pipeline/components/atomic_pusher.py); this check catches the
 copies that don't (``cp -r``, ``gsutil cp``, a push killed half-way).
+
+The completeness check and the version scan read through ``tf.io.gfile``, so they work on
+a base path or version directory given as a URI (``gs://``, ``ram://`` ...) too; the
+scan of a local base path stays one ``os.scandir`` (the server polls it often).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from __future__ import annotations
 import os
 import re
 
+import tensorflow as tf
 from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
+
+from serving.fileio import gfile, is_uri, walk
 
 # TF Serving parses version directory names as int64.
 _MAX_VERSION = 2**63 - 1
@@ -46,6 +53,18 @@ def version_dirs(base_path: str) -> dict[int, str]:
         OSError: the base path cannot be listed (missing, not a directory, no permission).
     """
     result = {}
+    if is_uri(base_path):
+        try:
+            names = gfile.listdir(base_path)
+        except tf.errors.OpError as e:
+            raise OSError(f"{base_path}: {e.message}") from e
+        for name in names:
+            name = name.rstrip("/")  # object stores list "directories" with a trailing slash
+            path = f"{base_path.rstrip('/')}/{name}"
+            version = parse_version(name)
+            if version is not None and gfile.isdir(path):
+                result[version] = path
+        return result
     for entry in os.scandir(base_path):
         version = parse_version(entry.name)
         if version is not None and entry.is_dir():
@@ -64,16 +83,18 @@ def read_saved_model(path: str) -> saved_model_pb2.SavedModel:
     pb = os.path.join(path, "saved_model.pb")
     pbtxt = os.path.join(path, "saved_model.pbtxt")
     try:
-        if os.path.exists(pb):
-            with open(pb, "rb") as f:
+        if gfile.exists(pb):
+            with gfile.GFile(pb, "rb") as f:
                 saved_model.ParseFromString(f.read())
-        elif os.path.exists(pbtxt):
-            with open(pbtxt, encoding="utf-8") as f:
-                text_format.Parse(f.read(), saved_model)
+        elif gfile.exists(pbtxt):
+            with gfile.GFile(pbtxt, "rb") as f:
+                text_format.Parse(f.read().decode("utf-8"), saved_model)
         else:
             raise FileNotFoundError(f"no saved_model.pb in {path}")
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as e:
         raise ValueError(f"saved_model.pb in {path} does not parse ({e})") from e
+    except tf.errors.NotFoundError as e:  # removed between the check and the read
+        raise FileNotFoundError(f"no saved_model.pb in {path} ({e.message})") from e
     if not saved_model.meta_graphs:
         raise ValueError(f"saved_model.pb in {path} holds no MetaGraph")
     return saved_model
@@ -85,10 +106,10 @@ def _variables_problem(path: str, saved_model: saved_model_pb2.SavedModel) -> st
     if not any(mg.HasField("saver_def") for mg in saved_model.meta_graphs):
         return None
     variables = os.path.join(path, "variables")
-    if not os.path.isfile(os.path.join(variables, "variables.index")):
+    if not _isfile(os.path.join(variables, "variables.index")):
         return "variables/variables.index is missing"
     shards: dict[int, set[int]] = {}
-    for name in os.listdir(variables):
+    for name in gfile.listdir(variables):
         m = _SHARD.match(name)
         if m:
             shards.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
@@ -110,6 +131,10 @@ def _variables_problem(path: str, saved_model: saved_model_pb2.SavedModel) -> st
     return None
 
 
+def _isfile(path: str) -> bool:
+    return gfile.exists(path) and not gfile.isdir(path)
+
+
 def incomplete_reason(path: str) -> str | None:
     """None when the version directory is complete; else what is missing or broken.
 
@@ -121,6 +146,8 @@ def incomplete_reason(path: str) -> str | None:
         return _incomplete_reason(path)
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
+    except tf.errors.OpError as e:  # what tf.io.gfile raises instead of OSError
+        return f"cannot be read ({e.message or type(e).__name__})"
 
 
 def _incomplete_reason(path: str) -> str | None:
@@ -135,7 +162,7 @@ def _incomplete_reason(path: str) -> str | None:
         return problem
     assets = os.path.join(path, "assets")
     missing = sorted({a.filename for mg in saved_model.meta_graphs for a in mg.asset_file_def
-                      if not os.path.isfile(os.path.join(assets, a.filename))})
+                      if not _isfile(os.path.join(assets, a.filename))})
     if missing:
         return f"asset file(s) {missing} missing from assets/"
     return None
@@ -152,6 +179,8 @@ def complete_versions(base_path: str) -> dict[int, str]:
 
 def fingerprint(path: str) -> tuple:
     """Cheap change detector for a version directory: names, sizes, mtimes, two levels deep."""
+    if is_uri(path):
+        return _uri_fingerprint(path)
     items = []
     for root, dirs, files in os.walk(path):
         depth = root[len(path):].count(os.sep)
@@ -163,4 +192,19 @@ def fingerprint(path: str) -> tuple:
             except OSError:
                 continue
             items.append((os.path.relpath(os.path.join(root, name), path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(items))
+
+
+def _uri_fingerprint(path: str) -> tuple:
+    """``fingerprint`` through tf.io.gfile (object stores: every object, with its size and mtime)."""
+    path = path.rstrip("/")
+    items = []
+    try:
+        for root, _, files in walk(path):
+            for name in files:
+                full = f"{root}/{name}"
+                st = gfile.stat(full)
+                items.append((full[len(path) + 1:], st.length, st.mtime_nsec))
+    except tf.errors.OpError:  # vanished meanwhile: whatever was seen, the next poll sees the change
+        pass
     return tuple(sorted(items))

@@ -36,7 +36,7 @@ def read_warmup_requests(version_dir: str) -> list[predict_pb2.PredictRequest]:
             than MAX_WARMUP_RECORDS records.
     """
     path = warmup_file(version_dir)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):  # a local path or a URI (gs:// ...)
         return []
     requests = []
     try:
@@ -66,7 +66,7 @@ def write_warmup_requests(version_dir: str, requests) -> str:
         The path written.
     """
     path = warmup_file(version_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for request in requests:
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -16,6 +16,8 @@ def DataGate(
     report: OutputArtifact[standard_artifacts.ExampleAnomalies],
 ) -> None:
     """Raises ``DataValidationError`` (failing the run before Transform) on any finding."""
+    import posixpath
+
     from tfx_pipeline.config import config_from_json
     from tfx_pipeline.data.validation import LAST_REPORT_FILE, check_data
 
@@ -23,4 +25,5 @@ def DataGate(
     # StatisticsGen copies the examples' span onto the statistics artifact.
     span = int(statistics.span) if cfg.data.spans is not None else None
     check_data(statistics.uri, schema.uri, anomalies.uri, cfg.validation, baseline_dir, report.uri, span=span,
-               split_strategy=cfg.examples.split.strategy, last_report_path=str(cfg.root / LAST_REPORT_FILE))
+               split_strategy=cfg.examples.split.strategy,
+               last_report_path=posixpath.join(cfg.root_location, LAST_REPORT_FILE))  # keeps a URI whole

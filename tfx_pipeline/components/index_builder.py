@@ -14,17 +14,15 @@ def IndexBuilder(
 ) -> None:
     """Fails the run when ScaNN's recall@10 against exact search is below the floor."""
     import os
-    import shutil
 
-    import numpy as np
-
+    from serving.fileio import copy_file, load_npy
     from trainer.hparams import trainer_config
     from trainer.retrieval.index import build_scann_export
     from trainer.artifacts import EVAL_QUERIES_FILE, METRICS_FILE, serving_dir
 
     cfg = trainer_config(trainer_json)
     bf_dir = serving_dir(model.uri)
-    queries = np.load(os.path.join(model_run.uri, EVAL_QUERIES_FILE))
+    queries = load_npy(os.path.join(model_run.uri, EVAL_QUERIES_FILE))
     import tensorflow as tf
 
     num_candidates = int(tf.saved_model.load(bf_dir).candidate_embeddings.shape[0])
@@ -32,4 +30,4 @@ def IndexBuilder(
     build_scann_export(bf_dir, serving_dir(scann_model.uri), queries, cfg.retrieval.max_k,
                        fetch_k, cfg.index.recall_floor, cfg.index.num_eval_queries, cfg.index.seed,
                        report_dir=scann_model.uri)
-    shutil.copyfile(os.path.join(model.uri, METRICS_FILE), os.path.join(scann_model.uri, METRICS_FILE))
+    copy_file(os.path.join(model.uri, METRICS_FILE), os.path.join(scann_model.uri, METRICS_FILE))

@@ -18,8 +18,9 @@ def InfraValidator(
     infra_blessing: OutputArtifact[standard_artifacts.InfraBlessing],
     model_name: Parameter[str],
 ) -> None:
-    import json
     import os
+
+    from serving.fileio import write_json, write_text
 
     if not blessing.get_int_custom_property("blessed"):
         infra_blessing.set_int_custom_property("blessed", 0)
@@ -32,12 +33,10 @@ def InfraValidator(
         report = infra_validate(serving_dir(model.uri), model_name)
     except Exception as e:  # the reason is recorded and printed; Pusher then skips the model
         infra_blessing.set_int_custom_property("blessed", 0)
-        with open(os.path.join(infra_blessing.uri, "INFRA_NOT_BLESSED"), "w") as fh:
-            fh.write(f"{type(e).__name__}: {e}\n")
+        write_text(os.path.join(infra_blessing.uri, "INFRA_NOT_BLESSED"), f"{type(e).__name__}: {e}\n")
         print(f"[InfraValidator] {model_name}: FAILED, will not be pushed: {e}", flush=True)
         return
     infra_blessing.set_int_custom_property("blessed", 1)
-    with open(os.path.join(infra_blessing.uri, "INFRA_BLESSED"), "w") as fh:
-        json.dump(report, fh, indent=2, default=str)
+    write_json(os.path.join(infra_blessing.uri, "INFRA_BLESSED"), report, default=str)
     print(f"[InfraValidator] {model_name}: served {report['requests_ok']}/{report['requests_sent']} warmup "
           f"requests over gRPC", flush=True)

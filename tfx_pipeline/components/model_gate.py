@@ -22,6 +22,7 @@ def ModelGate(
 ) -> None:
     import json
 
+    from serving.fileio import write_json
     from trainer.gate import decide, read_model_metrics
     from trainer.hparams import GateConfig
     from trainer.typed_config import build
@@ -36,7 +37,6 @@ def ModelGate(
     if baseline_model is not None:
         blessing.set_string_custom_property("baseline_model", baseline_model.uri)
         blessing.set_int_custom_property("baseline_model_id", baseline_model.id)
-    with open(f"{blessing.uri}/{'BLESSED' if decision['blessed'] else 'NOT_BLESSED'}", "w") as fh:
-        json.dump(decision, fh, indent=2)
+    write_json(f"{blessing.uri}/{'BLESSED' if decision['blessed'] else 'NOT_BLESSED'}", decision)
     verdict = "BLESSED" if decision["blessed"] else "NOT BLESSED"
     print(f"[ModelGate] {kind}: {verdict}" + "".join(f"\n  - {r}" for r in decision["reasons"]), flush=True)

@@ -24,11 +24,10 @@ def RecommenderBuilder(
     blessing: OutputArtifact[standard_artifacts.ModelBlessing],
     num_candidates: Parameter[int] = 100,
 ) -> None:
-    import json
     import os
-    import shutil
 
     from serving import names
+    from serving.fileio import copy_file, gfile, write_json
     from trainer.artifacts import METRICS_FILE, serving_dir
     from trainer.recommender.export import build
 
@@ -38,8 +37,7 @@ def RecommenderBuilder(
     blessing.set_int_custom_property("blessed", 1 if blessed else 0)
     blessing.set_string_custom_property("current_model", recommender.uri)
     decision = {"blessed": blessed, "parts": {k: bool(b.get_int_custom_property("blessed")) for k, b in parts.items()}}
-    with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as fh:
-        json.dump(decision, fh, indent=2)
+    write_json(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), decision)
     if not blessed:
         print(f"[RecommenderBuilder] not built: the {' and '.join(refused)} model(s) were not blessed", flush=True)
         return
@@ -48,5 +46,5 @@ def RecommenderBuilder(
                                  (recommender_brute_force, brute_force_model, names.RECOMMENDER_BRUTE_FORCE_MODEL)):
         build(serving_dir(retrieval.uri), ranking_dir, serving_dir(out.uri), name, num_candidates=num_candidates)
         metrics = os.path.join(retrieval.uri, METRICS_FILE)
-        if os.path.exists(metrics):  # the retrieval metrics, as the ScaNN model carries them
-            shutil.copyfile(metrics, os.path.join(out.uri, METRICS_FILE))
+        if gfile.exists(metrics):  # the retrieval metrics, as the ScaNN model carries them
+            copy_file(metrics, os.path.join(out.uri, METRICS_FILE))

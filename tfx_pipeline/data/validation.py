@@ -14,18 +14,21 @@ Spans datasets: the examples of the run's new span (split ``latest_span``) are
 checked against the schema too, and drift compares the new span's statistics with
 those of the previous span that passed (``baseline_dir/span-<N>/``), so a change in
 the new day's data is not diluted by the older spans a run also reads.
+
+Every path (the artifacts, ``baseline_dir``, the report) is read and written through
+``tf.io.gfile``: a local path or a URI (gs://, s3:// ...).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
 from serving.features import HOURS_SINCE_PREV_EVENT
+from serving.fileio import copy_file, gfile, read_bytes, write_text
 from trainer.artifacts import EVAL, LATEST_SPAN_SPLIT, TRAIN, split_dir
 
 LATEST_SPAN = LATEST_SPAN_SPLIT
@@ -99,10 +102,11 @@ def _distribution_findings(schema, current, previous, linf, jsd, exclude, label)
 
 def _span_baselines(baseline_dir: str) -> dict[int, str]:
     out = {}
-    if os.path.isdir(baseline_dir):
-        for name in os.listdir(baseline_dir):
+    if gfile.isdir(baseline_dir):
+        for name in gfile.listdir(baseline_dir):
+            name = name.rstrip("/")  # object stores list "directories" with a trailing slash
             path = os.path.join(baseline_dir, name, STATS_FILE)
-            if name.startswith("span-") and name[5:].isdigit() and os.path.exists(path):
+            if name.startswith("span-") and name[5:].isdigit() and gfile.exists(path):
                 out[int(name[5:])] = path
     return out
 
@@ -121,12 +125,11 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
     schema = load_schema(schema_uri)
     findings: list[str] = []
     report: dict = {"anomalies": {}, "skew_train_vs_eval": {}, "drift_vs_previous_run": {}}
-    has_span_split = span is not None and os.path.exists(_split_file(stats_uri, LATEST_SPAN, STATS_FILE))
+    has_span_split = span is not None and gfile.exists(_split_file(stats_uri, LATEST_SPAN, STATS_FILE))
     for split in (TRAIN, EVAL, *([LATEST_SPAN] if has_span_split else [])):
         path = _split_file(anomalies_uri, split, ANOMALIES_FILE)
         anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as fh:
-            anomalies.ParseFromString(fh.read())
+        anomalies.ParseFromString(read_bytes(path))
         lines = _anomaly_lines(anomalies, f"{split} split anomaly")
         report["anomalies"][split] = lines
         findings += lines
@@ -153,7 +156,7 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
         report["previous_span"] = max(earlier) if earlier else None
     else:
         current_split, baseline_path = TRAIN, os.path.join(baseline_dir, STATS_FILE)
-        previous_path = baseline_path if os.path.exists(baseline_path) else None
+        previous_path = baseline_path if gfile.exists(baseline_path) else None
         label = "drift vs previous run"
     if previous_path:
         previous = tfdv.load_stats_binary(previous_path)
@@ -165,9 +168,8 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
     report["findings"] = findings
     text = json.dumps(report, indent=2)
     for path in filter(None, (os.path.join(report_uri, REPORT_FILE), last_report_path)):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as fh:
-            fh.write(text)
+        gfile.makedirs(os.path.dirname(path))
+        write_text(path, text)
     where = last_report_path or os.path.join(report_uri, REPORT_FILE)
     if findings:
         knobs = []
@@ -183,7 +185,7 @@ def check_data(stats_uri: str, schema_uri: str, anomalies_uri: str, vcfg, baseli
             + "\nWhat to do, by kind of finding:\n  - " + "\n  - ".join(knobs)
             + f"\n(report: {where})"
         )
-    os.makedirs(os.path.dirname(baseline_path), exist_ok=True)
-    shutil.copyfile(_split_file(stats_uri, current_split, STATS_FILE), baseline_path)
+    gfile.makedirs(os.path.dirname(baseline_path))
+    copy_file(_split_file(stats_uri, current_split, STATS_FILE), baseline_path)
     print(f"[DataGate] no anomalies; skew and drift within thresholds (report: {report_uri})", flush=True)
     return report

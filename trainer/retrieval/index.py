@@ -8,13 +8,13 @@ run when recall@10 is below the floor.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import time
 
 import numpy as np
+
+from serving.fileio import copy_tree, gfile, write_json
 
 INDEX_REPORT = "index_report.json"
 
@@ -126,9 +126,8 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
     report = {"num_candidates": int(len(embeddings)), "params": params, "build_seconds": build_s,
               **measured, "recall_floor": recall_floor, "attempts": attempts}
     if report_dir:
-        os.makedirs(report_dir, exist_ok=True)
-        with open(os.path.join(report_dir, INDEX_REPORT), "w") as fh:
-            json.dump(report, fh, indent=2)
+        gfile.makedirs(report_dir)
+        write_json(os.path.join(report_dir, INDEX_REPORT), report)
     if report["recall@10"] < recall_floor:
         raise IndexRecallError(
             f"ScaNN recall@10 {report['recall@10']:.3f} against exact search is below the floor {recall_floor} "
@@ -136,8 +135,8 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
             "trainer.retrieval.index.recall_floor")
     ScannRetrievalModule(base, layer, max_k, fetch_k).save(out_dir)
     extra = os.path.join(brute_force_dir, names.WARMUP_DIR)
-    if os.path.isdir(extra):
-        shutil.copytree(extra, os.path.join(out_dir, names.WARMUP_DIR), dirs_exist_ok=True)
+    if gfile.isdir(extra):
+        copy_tree(extra, os.path.join(out_dir, names.WARMUP_DIR))
     print(f"[index] ScaNN over {len(embeddings):,} candidates: recall@10 {report['recall@10']:.3f} vs exact "
           f"(floor {recall_floor}), built in {build_s:.1f}s -> {out_dir}", flush=True)
     return report
