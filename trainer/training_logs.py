@@ -19,14 +19,17 @@ class GradientNormLogger(tf.keras.callbacks.Callback):
     Measured on the probe batch rather than hooked into train_step, so training
     itself pays nothing; a norm that collapses toward 0 or explodes across epochs
     shows vanishing or exploding gradients in the report. The norms are of the loss as
-    ``compute_loss`` reduces it: under a sum over the batch's rows (``loss_reduction``) they
-    grow with the probe batch's rows.
+    ``compute_loss`` reduces it on the whole probe batch in one replica: under a sum over the
+    batch's rows (``loss_reduction``) they grow with the probe batch's rows. The probe is one
+    tf.function, traced once per callback (a strategy's ``run`` called eagerly every epoch is
+    slow and warns of its "significant overhead").
     """
 
     def __init__(self, model: tf.keras.Model, dataset: tf.data.Dataset):
         super().__init__()
         self._model = model
         self._probe = next(iter(dataset))
+        self._probe_fn = None
         self.norms: list[float] = []
         self.group_norms: dict[str, list[float]] = {}
 
@@ -39,17 +42,33 @@ class GradientNormLogger(tf.keras.callbacks.Callback):
         return [owner.get(id(v), "other") for v in self._model.trainable_variables]
 
     def _gradients(self) -> list:
-        def probe():
-            with tf.GradientTape() as tape:
-                loss = self._model.compute_loss(self._probe, training=True)
-                loss = loss + sum(self._model.losses) if self._model.losses else loss
-            return tape.gradient(loss, self._model.trainable_variables)
+        if self._probe_fn is None:  # traced at the first epoch's end, when every variable exists
+            self._probe_fn = self._make_probe_fn()
+        return self._probe_fn()
 
+    def _make_probe_fn(self):
+        model, batch = self._model, self._probe
         # In a replica context: a distributed variable (MirroredStrategy, MultiWorkerMirroredStrategy)
         # has no handle to differentiate outside one. Each replica gets the whole probe batch and no
-        # gradient is reduced across them (no collective op): this process's first replica's is kept.
-        strategy = self._model.distribute_strategy
-        return tf.nest.map_structure(lambda g: strategy.experimental_local_results(g)[0], strategy.run(probe))
+        # gradient is reduced across them: this process's first replica's is kept. A loss averaged
+        # over the global batch (``loss_over_global_batch``) then divides by the rows of every
+        # replica's copy, R x the probe's: times R, it is the whole probe batch's mean in one replica,
+        # the same as without a strategy.
+        strategy = model.distribute_strategy
+        scale = float(strategy.num_replicas_in_sync) if loss_over_global_batch(model) else 1.0
+
+        def probe():
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(batch, training=True)
+                loss = loss * scale if scale != 1.0 else loss
+                loss = loss + sum(model.losses) if model.losses else loss
+            return tape.gradient(loss, model.trainable_variables)
+
+        @tf.function
+        def gradients():
+            return tf.nest.map_structure(lambda g: strategy.experimental_local_results(g)[0], strategy.run(probe))
+
+        return gradients
 
     def on_epoch_end(self, epoch, logs=None):
         grads = self._gradients()
@@ -71,13 +90,22 @@ class GradientNormLogger(tf.keras.callbacks.Callback):
 SUM, MEAN, SUM_OVER_TARGETS, MEAN_OVER_TARGETS = "sum", "mean", "sum_over_targets", "mean_over_targets"
 
 
+def loss_over_global_batch(model: tf.keras.Model) -> bool:
+    """Whether ``model.compute_loss`` is a mean over the *global* batch's rows (its
+    ``loss_over_global_batch``, the ranking model): under R replicas each one divides its rows'
+    summed loss by the rows of all R, so the replicas' losses (and gradients) add up to the
+    global batch's mean, rather than each being a mean over its own rows; and the loss the
+    model logs for a step (Keras' ``loss``) is that global mean."""
+    return bool(getattr(model, "loss_over_global_batch", False))
+
+
 def loss_reduction(model: tf.keras.Model, rows_are_examples: bool = True) -> str:
     """How ``model.compute_loss`` reduces a batch: ``SUM`` over its rows (``tfrs.tasks.Retrieval``'s
-    default loss, the in-batch softmax) or ``MEAN`` over them (the catalogue softmax; Keras losses'
-    default: the ranking heads); when a batch's rows are not its examples (``rows_are_examples``
-    False: the sequence objective's windows of events, each with several target positions whose
-    count varies from batch to batch), ``SUM_OVER_TARGETS`` (its in-batch fallback) or
-    ``MEAN_OVER_TARGETS`` (its full softmax)."""
+    default loss, the in-batch softmax) or ``MEAN`` over them (the catalogue softmax; the ranking
+    heads, a mean over the global batch: ``loss_over_global_batch``); when a batch's rows are not
+    its examples (``rows_are_examples`` False: the sequence objective's windows of events, each
+    with several target positions whose count varies from batch to batch), ``SUM_OVER_TARGETS``
+    (its in-batch fallback) or ``MEAN_OVER_TARGETS`` (its full softmax)."""
     task = getattr(model, "task", None)
     summed = (isinstance(task, tfrs.tasks.Retrieval) and not getattr(model, "full_softmax", False)
               and getattr(getattr(task, "_loss", None), "reduction", None) == tf.keras.losses.Reduction.SUM)
@@ -108,7 +136,9 @@ class PerExampleLoss(tf.keras.callbacks.Callback):
       under a mean loss every row counts (each batch's mean weighted by its rows).
 
     With R replicas Keras sums the replicas' values: a sum loss is then still the sum over the
-    global batch's rows; a mean loss is divided by R (exact when the replicas get equal rows).
+    global batch's rows; a mean over each replica's own rows is divided by R (exact when the
+    replicas get equal rows); a model whose loss is a mean over the global batch's rows
+    (``loss_over_global_batch``: the ranking model) logs that mean, exact however the rows split.
     No series under ``SUM_OVER_TARGETS`` (the targets per batch are not known here).
     """
 
@@ -118,6 +148,8 @@ class PerExampleLoss(tf.keras.callbacks.Callback):
         self._supports_tf_logs = True  # keep the batch losses as tensors: no host sync per step
         self.reduction = loss_reduction(model, rows_are_examples)
         self.replicas = max(1, int(replicas))
+        # A mean over the global batch (``loss_over_global_batch``): the replicas' summed losses are it.
+        self.global_batch = self.reduction == MEAN and loss_over_global_batch(model)
         self._eval_ds = eval_ds
         self._val_rows: list[int] | None = None
         self._train: list = []
@@ -147,6 +179,10 @@ class PerExampleLoss(tf.keras.callbacks.Callback):
             how = ("the loss is a mean over a batch's target positions: the epoch's figure is the mean over its "
                    "batches, which hold different numbers of targets")
             s["per_example"] = "approximate"
+        elif self.replicas > 1 and self.global_batch:
+            how = (f"the loss is a mean over the global batch's rows: each of the {self.replicas} replicas divides its "
+                   f"rows' summed loss by the rows of all of them, and a step logs their sum")
+            s["per_example"] = "exact"
         else:
             how = "the loss is a mean over a batch's rows" + (f", summed by Keras over {self.replicas} replicas "
                                                              f"and divided by {self.replicas}"
@@ -199,7 +235,7 @@ class PerExampleLoss(tf.keras.callbacks.Callback):
         if self.reduction == SUM:
             full = rows == rows.max()
             return float(losses[full].sum() / rows[full].sum())
-        return float((losses * rows).sum() / rows.sum() / self.replicas)
+        return float((losses * rows).sum() / rows.sum() / (1 if self.global_batch else self.replicas))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.reduction == SUM_OVER_TARGETS or logs is None:

@@ -1,6 +1,6 @@
 """Multi-worker training (trainer/distribute.py): TF_CONFIG parsing, ``is_chief``, the non-chief
-workers' temporary output directories, and a real run of the retrieval trainer by two worker
-processes on loopback under MultiWorkerMirroredStrategy (CPU, collectives over gRPC)."""
+workers' temporary output directories, and a real run of the retrieval then the ranking trainer
+by two worker processes on loopback under MultiWorkerMirroredStrategy (CPU, collectives over gRPC)."""
 
 from __future__ import annotations
 
@@ -91,17 +91,24 @@ def test_output_dirs_are_the_real_ones_on_the_chief_and_a_deleted_copy_elsewhere
 
 # --- two worker processes on loopback ----------------------------------------------------------
 
-# Small and quick: 2 epochs of the mean encoder, no validation split (so no refit), no
-# beyond-accuracy evaluation. Each worker's batch is 32 rows: a step is 64 rows over the two.
+# Small and quick: 2 epochs of each model (retrieval: the mean encoder), no validation split (so
+# no refit), no beyond-accuracy evaluation. Each worker's batch is 32 rows: a step is 64 rows over
+# the two. The ranking model has no dropout (neither of its layers nor of the context), so its
+# training is deterministic and a single worker on batches of 64 rows takes the same steps.
+RANKING_CFG = {"epochs": 2, "batch_size": 32, "learning_rate": 0.01, "embedding_dim": 8, "deep_units": [16],
+               "num_cross_layers": 1, "dropout": 0.0, "context_dropout": 0.0}
 TRAINER_CFG = {
     "retrieval": {"epochs": 2, "batch_size": 32, "embedding_dim": 8, "max_k": 20, "history_encoder": "mean"},
+    "ranking": RANKING_CFG,
     "selection": {"validation": False},
     "evaluation": {"enabled": False},
     "baseline": {"iterations": 1},
 }
-# A safety net against a hung collective, not a budget: the run takes about 1-2 minutes on 2
-# shared cores (most of it importing TensorFlow and tracing the train step and the export).
-WORKER_TIMEOUT_S = 480
+KINDS = ("retrieval", "ranking")  # each worker process trains both, in this order
+# A safety net against a hung collective, not a budget: measured on 2 cores that other jobs loaded
+# about 3x over, the workers took 5 minutes (retrieval alone, 2.3): most of it importing TensorFlow,
+# tracing the train steps and saving the exports; about 70 s of it training and exporting ranking.
+WORKER_TIMEOUT_S = 600
 
 
 def _outputs(root) -> dict:
@@ -141,7 +148,8 @@ def _start_workers(tiny, roots, logs) -> list[subprocess.Popen]:
     for index, (root, log_path) in enumerate(zip(roots, logs)):
         args = json.dumps({"examples_uri": tiny.examples_uri, "transform_dir": tiny.transform_dir,
                            "side_features": tiny.side_features, "history_length": tiny.history_length,
-                           "trainer": TRAINER_CFG, **_outputs(root)})
+                           "trainer": TRAINER_CFG, "kinds": list(KINDS),
+                           "outputs": {kind: _outputs(root / kind) for kind in KINDS}})
         env = {**os.environ, "TF_CONFIG": tf_config(ports, index), "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
         with open(log_path, "w") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "tests.support.multiworker", args], cwd=REPO,
@@ -167,12 +175,13 @@ def _wait(procs, logs, timeout_s: float) -> list[int]:
     return [p.returncode for p in procs]
 
 
-def test_two_workers_train_retrieval_and_only_the_chief_writes(tiny_pipeline, tmp_path, monkeypatch):
+def test_two_workers_train_retrieval_then_ranking_and_only_the_chief_writes(tiny_pipeline, tmp_path, monkeypatch):
     import tensorflow as tf
 
     from trainer import artifacts, raw_data
     from trainer.hparams import trainer_config
-    from trainer.retrieval.train import train_and_export
+    from trainer.ranking.train import train_and_export as train_ranking
+    from trainer.retrieval.train import train_and_export as train_retrieval
 
     chief_root, other_root, single_root = tmp_path / "chief", tmp_path / "worker1", tmp_path / "single"
     # Each worker is given its own output paths, so whatever the non-chief writes where it was
@@ -181,42 +190,69 @@ def test_two_workers_train_retrieval_and_only_the_chief_writes(tiny_pipeline, tm
     started = time.monotonic()
     procs = _start_workers(tiny_pipeline, [chief_root, other_root], logs)
     try:
-        # Meanwhile, the same training in this process, without TF_CONFIG: the single-worker reference.
+        # Meanwhile, the same trainings in this process, without TF_CONFIG: the single-worker reference.
+        # Ranking on the workers' global batch (2 x 32 rows), so it takes the same steps as they do.
         monkeypatch.delenv("TF_CONFIG", raising=False)
-        out = _outputs(single_root)
-        train_and_export(tiny_pipeline.examples_uri, tiny_pipeline.transform_dir, out["serving_dir"], out["run_dir"],
-                         tiny_pipeline.side_features, tiny_pipeline.history_length, trainer_config(TRAINER_CFG),
-                         log_dir=out["log_dir"])
+        single_cfg = {**TRAINER_CFG, "ranking": {**RANKING_CFG, "batch_size": 2 * RANKING_CFG["batch_size"]}}
+        for kind, train_and_export in (("retrieval", train_retrieval), ("ranking", train_ranking)):
+            out = _outputs(single_root / kind)
+            train_and_export(tiny_pipeline.examples_uri, tiny_pipeline.transform_dir, out["serving_dir"],
+                             out["run_dir"], tiny_pipeline.side_features, tiny_pipeline.history_length,
+                             trainer_config(single_cfg), log_dir=out["log_dir"])
     finally:
         codes = _wait(procs, logs, WORKER_TIMEOUT_S - (time.monotonic() - started))
     stdout = [open(log).read() for log in logs]
 
-    # (a) Both workers finished, as two replicas of one MultiWorkerMirroredStrategy.
+    # (a) Both workers finished both trainings, as two replicas of one MultiWorkerMirroredStrategy.
     assert codes == [0, 0], stdout
     for index, text in enumerate(stdout):
-        assert f"done worker:{index}" in text
-        assert "MultiWorkerMirroredStrategy with 2 replica(s) in sync" in text, text[-3000:]
+        assert re.findall(r"^(?:trained (\w+) |done )worker:(\d)", text, re.M) == [
+            ("retrieval", str(index)), ("ranking", str(index)), ("", str(index))], text[-3000:]
+        assert text.count("MultiWorkerMirroredStrategy with 2 replica(s) in sync") == len(KINDS), text[-3000:]
+        # The gradient-norm probe runs in a tf.function, not strategy.run called eagerly every epoch.
+        assert "significant overhead" not in text, text[-3000:]
     # Each step is one global batch of 64 rows split between the workers (sharded by DATA):
     # an epoch is the train rows // 64 steps, not twice that (each worker going over every row).
     rows = sum(1 for _ in tf.data.TFRecordDataset(raw_data.split_files(tiny_pipeline.examples_uri, artifacts.TRAIN),
                                                   compression_type="GZIP"))
     steps = [int(done) for done, total in re.findall(r"^(\d+)/(\d+) - ", stdout[0], re.M) if done == total]
-    assert steps == [rows // 64] * TRAINER_CFG["retrieval"]["epochs"], (rows, steps)
+    assert steps == [rows // 64] * sum(TRAINER_CFG[kind]["epochs"] for kind in KINDS), (rows, steps)
 
     # (b) The chief exported what a single worker exports: the same files and the same serving interface.
-    chief, single = _outputs(chief_root), _outputs(single_root)
-    interface = signature_interface(chief["serving_dir"])
-    assert "serving_default" in interface and all(inputs and outputs for inputs, outputs in interface.values())
-    assert interface == signature_interface(single["serving_dir"])
-    assert _files(chief_root) == _files(single_root)
-    assert {"saved_model.pb", artifacts.METRICS_FILE} <= {os.path.basename(f) for f in _files(chief_root)}
-    assert os.listdir(chief["log_dir"])  # TensorBoard: the chief's logs
-    with open(os.path.join(chief["run_dir"], artifacts.METRICS_FILE)) as fh:
-        assert json.load(fh)["model"]["recall@100"] > 0
+    for kind in KINDS:
+        chief, single = _outputs(chief_root / kind), _outputs(single_root / kind)
+        interface = signature_interface(chief["serving_dir"])
+        assert "serving_default" in interface and all(inputs and outputs for inputs, outputs in interface.values())
+        assert interface == signature_interface(single["serving_dir"]), kind
+        assert _files(chief_root / kind) == _files(single_root / kind), kind
+        assert {"saved_model.pb", artifacts.METRICS_FILE} <= {os.path.basename(f) for f in _files(chief_root / kind)}
+        assert os.listdir(chief["log_dir"])  # TensorBoard: the chief's logs
+    metrics = {(who, kind): json.load(open(os.path.join(_outputs(root / kind)["run_dir"], artifacts.METRICS_FILE)))
+               for who, root in (("chief", chief_root), ("single", single_root)) for kind in KINDS}
+    assert metrics["chief", "retrieval"]["model"]["recall@100"] > 0
 
-    # (c) The non-chief wrote only into its temporary copy, now deleted; nothing where it was told to write.
-    scratch = re.search(r"writing this run's outputs into (\S+) \(deleted afterwards\)", stdout[1])
-    assert scratch, stdout[1][-3000:]
-    assert not os.path.exists(scratch.group(1))
+    # (c) Ranking, a mean loss over the global batch: the two workers' steps on 2 x 32 rows are the
+    # single worker's on 64 (same data order, same initial weights, no dropout), so its losses and
+    # its eval metrics match, up to float summation order; and the per-example loss is exact.
+    history = {who: json.load(open(os.path.join(_outputs(root / "ranking")["run_dir"], artifacts.HISTORY_FILE)))
+               for who, root in (("chief", chief_root), ("single", single_root))}
+    scale = history["chief"]["loss_scale"]
+    assert (scale["replicas"], scale["train_batch_rows"], scale["per_example"]) == (2, 64, "exact"), scale
+    assert "mean over the global batch's rows" in scale["how"], scale
+    assert history["single"]["loss_scale"]["replicas"] == 1
+    assert history["chief"]["loss_per_example"] == pytest.approx(history["single"]["loss_per_example"], rel=1e-4)
+    assert history["chief"]["grad_norm"] == pytest.approx(history["single"]["grad_norm"], rel=1e-4)
+    # Keras' metrics are logged once, not summed over the workers (trainer/ranking/model.py ``_global_logs``).
+    for key in ("rmse", "auc", "loss"):
+        assert history["chief"][key] == pytest.approx(history["single"][key], rel=1e-4), key
+    chief_m, single_m = metrics["chief", "ranking"]["model"], metrics["single", "ranking"]["model"]
+    assert chief_m == pytest.approx(single_m, rel=1e-4), (chief_m, single_m)
+    assert chief_m["rmse"] < metrics["chief", "ranking"]["baseline"]["rmse"], metrics["chief", "ranking"]
+
+    # (d) The non-chief wrote only into its temporary copies (one per training), now deleted;
+    # nothing where it was told to write.
+    scratch = re.findall(r"writing this run's outputs into (\S+) \(deleted afterwards\)", stdout[1])
+    assert len(scratch) == len(KINDS), stdout[1][-3000:]
+    assert not any(os.path.exists(d) for d in scratch)
     assert not os.path.exists(other_root), sorted(_files(other_root))
     assert "is not the chief" not in stdout[0]

@@ -306,3 +306,36 @@ def test_client_explains_the_trained_export_over_a_real_server(ranking, tiny_pip
         top = np.argsort(-np.abs(attr[c]), kind="stable")[:3]
         assert [g for g, _ in factors[item]] == [groups[g] for g in top]
         np.testing.assert_allclose([a for _, a in factors[item]], attr[c][top], rtol=1e-5, atol=1e-6)
+
+
+def test_ranking_loss_under_two_mirrored_replicas_equals_one_replica():
+    """The ranking loss is a mean over the global batch (trainer/ranking/model.py ``compute_loss``):
+    under a 2-replica MirroredStrategy (the CPU split into 2 logical devices, in a fresh process:
+    the split must precede TensorFlow's device set-up) one batch's loss and gradient summed over
+    the replicas equal the default strategy's, also when the batch splits unevenly (5 + 2 rows, as
+    a last evaluation batch can); so do one ``fit`` step's updated weights, its logged losses and
+    metrics, training and validation (whose last batch, 3 rows, splits unevenly), the per-example losses
+    (trainer/training_logs.py PerExampleLoss), and GradientNormLogger's norm. The single-replica
+    loss is the hand-computed one: the weighted squared errors (rating weight 0 on every third
+    row) and the BCEs, each summed over the rows and divided by all of them.
+    (tests/support/multiworker.py ``mirrored_ranking_check``.)"""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = json.dumps({"check": "mirrored_ranking"})
+    done = subprocess.run([sys.executable, "-m", "tests.support.multiworker", args], capture_output=True, text=True,
+                          timeout=300, cwd=repo, env={**os.environ, "PYTHONPATH": repo})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    assert result["per_replica_rows"] == [5, 2]
+    assert result["loss"] == pytest.approx(result["hand_loss"], rel=1e-5)
+    fit = ("fit_weights", "fit_loss", "fit_rmse", "fit_auc", "fit_val_loss", "fit_val_rmse", "fit_val_auc",
+           "fit_loss_per_example", "fit_val_loss_per_example")
+    for key, rel in (("loss", 1e-6), ("grads", 1e-5), ("grad_norm", 1e-6), *((k, 1e-6) for k in fit)):
+        assert result[key + "_mirrored"] == pytest.approx(result[key], rel=rel, abs=1e-7), key
+    # The validation loss per example is over all 7 rows (exact: not the replicas' sum divided by 2).
+    assert result["fit_per_example_mirrored"] == "exact" and "global batch" in result["fit_how_mirrored"]
+    assert result["grads"][0] > 0.1  # a real gradient, not two zeros
+    # The gradient probe is a tf.function: no strategy.run called eagerly.
+    assert "significant overhead" not in done.stderr

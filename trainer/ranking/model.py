@@ -15,6 +15,13 @@ Architecture (stacked DCN-v2, Wang et al. 2021):
   rating = Dense(1)(h)                      regression head, MSE, RMSE metric
   engagement_logit = Dense(1)(h)            binary head (label ``engaged``), BCE on logits, AUC
   loss = rating_loss_weight * MSE + engagement_loss_weight * BCE
+
+Both losses are means over the *global* batch's rows (``compute_loss``): each replica sums its
+rows' per-example losses and divides by the rows of all replicas together, so under
+MirroredStrategy / MultiWorkerMirroredStrategy (trainer/distribute.py), where the optimizer sums
+the replicas' gradients, a step is the single-replica step on the same global batch, and the
+loss a step logs is the replicas' losses summed; with one replica it is the batch mean, as a
+Keras loss's default reduction gives.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class RankingModel(tfrs.Model):
     def __init__(self, layout: FeatureLayout, hp, history_length: int, rating_mean: float = 0.0,
                  engagement_rate: float = 0.5, cross_projection_dim: int | None = None):
         super().__init__()
+        self.distribute_reduction_method = "first"  # the logged values are global on every replica: _global_logs
         self.hp = hp
         ehp = encoder_hparams(hp)
         self.item_embedding = embedding(layout.num_items, ehp.id_embedding_dim, "emb_item_id")
@@ -85,11 +93,14 @@ class RankingModel(tfrs.Model):
         self.engagement_head = tf.keras.layers.Dense(
             1, dtype="float32", name="engagement_head",
             bias_initializer=tf.keras.initializers.Constant(math.log(p / (1 - p))))
+        # Per-example losses (no reduction): ``compute_loss`` averages them over the global batch.
+        # Keras' default (AUTO) reduction is refused in a distribution strategy's replica context.
+        none = tf.keras.losses.Reduction.NONE
         self.rating_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(),
+            loss=tf.keras.losses.MeanSquaredError(reduction=none),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse")])
         self.engagement_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=none),
             metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
 
     def call(self, inputs: dict, training: bool = False) -> dict:
@@ -186,14 +197,58 @@ class RankingModel(tfrs.Model):
         del tape
         return result
 
+    # The loss is a mean over the global batch's rows (trainer/training_logs.py reads this): under R
+    # replicas each one's loss is its share of it; the train and test steps log the global mean.
+    loss_over_global_batch = True
+
+    def train_step(self, inputs):
+        return self._global_logs(super().train_step(inputs))
+
+    def test_step(self, inputs):
+        return self._global_logs(super().test_step(inputs))
+
+    @staticmethod
+    def _global_logs(logs: dict) -> dict:
+        """A step's logs, the same on every replica: the loss summed over the replicas (their shares
+        of the global batch's mean), the metrics as they are (Keras metrics already report the
+        global value). Keras then keeps the first replica's (``distribute_reduction_method``
+        "first"): its default sums the replicas' logs, which under MultiWorkerMirroredStrategy
+        would also sum the metrics (an AUC of 1.3 with two workers). One replica: unchanged."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return logs
+        loss = context.all_reduce(tf.distribute.ReduceOp.SUM, logs["loss"])
+        return {**logs, "loss": loss, "total_loss": loss + logs["regularization_loss"]}
+
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        """rating_loss_weight x the weighted MSE + engagement_loss_weight x the BCE, each a mean over
+        the global batch's rows: the sum of this replica's per-example losses divided by the rows of
+        every replica's batch (``global_rows``). A row's rating weight (``rating_weight``, 0 for
+        logged exposures) scales its squared error; its row still counts in the divisor, as Keras'
+        default reduction (sum over batch size) counts it."""
         out = self(inputs, training=training)
         # Logged exposures carry no rating: their rows weigh 0 in the rating loss (and RMSE).
-        # Columns [B, 1], so the per-example MSE is [B] and the weights apply row by row.
+        # Columns [B, 1], so the per-example losses are [B] and the weights apply row by row.
         weight = inputs.get(F.RATING_WEIGHT)
         rating_loss = self.rating_task(labels=tf.cast(inputs[F.RATING_LABEL], tf.float32)[:, None],
                                        predictions=out[RATING][:, None],
                                        sample_weight=None if weight is None else weight[:, None])
-        engagement_loss = self.engagement_task(labels=tf.cast(inputs[F.ENGAGED_LABEL], tf.float32),
-                                               predictions=out[ENGAGEMENT_LOGIT])
-        return self.hp.rating_loss_weight * rating_loss + self.hp.engagement_loss_weight * engagement_loss
+        engagement_loss = self.engagement_task(labels=tf.cast(inputs[F.ENGAGED_LABEL], tf.float32)[:, None],
+                                               predictions=out[ENGAGEMENT_LOGIT][:, None])
+        rows = global_rows(tf.shape(out[RATING])[0])
+        return (self.hp.rating_loss_weight * tf.math.divide_no_nan(tf.reduce_sum(rating_loss), rows)
+                + self.hp.engagement_loss_weight * tf.math.divide_no_nan(tf.reduce_sum(engagement_loss), rows))
+
+
+def global_rows(local_rows: tf.Tensor) -> tf.Tensor:
+    """The rows of the global batch (float32) from this replica's ``local_rows``: summed over the
+    replicas in sync (one scalar all-reduce) in a replica context of several; ``local_rows`` itself
+    under one replica or in a cross-replica context (the whole batch is here).
+
+    Counted, not assumed to be local rows x replicas: a last evaluation batch smaller than the
+    global batch splits unevenly over the replicas (some may get no row)."""
+    rows = tf.cast(local_rows, tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return rows
+    return tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, rows))
