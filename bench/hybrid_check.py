@@ -15,10 +15,6 @@ printed for the record, never to choose.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import time
-
-import numpy as np
 
 GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -29,27 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=["per_user", "global_time", "leave_last_one"], default="per_user")
     args = parser.parse_args(argv)
 
-    from bench.ablation import _latest
-    from tfx_pipeline import component_ids as ids
-    from tfx_pipeline.config import load_config
-    from trainer import artifacts, skeleton
-    from trainer.hparams import sections, trainer_config
+    from bench.popularity_prior_check import eval_parts, selected_model
     from trainer.retrieval import classical, metrics as M, prior
-    from trainer.retrieval.train import RECIPE, ValidationRetrieval, interactions
+    from trainer.retrieval.train import ValidationRetrieval, interactions
 
-    base = load_config(args.config)
-    cfg = load_config(args.config, {"name": f"{base.name}_{args.split}", "examples": {"split": {"strategy": args.split}}})
-    examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
-    transform = _latest(cfg.root, ids.TRANSFORM, "transform_graph")
-    tc = trainer_config(sections(base.trainer))
-    data = skeleton.load_data(examples, transform, cfg.side_features(), cfg.examples.history_length,
-                              RECIPE.raw_keys(cfg.side_features()), tc.retrieval.seed, cfg.examples.split,
-                              tc.selection, cfg.examples.state_length)
-    started = time.time()
-    result = skeleton.fit_and_evaluate(RECIPE, data, tc.retrieval, dataclasses.replace(tc.selection, refit=False),
-                                       evaluate=False, verbose=0)
-    model, hp = result.model, result.hp
-    print(f"[hybrid] epoch {result.selection['best_epoch']}, prior {hp.popularity_prior} ({time.time() - started:.0f} s)")
+    tc, data, result = selected_model(args.config, args.split, "hybrid")
+    hp = result.hp
 
     def als_part(train_events, task):
         fit = classical.fit_als(train_events, task, tc.baseline)
@@ -61,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             return s
         return score, fit
 
-    val = ValidationRetrieval(data, model, "recall@100")
-    q = model.query_tower(val.queries, training=False).numpy()[val.position]
-    c = model.candidate_tower(val.item_inputs, training=False).numpy()
+    val = ValidationRetrieval(data, result.model, "recall@100")
+    q, c = val.vectors()
     bias = prior.item_bias(val.fit_counts, hp.popularity_prior, hp.temperature)
     als, fit = als_part(interactions(data.fit.raw), val.task)
     print(f"[hybrid] validation ALS alone: {M.evaluate_scores(val.task, fit.score, ks=(10, 100))}")
@@ -74,16 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         if picked is None or m["recall@100"] > picked[1]:
             picked = (w, m["recall@100"])
 
-    quiet = dataclasses.replace(tc, evaluation=dataclasses.replace(tc.evaluation, enabled=False))
-    ev = RECIPE.evaluate(data, model, hp, None, quiet)
-    cands = ev.state["candidates"]
-    task = M.build_eval_task(interactions(data.train.raw), interactions(data.eval.raw), cands["ids"])
-    qe, emb, eb = ev.run_files[artifacts.EVAL_QUERIES_FILE], cands["embeddings"], cands["bias"]
+    task, qe, cands = eval_parts(tc, data, result, "hybrid")
+    emb, eb = cands["embeddings"], cands["bias"]
     als, _ = als_part(interactions(data.train.raw), task)
-    for name in ("popularity", "als"):
-        m = ev.metrics.get(name) or {}
-        if "recall@100" in m:
-            print(f"[hybrid] eval {name}: recall@100 {m['recall@100']:.4f} ndcg@10 {m['ndcg@10']:.4f}")
     for w in GRID:
         m = M.evaluate_scores(task, lambda r: qe[r] @ emb.T + eb[None, :] + w * als(r), ks=(10, 100))
         mark = " (the validation pick)" if w == picked[0] else ""

@@ -117,23 +117,28 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         # Each candidate's fit-split count (the popularity the validation queries may know).
         self.fit_counts = fit[F.ITEM_ID].value_counts().reindex(self.item_ids).fillna(0).to_numpy(np.float64)
 
+    def vectors(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(query per task user, candidate per catalogue item) of the model as it is now; None
+        when there is nothing to score."""
+        if self.queries is None or not self.task.num_users:
+            return None
+        q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
+        return q, self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
+
+    def _metric(self, q: np.ndarray, c: np.ndarray, bias) -> float:
+        return retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T + bias, ks=(self.k,))[self.metric]
+
     def score(self, bias: np.ndarray | None = None) -> float:
         """The metric of the model as it is now, scores ``q . c`` (+ ``bias`` per candidate)."""
-        if self.queries is None or not self.task.num_users:
-            return 0.0
-        q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
-        c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
-        offset = 0.0 if bias is None else bias[None, :]
-        return retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T + offset, ks=(self.k,))[self.metric]
+        vectors = self.vectors()
+        return 0.0 if vectors is None else self._metric(*vectors, 0.0 if bias is None else bias[None, :])
 
     def select_prior(self, temperature: float) -> tuple[float, dict]:
         """The popularity prior's beta with the best validation metric (trainer/retrieval/prior.py)."""
-        if self.queries is None or not self.task.num_users:
+        vectors = self.vectors()
+        if vectors is None:
             return 0.0, {}
-        q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
-        c = self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
-        return prior.select(lambda bias: retrieval_metrics.evaluate_scores(
-            self.task, lambda r: q[r] @ c.T + bias[None, :], ks=(self.k,))[self.metric], self.fit_counts, temperature)
+        return prior.select(lambda bias: self._metric(*vectors, bias[None, :]), self.fit_counts, temperature)
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.score()
