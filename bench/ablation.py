@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict] = {
     "full_catalogue": dict(negatives="catalogue"),
     # No popularity prior at scoring time (the default picks its beta on validation).
     "full_no_prior": dict(popularity_prior=0.0),
+    # No ALS blend (the default picks its w on validation, after the prior).
+    "full_no_als_blend": dict(als_blend=0.0),
     # The user id replaced by the OOV row on a share of training rows (new users get trained weights).
     "full_user_dropout_0.1": dict(user_id_dropout=0.1),
     "full_user_dropout_0.3": dict(user_id_dropout=0.3),
@@ -160,14 +162,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"variant": name, "overrides": VARIANTS[name], **m["model"],
                          "validation": sel.get("best_value"), "validation_metric": sel.get("metric"),
                          "served_validation": sel.get("served_value"), "prior": m.get("popularity_prior", 0.0),
-                         "without_prior": m.get("model_without_prior"),
+                         "without_prior": m.get("model_without_prior"), "als_blend": m.get("als_blend", 0.0),
+                         "without_als": m.get("model_without_als"),
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
             popularity, als = m["popularity"], m.get("als") or {}
             full_metrics[name] = m  # metrics.json as the trainer wrote it (slices, beyond accuracy, diagnosis)
         r = rows[-1]
         print(f"[ablation] {name}: recall@100 {r['recall@100']:.4f} ndcg@10 {r['ndcg@10']:.4f} (popularity prior "
               f"{r['prior']:g}" + (f"; without it {r['without_prior']['recall@100']:.4f} / "
-                                   f"{r['without_prior']['ndcg@10']:.4f}" if r["without_prior"] else "") + ")",
+                                   f"{r['without_prior']['ndcg@10']:.4f}" if r["without_prior"] else "")
+              + f"; ALS blend {r['als_blend']:g}" + (f"; without it {r['without_als']['recall@100']:.4f} / "
+                                                     f"{r['without_als']['ndcg@10']:.4f}" if r["without_als"] else "")
+              + ")",
               flush=True)
     rows.append({"variant": "popularity", **popularity, "seconds": 0.0, "epochs_run": 0})
     if "recall@100" in als:  # the trainer's classical baseline, on the same eval task
@@ -188,19 +194,23 @@ def main(argv: list[str] | None = None) -> int:
              "Defaults are chosen on the validation column (carved from train), never on the eval columns.", "",
              "`validation`: the epoch-selection metric on the validation split, the model's own scores; "
              "`prior`: the popularity prior's beta (trainer/retrieval/prior.py) and the validation metric with it; "
-             "the eval columns are the served scores (prior included), `without prior` the same model's own scores.",
+             "`ALS w`: the ALS blend's weight (trainer/retrieval/als_blend.py), picked after the prior; "
+             "the eval columns are the served scores (prior and blend included), `without prior` the same model's "
+             "own scores, `without ALS` the served scores less the blend.",
              "",
-             "| variant | validation | prior (validation) | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | HR@10 | "
-             "without prior R@100 / NDCG@10 | epochs | train+eval s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | validation | prior (validation) | ALS w | Recall@10 | Recall@50 | Recall@100 | NDCG@10 | HR@10 | "
+             "without prior R@100 / NDCG@10 | without ALS R@100 / NDCG@10 | epochs | train+eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = "-" if r.get("validation") is None else f"{r['validation']:.4f} ({r['validation_metric']})"
         pri = "-" if "prior" not in r else (f"{r['prior']:g}" + (
             f" ({r['served_validation']:.4f})" if r.get("served_validation") is not None else ""))
-        wo = r.get("without_prior")
-        wo = f"{wo['recall@100']:.4f} / {wo['ndcg@10']:.4f}" if wo else "-"
-        lines.append(f"| {r['variant']} | {val} | {pri} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | "
-                     f"{r['recall@100']:.4f} | {r['ndcg@10']:.4f} | {r['hit_rate@10']:.4f} | {wo} | {r['epochs_run']} | "
+        wo, wa = (f"{x['recall@100']:.4f} / {x['ndcg@10']:.4f}" if x else "-"
+                  for x in (r.get("without_prior"), r.get("without_als")))
+        blend = f"{r['als_blend']:g}" if "als_blend" in r else "-"
+        lines.append(f"| {r['variant']} | {val} | {pri} | {blend} | {r['recall@10']:.4f} | {r['recall@50']:.4f} | "
+                     f"{r['recall@100']:.4f} | {r['ndcg@10']:.4f} | {r['hit_rate@10']:.4f} | {wo} | {wa} | "
+                     f"{r['epochs_run']} | "
                      f"{r['seconds']:.0f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

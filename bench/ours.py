@@ -62,6 +62,7 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
     from tfx_pipeline.local_runner import run_local
     from tfx_pipeline.summary import latest
     from trainer.artifacts import EVAL_QUERIES_FILE, EVAL_QUERY_USERS_FILE
+    from trainer.retrieval.export import served_vectors
     from trainer.retrieval.train import train_and_export
 
     base = bcfg.pipeline
@@ -80,21 +81,21 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
                                    split=cfg.examples.split, sequence_length=cfg.examples.state_length)
         _keep_metrics(metrics, cfg.name)
         model = tf.saved_model.load(os.path.join(tmp, "serving"))
-        emb = model.candidate_embeddings.numpy()
-        bias = model.candidate_bias.numpy()  # the served popularity prior (trainer/retrieval/prior.py)
+        # What the export's top-k layer indexes: [c, ALS v, prior bias] (trainer/retrieval/export.py).
+        served = served_vectors(model)
         ids = [i.decode() for i in model.candidate_ids.numpy()]
-        queries = np.load(os.path.join(tmp, "run", EVAL_QUERIES_FILE))
+        queries = np.load(os.path.join(tmp, "run", EVAL_QUERIES_FILE))  # [q, w u], as served less the 1
         users = np.load(os.path.join(tmp, "run", EVAL_QUERY_USERS_FILE))
     col = {i: j for j, i in enumerate(ids)}
-    cand = np.zeros((task.num_items, emb.shape[1] + 1), np.float32)
+    cand = np.zeros((task.num_items, served.shape[1]), np.float32)
     for j, item in enumerate(task.item_ids):
         if item in col:
-            cand[j, :-1], cand[j, -1] = emb[col[item]], bias[col[item]]
+            cand[j] = served[col[item]]
     row = {u: r for r, u in enumerate(users)}
     missing = [u for u in task.user_ids if u not in row]
     if missing:
         raise ValueError(f"{len(missing)} eval users have no query embedding (e.g. {missing[:3]}); "
                          "the plug-in needs the full dataset (not --smoke)")
     q = queries[[row[u] for u in task.user_ids]]
-    q = np.concatenate([q, np.ones((len(q), 1), np.float32)], axis=1)  # [q, 1] . [c, bias]
+    q = np.concatenate([q, np.ones((len(q), 1), np.float32)], axis=1)  # [q, w u, 1] . [c, v, bias]
     return lambda rows: q[rows] @ cand.T

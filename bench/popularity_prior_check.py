@@ -23,8 +23,8 @@ GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 def selected_model(config: str, split: str, tag: str):
     """The config's retrieval model on the cached data half for ``split``, its epoch (and popularity
-    prior) selected on validation, **no refit**: (trainer config, TrainingData, skeleton.Result).
-    Shared with bench/hybrid_check.py."""
+    prior) selected on validation, ALS blend off, **no refit**: (trainer config, TrainingData,
+    skeleton.Result)."""
     from bench.ablation import _latest
     from tfx_pipeline import component_ids as ids
     from tfx_pipeline.config import load_config
@@ -37,6 +37,8 @@ def selected_model(config: str, split: str, tag: str):
     examples = _latest(cfg.root, ids.EXAMPLE_BUILDER, "examples")
     transform = _latest(cfg.root, ids.TRANSFORM, "transform_graph")
     tc = trainer_config(sections(base.trainer))
+    # The prior alone: the ALS blend (picked after it by the trainer) is off here.
+    tc = dataclasses.replace(tc, retrieval=dataclasses.replace(tc.retrieval, als_blend=0.0))
     data = skeleton.load_data(examples, transform, cfg.side_features(), cfg.examples.history_length,
                               RECIPE.raw_keys(cfg.side_features()), tc.retrieval.seed, cfg.examples.split,
                               tc.selection, cfg.examples.state_length)

@@ -90,6 +90,11 @@ class RetrievalHParams:
     # -1 = beta picked on the validation split after epoch selection (0 without one),
     # 0 = off, > 0 = that beta.
     popularity_prior: float = -1.0
+    # Served scores add w * (ALS user . ALS item) for users the classical baseline's ALS
+    # (trainer.baseline) was fit on (trainer/retrieval/als_blend.py): -1 = w picked on the
+    # validation split after the prior (0 without one, or with the baseline disabled),
+    # 0 = off, > 0 = that w.
+    als_blend: float = -1.0
     batch_size: int = 512
     learning_rate: float = 0.003
     # 0 = derived from the data: at least 8, raised on a small log until training takes
@@ -128,6 +133,8 @@ class RetrievalHParams:
         if self.popularity_prior < 0 and self.popularity_prior != -1:
             raise ConfigError(f"popularity_prior must be -1 (picked on validation), 0 (off) or > 0, "
                               f"got {self.popularity_prior}")
+        if self.als_blend < 0 and self.als_blend != -1:
+            raise ConfigError(f"als_blend must be -1 (picked on validation), 0 (off) or > 0, got {self.als_blend}")
         if min(self.epochs, self.min_train_steps, self.embedding_l2, self.uniform_negatives, self.id_embedding_dim) < 0:
             raise ConfigError("epochs, min_train_steps, embedding_l2, uniform_negatives and id_embedding_dim must be >= 0")
 

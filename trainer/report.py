@@ -246,6 +246,26 @@ def prior_line(m: dict) -> str | None:
     return line + "."
 
 
+def blend_line(m: dict) -> str | None:
+    """The ALS blend the served scores carry (trainer/retrieval/als_blend.py): its w, how it was
+    picked (the validation metric per w) and ours without it (prior kept) on the same eval task."""
+    picked = (m.get("selection") or {}).get("als_blend")
+    if not picked:
+        return None  # a metrics.json written before the blend existed
+    w = float(m.get("als_blend", picked.get("w", 0.0)))
+    line = f"ALS blend: {'off' if w <= 0 else f'w {w:g}'} ({picked.get('picked_on', '?')}"
+    values = picked.get("validation") or {}
+    if values:
+        metric = ((m.get("selection") or {}).get("metric") or "validation").removeprefix("val_")
+        line += f"; validation {metric} by w: " + ", ".join(f"{float(b):g}: {v:.4f}" for b, v in values.items())
+    line += ")"
+    without = m.get("model_without_als")
+    if without:
+        line += (f". Ours without it: Recall@100 {without['recall@100']:.4f}, NDCG@10 {without['ndcg@10']:.4f} "
+                 f"(with it: {m['model']['recall@100']:.4f}, {m['model']['ndcg@10']:.4f})")
+    return line + "."
+
+
 BA_MODELS = (("model", "ours"), ("popularity", "popularity"), ("als", "ALS"))
 
 
@@ -672,8 +692,9 @@ def _run_blocks(out_dir: str, title: str, run: str | None, evaluation: str | Non
     if metrics and title == "retrieval":
         blocks += [retrieval_rows(metrics), Bullets([Cell(v, LOSS if v.startswith("OURS LOSES") else "")
                                                      for v in retrieval_verdicts(metrics)])]
-        if prior_line(metrics):
-            blocks.append(Text(prior_line(metrics)))
+        for line in (prior_line(metrics), blend_line(metrics)):
+            if line:
+                blocks.append(Text(line))
         k = report_k(metrics)
         if k is not None:
             params = metrics["beyond_accuracy"]["params"]

@@ -115,9 +115,9 @@ class Recipe(Protocol):
 
     def build(self, data: TrainingData, hp, prepared: "Prepared") -> tf.keras.Model: ...
 
-    # Optional: after_selection(data, model, hp, selection_callback) -> (hp, dict for
+    # Optional: after_selection(data, model, hp, selection_callback, config) -> (hp, dict for
     # ``selection``): choices made on the selected weights, before the refit (retrieval's
-    # popularity prior); ``selection_callback`` is None without a validation split.
+    # popularity prior and ALS blend); ``selection_callback`` is None without a validation split.
 
     def evaluate(self, data: TrainingData, model: tf.keras.Model, hp, prepared: "Prepared",
                  config: TrainerConfig) -> "Evaluation": ...
@@ -330,7 +330,7 @@ def fit_and_evaluate(recipe: Recipe, data: TrainingData, hp, selection: Selectio
         log(f"{recipe.kind}: selected epoch {best} of {chosen['epochs_run']} ({monitor} {chosen['best_value']:.4f})")
     after_selection = getattr(recipe, "after_selection", None)
     if after_selection is not None:  # choices made on the selected weights (e.g. retrieval's popularity prior)
-        hp, picked = after_selection(data, model, hp, selection_callback)
+        hp, picked = after_selection(data, model, hp, selection_callback, config or TrainerConfig())
         chosen.update(picked)
     if not evaluate:
         return Result(metrics={}, model=model, history=history, evaluation=None, selection=chosen, hp=hp)

@@ -139,12 +139,23 @@ class AlsFit:
         factors: the latent factors used (``choose_factors``).
         train_seconds: the fit's wall time.
         data: the indexed train split (``num_cold_users`` evaluated users get popularity).
+        user_factors: float32 [n_train_users, factors], row i for ``data.user_ids[i]``.
+        item_factors: float32 [task.num_items, factors], catalogue order.
     """
 
     score: ScoreFn
     factors: int
     train_seconds: float
     data: TrainData
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    def task_user_factors(self) -> np.ndarray:
+        """float32 [task.num_users, factors]: each evaluated user's factors, zeros for a cold user."""
+        rows = self.data.task_user_rows
+        out = np.zeros((len(rows), self.user_factors.shape[1]), np.float32)
+        out[rows >= 0] = self.user_factors[rows[rows >= 0]]
+        return out
 
 
 def fit_als(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalBaselineConfig) -> AlsFit:
@@ -174,11 +185,12 @@ def fit_als(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalBaselineCo
                                         iterations=cfg.iterations, random_state=cfg.seed, num_threads=cfg.threads)
         model.fit(data.matrix, show_progress=False)
     seconds = time.time() - started
-    user_factors, item_factors = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    user_factors = np.asarray(model.user_factors, np.float32)
+    item_factors = np.asarray(model.item_factors, np.float32)
     if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):
         raise ValueError("ALS gave non-finite factors")
     return AlsFit(score=dot_product_scores(user_factors, item_factors, data), factors=factors,
-                  train_seconds=seconds, data=data)
+                  train_seconds=seconds, data=data, user_factors=user_factors, item_factors=item_factors)
 
 
 def baseline_metrics(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalBaselineConfig,
@@ -195,17 +207,18 @@ def baseline_metrics(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalB
 
 
 def baseline_run(train_events: pd.DataFrame, task: EvalTask, cfg: ClassicalBaselineConfig,
-                 ks: Sequence[int] = DEFAULT_KS) -> tuple[dict, np.ndarray | None]:
-    """``baseline_metrics``'s entry and the top-K lists it was evaluated on (``evaluate_and_rank``),
-    None when unavailable; never raises."""
+                 ks: Sequence[int] = DEFAULT_KS) -> tuple[dict, np.ndarray | None, AlsFit | None]:
+    """``baseline_metrics``'s entry, the top-K lists it was evaluated on (``evaluate_and_rank``)
+    and the fit itself (both None when unavailable); never raises."""
     params = dataclasses.asdict(cfg)
     if not cfg.enabled:
-        return {"unavailable": "disabled by trainer.baseline.enabled: false", "disabled": True, "params": params}, None
+        return ({"unavailable": "disabled by trainer.baseline.enabled: false", "disabled": True, "params": params},
+                None, None)
     try:
         fit = fit_als(train_events, task, cfg)
         metrics, ranked = evaluate_and_rank(task, fit.score, ks=ks)
     except Exception as e:  # noqa: BLE001  the baseline must never stop the trainer
         return {"unavailable": f"{cfg.kind} could not be fit: {type(e).__name__}: {e}", "disabled": False,
-                "params": params}, None
+                "params": params}, None, None
     return {**metrics, "train_seconds": fit.train_seconds, "factors": fit.factors,
-            "cold_users": fit.data.num_cold_users, "params": params}, ranked
+            "cold_users": fit.data.num_cold_users, "params": params}, ranked, fit

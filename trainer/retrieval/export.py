@@ -7,9 +7,11 @@ module class serves both exports; only the top-k layer differs:
 - ``retrieval``: ``tfrs.layers.factorized_top_k.ScaNN`` (built by the index step,
   trainer/retrieval/index.py), saved with the ``Scann`` op namespace allowed.
 
-Both rank by ``q . c`` plus each candidate's popularity prior (trainer/retrieval/prior.py):
-the top-k layer indexes ``[c, bias]`` and is queried with ``[q, 1]``; the
-``query_embedding`` and ``candidate_embedding`` signatures return the model's own vectors.
+Both rank by ``q . c`` plus each candidate's popularity prior (trainer/retrieval/prior.py) plus,
+when the run picked one, the ALS blend (trainer/retrieval/als_blend.py): the top-k layer indexes
+``[c, v, bias]`` (``served_vectors``) and is queried with ``[q, w u, 1]`` (``u``: the user id's ALS
+row, zeros for an id ALS has none for); the ``query_embedding`` and ``candidate_embedding``
+signatures return the model's own vectors.
 
 What the module stores besides the towers: the candidate embeddings, biases and ids, each
 known user's latest history and features (so a known user id alone is enough),
@@ -25,9 +27,13 @@ import tensorflow_recommenders as tfrs
 
 from serving import names
 from trainer import features as F
-from trainer.retrieval import prior
+from trainer.retrieval import als_blend, prior
 from trainer.query import QueryResolver, finalize_topk, query_input_signature, raw_to_model_inputs
 from trainer.query import unknown_item_raw
+
+
+# ``resolve_query``'s output with what the top-k layer is queried with (``_served_query``).
+SERVED_QUERY = "served_query"
 
 
 class RetrievalModule(tf.Module):
@@ -36,6 +42,7 @@ class RetrievalModule(tf.Module):
 
     def __init__(self, resolver: QueryResolver, topk_layer, candidates: dict, max_k: int, fetch_k: int,
                  item_feature_keys: list[str], unknown_item_embedding: np.ndarray):
+        """``candidates["als_block"]``: an ``als_blend.AlsBlock`` served in the scores, or None/absent."""
         super().__init__()
         self.resolver, self.topk = resolver, topk_layer
         self.max_k, self.fetch_k = max_k, fetch_k
@@ -44,6 +51,14 @@ class RetrievalModule(tf.Module):
         self.candidate_embeddings = tf.Variable(candidates["embeddings"], trainable=False, name="candidate_embeddings")
         self.candidate_bias = tf.Variable(candidate_bias(candidates), trainable=False, name="candidate_bias")
         self.unknown_item_embedding = tf.constant(unknown_item_embedding)
+        block = candidates.get("als_block")
+        self.blended = block is not None
+        if self.blended:  # the ALS block: item factors beside the embeddings, w x user factors by user id
+            self.candidate_als_factors = tf.Variable(block.item_factors, trainable=False, name="candidate_als_factors")
+            self.als_user_factors = tf.Variable(block.user_factors, trainable=False, name="als_user_factors")
+            self.als_user_table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant(np.asarray(block.user_ids, dtype=str).astype(object)),
+                tf.range(len(block.user_ids), dtype=tf.int64)), -1)
         self.item_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), -1)
         order = np.argsort(-candidates["counts"], kind="stable")
@@ -52,14 +67,23 @@ class RetrievalModule(tf.Module):
         self.item_feature_keys = list(item_feature_keys)
         self.item_strings = {k: tf.constant(candidates["features"][k]) for k in self.item_feature_keys}
 
+    def _served_query(self, inputs: dict, query: tf.Tensor) -> tf.Tensor:
+        """What the top-k layer is queried with: ``[q, w u, 1]`` (``[q, 1]`` without the ALS block)."""
+        if self.blended:
+            rows = self.als_user_table.lookup(inputs[names.USER_ID])
+            factors = tf.gather(self.als_user_factors, tf.maximum(rows, 0))
+            query = tf.concat([query, tf.where((rows >= 0)[:, None], factors, tf.zeros_like(factors))], axis=1)
+        return prior.augment_query_tensor(query)
+
     def _resolve_query(self, inputs: dict) -> dict:
         """Saved as ``resolve_query`` so the index step can wrap this export with ScaNN."""
         query, history, known = self.resolver.resolve(inputs)
-        return {names.OUT_EMBEDDING: query, "history": history, names.OUT_KNOWN_USER: known}
+        return {names.OUT_EMBEDDING: query, "history": history, names.OUT_KNOWN_USER: known,
+                SERVED_QUERY: self._served_query(inputs, query)}
 
     def _recommend(self, inputs: dict) -> dict:
         query, history, known = self.resolver.resolve(inputs)
-        scores, ids = self.topk(prior.augment_query_tensor(query), k=self.fetch_k)
+        scores, ids = self.topk(self._served_query(inputs, query), k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, history, inputs[names.EXCLUDE_HISTORY], k)
         # The history it used (sent or stored): the one-call recommender reads it instead of
@@ -162,9 +186,20 @@ def candidate_bias(candidates: dict) -> np.ndarray:
     return np.zeros(len(candidates["ids"]), np.float32) if bias is None else np.asarray(bias, np.float32)
 
 
-def served_candidates(embeddings: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """What the top-k layers index: ``[c, bias]`` per candidate (queried with ``[q, 1]``)."""
-    return prior.augment_candidates(embeddings, bias)
+def served_candidates(embeddings: np.ndarray, bias: np.ndarray, block=None) -> np.ndarray:
+    """What the top-k layers index: ``[c, v, bias]`` per candidate (queried with ``[q, w u, 1]``;
+    ``block``: the ``als_blend.AlsBlock``, None: ``[c, bias]`` against ``[q, 1]``)."""
+    return prior.augment_candidates(als_blend.served_candidates(embeddings, block), bias)
+
+
+def served_vectors(export) -> np.ndarray:
+    """``served_candidates`` of a saved brute-force export (loaded): what its top-k layer indexes.
+    Exports from before the prior or the ALS block lack those parts (zeros / nothing)."""
+    emb = export.candidate_embeddings.numpy()
+    bias = export.candidate_bias.numpy() if hasattr(export, "candidate_bias") else np.zeros(len(emb), np.float32)
+    if hasattr(export, "candidate_als_factors"):
+        emb = np.concatenate([emb, export.candidate_als_factors.numpy()], axis=1)
+    return prior.augment_candidates(emb, bias)
 
 
 def brute_force_layer(embeddings: np.ndarray, ids: np.ndarray, k: int):
@@ -191,7 +226,9 @@ class ScannRetrievalModule(tf.Module):
     def _recommend(self, inputs: dict) -> dict:
         query_keys = self.base.resolve_query.input_signature[0].keys()
         resolved = self.base.resolve_query({k: inputs[k] for k in query_keys})
-        scores, ids = self.topk(prior.augment_query_tensor(resolved[names.OUT_EMBEDDING]), k=self.fetch_k)
+        served = (resolved[SERVED_QUERY] if SERVED_QUERY in resolved  # exports from before it: [q, 1]
+                  else prior.augment_query_tensor(resolved[names.OUT_EMBEDDING]))
+        scores, ids = self.topk(served, k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, resolved["history"], inputs[names.EXCLUDE_HISTORY], k)
         return {names.OUT_ITEM_IDS: top_ids, names.OUT_SCORES: top_scores,

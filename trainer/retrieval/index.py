@@ -94,14 +94,13 @@ def build_scann_export(brute_force_dir: str, out_dir: str, eval_queries: np.ndar
     import tensorflow as tf
 
     from serving import names
-    from trainer.retrieval.export import ScannRetrievalModule, served_candidates
+    from trainer.retrieval.export import ScannRetrievalModule, served_vectors
     from trainer.retrieval.prior import augment_queries
 
     base = tf.saved_model.load(brute_force_dir)
-    # What the top-k layer ranks: [c, prior bias] against [q, 1] (trainer/retrieval/prior.py).
-    bias = (base.candidate_bias.numpy() if hasattr(base, "candidate_bias")
-            else np.zeros(base.candidate_embeddings.shape[0], np.float32))
-    embeddings = served_candidates(base.candidate_embeddings.numpy(), bias)
+    # What the top-k layer ranks: [c, ALS v, prior bias] against [q, w u, 1] (trainer/retrieval/export.py);
+    # the eval queries are saved as served, less the 1.
+    embeddings = served_vectors(base)
     eval_queries = augment_queries(eval_queries)
     ids = base.candidate_ids.numpy() if hasattr(base, "candidate_ids") else None
     if ids is None:

@@ -29,7 +29,7 @@ from trainer.hparams import TrainerConfig
 from trainer.splits import SplitConfig
 from trainer.model_inputs import drop_context, drop_user_id
 from trainer.query import QueryResolver
-from trainer.retrieval import classical, diagnosis, export, metrics as retrieval_metrics, prior, sequence, slices
+from trainer.retrieval import als_blend, classical, diagnosis, export, metrics as retrieval_metrics, prior, sequence, slices
 from trainer.retrieval.model import (FUTURE_ITEMS, RetrievalModel, add_sampling_probability, draw_future_target,
                                      future_items, item_probabilities)
 from trainer.retrieval.towers import build_towers
@@ -132,6 +132,17 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         """The metric of the model as it is now, scores ``q . c`` (+ ``bias`` per candidate)."""
         vectors = self.vectors()
         return 0.0 if vectors is None else self._metric(*vectors, 0.0 if bias is None else bias[None, :])
+
+    def select_blend(self, bias: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
+                     grid=als_blend.GRID) -> tuple[float, dict]:
+        """The ALS blend's w with the best validation metric, scores ``q . c + bias + w u . v``
+        (``user_factors``: [task users, f], zeros for users ALS has none for)."""
+        vectors = self.vectors()
+        if vectors is None:
+            return 0.0, {}
+        q, c = vectors
+        return als_blend.select(lambda w: self._metric(np.concatenate([q, w * user_factors], 1),
+                                                       np.concatenate([c, item_factors], 1), bias[None, :]), grid)
 
     def select_prior(self, temperature: float) -> tuple[float, dict]:
         """The popularity prior's beta with the best validation metric (trainer/retrieval/prior.py)."""
@@ -246,9 +257,12 @@ class RetrievalRecipe:
                                        hp.seed, prepared.extras.get("event_items"), model_history_length(data, hp))
         return callback.key, "max", callback
 
-    def after_selection(self, data: TrainingData, model, hp, callback: ValidationRetrieval | None):
+    def after_selection(self, data: TrainingData, model, hp, callback: ValidationRetrieval | None,
+                        config: TrainerConfig | None = None):
         """The popularity prior's beta (``hp.popularity_prior``; -1: picked here on the validation
-        split, on the selected weights, before the refit) and the validation metric it serves."""
+        split, on the selected weights, before the refit), then the ALS blend's w (``hp.als_blend``,
+        the same way, given that beta), and the validation metric the served scores reach."""
+        config = config or TrainerConfig()
         if hp.popularity_prior != prior.AUTO:
             picked = {"beta": float(hp.popularity_prior), "picked_on": "config"}
             if callback is not None:
@@ -264,8 +278,39 @@ class RetrievalRecipe:
                 f"({', '.join(f'{b:g}: {v:.4f}' for b, v in values.items())}; "
                 f"{time.perf_counter() - started:.1f} s)")
         served = picked.get("validation", {}).get(picked["beta"])
-        return dataclasses.replace(hp, popularity_prior=picked["beta"]), {
-            "popularity_prior": picked, **({"served_value": served} if served is not None else {})}
+        hp = dataclasses.replace(hp, popularity_prior=picked["beta"])
+        blend = self._pick_als_blend(data, hp, callback, config)
+        if blend.get("validation"):
+            served = blend["validation"][blend["w"]]
+        return dataclasses.replace(hp, als_blend=blend["w"]), {
+            "popularity_prior": picked, "als_blend": blend, **({"served_value": served} if served is not None else {})}
+
+    def _pick_als_blend(self, data: TrainingData, hp, callback: ValidationRetrieval | None,
+                        config: TrainerConfig) -> dict:
+        """``hp.als_blend`` resolved (trainer/retrieval/als_blend.py): ``{"w", "picked_on"[, "validation"]}``."""
+        if hp.als_blend == 0:
+            return {"w": 0.0, "picked_on": "config"}
+        if not config.baseline.enabled:
+            log("retrieval: ALS blend off: trainer.baseline.enabled is false (the blend uses its ALS)")
+            return {"w": 0.0, "picked_on": "baseline disabled: off"}
+        if callback is None:
+            if hp.als_blend == als_blend.AUTO:
+                return {"w": 0.0, "picked_on": "no validation split: off"}
+            return {"w": float(hp.als_blend), "picked_on": "config"}
+        started = time.perf_counter()
+        try:
+            fit = classical.fit_als(interactions(data.fit.raw), callback.task, config.baseline)
+        except Exception as e:  # noqa: BLE001  as the baseline: never stops the trainer
+            log(f"retrieval: ALS blend off: ALS could not be fit on the fit split: {type(e).__name__}: {e}")
+            return {"w": 0.0, "picked_on": f"ALS unavailable: off ({type(e).__name__})"}
+        bias = prior.item_bias(callback.fit_counts, hp.popularity_prior, hp.temperature)
+        grid = als_blend.GRID if hp.als_blend == als_blend.AUTO else (float(hp.als_blend),)
+        w, values = callback.select_blend(bias, fit.task_user_factors(), fit.item_factors, grid)
+        log(f"retrieval: ALS blend {als_blend.describe(w)}, picked on validation {callback.metric} "
+            f"({', '.join(f'{b:g}: {v:.4f}' for b, v in values.items())}; ALS {fit.factors} factors; "
+            f"{time.perf_counter() - started:.1f} s)")
+        return {"w": w, "picked_on": "validation" if hp.als_blend == als_blend.AUTO else "config",
+                "validation": values}
 
     def build(self, data: TrainingData, hp, prepared: Prepared) -> tf.keras.Model:
         hp = skeleton.resolved(data, hp, self.kind)  # a no-op when fit_and_evaluate resolved it
@@ -320,16 +365,33 @@ class RetrievalRecipe:
 
         q = embed(query)
         emb = candidates["embeddings"]
-        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: q[r] @ emb.T + bias[None, :],
+        als, als_ranked, als_fit = classical.baseline_run(train, task, config.baseline, ks=KS)
+        # The served scores' ALS block (picked in after_selection): ALS on all of train, this w.
+        block = None
+        if hp.als_blend > 0 and als_fit is not None:
+            block = als_blend.AlsBlock.from_fit(als_fit, hp.als_blend)
+        elif hp.als_blend > 0:
+            log(f"retrieval: ALS blend w {hp.als_blend:g} not served: the ALS baseline is unavailable")
+        candidates["als_block"] = block
+        qs = als_blend.served_queries(q, block, None if block is None else hp.als_blend * als_fit.task_user_factors())
+        cs = als_blend.served_candidates(emb, block)
+        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: qs[r] @ cs.T + bias[None, :],
                                                                     ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity, pop_ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
-        als, als_ranked = classical.baseline_run(train, task, config.baseline, ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
-                   "num_eval_users": int(task.num_users), "popularity_prior": beta}
-        if beta > 0:  # what the prior changed, on the same task (the model's own scores)
+                   "num_eval_users": int(task.num_users), "popularity_prior": beta,
+                   "als_blend": 0.0 if block is None else block.weight}
+        if beta > 0 or block is not None:  # what the prior and the blend changed, on the same task
             metrics["model_without_prior"] = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
+        if block is not None:
+            metrics["model_without_als"] = retrieval_metrics.evaluate_scores(
+                task, lambda r: q[r] @ emb.T + bias[None, :], ks=KS)
+
+        def served_query(columns: dict) -> np.ndarray:  # raw query columns -> [q, w u] (the blend keyed by user id)
+            return als_blend.served_queries(embed(columns), block,
+                                            None if block is None else block.query_rows(columns[F.USER_ID]))
         run_files = {}
         if config.evaluation.enabled:
             ranked = {"model": ranked, "popularity": pop_ranked}
@@ -342,8 +404,8 @@ class RetrievalRecipe:
             started = time.perf_counter()
             norms, measured = diagnosis.candidate_norms(model.candidate_tower, export.item_model_inputs(data))
             metrics["diagnosis"], run_files[artifacts.CANDIDATE_NORMS_FILE] = diagnosis.diagnose(
-                task, ranked, pop, norms, measured, query, lambda cols: prior.augment_queries(embed(cols)),
-                prior.augment_candidates(emb, bias), sorted(data.user_features), KS,
+                task, ranked, pop, norms, measured, query, lambda cols: prior.augment_queries(served_query(cols)),
+                prior.augment_candidates(cs, bias), sorted(data.user_features), KS,
                 config.evaluation, hp.seed, started)
         log(f"retrieval: {fmt_metrics(metrics)}")
         if "unavailable" in als:
@@ -351,7 +413,7 @@ class RetrievalRecipe:
         else:
             log(f"retrieval: ALS baseline: {als['factors']} factors, {als['train_seconds']:.1f} s, "
                 f"{als['cold_users']} cold user(s) scored by popularity")
-        run_files.update({artifacts.EVAL_QUERIES_FILE: q,
+        run_files.update({artifacts.EVAL_QUERIES_FILE: qs,  # as served, less the prior's 1 (the index step adds it)
                           artifacts.EVAL_QUERY_USERS_FILE: np.asarray(task.user_ids, dtype=str)})
         return Evaluation(metrics=metrics, run_files=run_files, state={"resolver": resolver, "candidates": candidates})
 
@@ -359,7 +421,7 @@ class RetrievalRecipe:
         candidates, resolver = evaluation.state["candidates"], evaluation.state["resolver"]
         ids, emb = candidates["ids"], candidates["embeddings"]
         fetch_k = min(len(ids), hp.max_k + hp.exclusion_pad)
-        served = export.served_candidates(emb, export.candidate_bias(candidates))
+        served = export.served_candidates(emb, export.candidate_bias(candidates), candidates.get("als_block"))
         module = export.RetrievalModule(resolver, export.brute_force_layer(served, ids, fetch_k), candidates,
                                         hp.max_k, fetch_k, sorted(data.item_features), candidates["unknown_embedding"])
         export.save(module, serving_dir, data.user_features)
