@@ -233,3 +233,15 @@ def test_pipeline_bench_smoke(tmp_path, capsys):
     assert _positive(run["wall_seconds"]) and _positive(run["peak_rss_mb_tree_sampled"])
     assert run["peak_rss_mb_process_getrusage"] > 0
     assert "| Transform |" in (tmp_path / "pipeline_bench_smoke.md").read_text()
+
+
+def test_grpc_floor_smoke(capsys):
+    """The do-nothing grpcio round trip (bench/grpc_floor.py): a real subprocess server, real calls."""
+    import re
+
+    from bench import grpc_floor
+
+    assert grpc_floor.main(["--requests", "20", "--items", "5"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = re.search(r"20 Predict calls, concurrency 1, 5 ids \+ scores back, \d+ cpu: p50 ([\d.]+) ms", line)
+    assert m and 0 < float(m.group(1)) < 1000, line
