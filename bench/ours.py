@@ -83,6 +83,7 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
         model = tf.saved_model.load(os.path.join(tmp, "serving"))
         # What the export's top-k layer indexes: [c, ALS v, prior bias] (trainer/retrieval/export.py).
         served = served_vectors(model)
+        scales = model.prior_scales.numpy() if hasattr(model, "prior_scales") else np.ones(2, np.float32)
         ids = [i.decode() for i in model.candidate_ids.numpy()]
         queries = np.load(os.path.join(tmp, "run", EVAL_QUERIES_FILE))  # [q, w u], as served less the 1
         users = np.load(os.path.join(tmp, "run", EVAL_QUERY_USERS_FILE))
@@ -97,5 +98,7 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
         raise ValueError(f"{len(missing)} eval users have no query embedding (e.g. {missing[:3]}); "
                          "the plug-in needs the full dataset (not --smoke)")
     q = queries[[row[u] for u in task.user_ids]]
-    q = np.concatenate([q, np.ones((len(q), 1), np.float32)], axis=1)  # [q, w u, 1] . [c, v, bias]
+    # [q, w u, s] . [c, v, bias]; s: the prior's scale, cold for a user without train events.
+    cold = np.diff(task.seen.indptr) == 0
+    q = np.concatenate([q, np.where(cold, scales[1], scales[0]).astype(np.float32)[:, None]], axis=1)
     return lambda rows: q[rows] @ cand.T

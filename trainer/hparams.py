@@ -90,6 +90,10 @@ class RetrievalHParams:
     # -1 = beta picked on the validation split after epoch selection (0 without one),
     # 0 = off, > 0 = that beta.
     popularity_prior: float = -1.0
+    # The prior of cold users (no train events, no history sent): -1 = picked on the validation
+    # split's cold users when it has enough of them (else the same as popularity_prior; a fixed
+    # popularity_prior keeps it), 0 = off, > 0 = that beta.
+    popularity_prior_cold: float = -1.0
     # Served scores add w * (ALS user . ALS item) for users the classical baseline's ALS
     # (trainer.baseline) was fit on (trainer/retrieval/als_blend.py): -1 = w picked on the
     # validation split after the prior (0 without one, or with the baseline disabled),
@@ -133,6 +137,9 @@ class RetrievalHParams:
         if self.popularity_prior < 0 and self.popularity_prior != -1:
             raise ConfigError(f"popularity_prior must be -1 (picked on validation), 0 (off) or > 0, "
                               f"got {self.popularity_prior}")
+        if self.popularity_prior_cold < 0 and self.popularity_prior_cold != -1:
+            raise ConfigError(f"popularity_prior_cold must be -1 (picked on validation), 0 (off) or > 0, "
+                              f"got {self.popularity_prior_cold}")
         if self.als_blend < 0 and self.als_blend != -1:
             raise ConfigError(f"als_blend must be -1 (picked on validation), 0 (off) or > 0, got {self.als_blend}")
         if min(self.epochs, self.min_train_steps, self.embedding_l2, self.uniform_negatives, self.id_embedding_dim) < 0:

@@ -238,7 +238,17 @@ def prior_line(m: dict) -> str | None:
     if values:
         metric = ((m.get("selection") or {}).get("metric") or "validation").removeprefix("val_")
         line += f"; validation {metric} by beta: " + ", ".join(f"{float(b):g}: {v:.4f}" for b, v in values.items())
+    elif picked.get("served_value") is not None:
+        metric = ((m.get("selection") or {}).get("metric") or "validation").removeprefix("val_")
+        line += f"; validation {metric} {picked['served_value']:.4f}"
     line += ")"
+    cold = picked.get("beta_cold")
+    if cold is not None and float(cold) != beta:
+        line += f"; cold users (no train event, no history): {'off' if float(cold) <= 0 else f'beta {float(cold):g}'}"
+        cold_values = picked.get("cold_validation") or {}
+        if cold_values:
+            line += (f", picked on {picked.get('cold_users', '?')} cold validation users (beta above on the others): "
+                     + ", ".join(f"{float(b):g}: {v:.4f}" for b, v in cold_values.items()))
     without = m.get("model_without_prior")
     if without:
         line += (f". Ours without it: Recall@100 {without['recall@100']:.4f}, NDCG@10 {without['ndcg@10']:.4f} "

@@ -9,9 +9,9 @@ module class serves both exports; only the top-k layer differs:
 
 Both rank by ``q . c`` plus each candidate's popularity prior (trainer/retrieval/prior.py) plus,
 when the run picked one, the ALS blend (trainer/retrieval/als_blend.py): the top-k layer indexes
-``[c, v, bias]`` (``served_vectors``) and is queried with ``[q, w u, 1]`` (``u``: the user id's ALS
-row, zeros for an id ALS has none for); the ``query_embedding`` and ``candidate_embedding``
-signatures return the model's own vectors.
+``[c, v, bias]`` (``served_vectors``) and is queried with ``[q, w u, s]`` (``u``: the user id's ALS
+row, zeros for an id ALS has none for; ``s``: the prior's scale, ``prior_scales`` warm or cold);
+the ``query_embedding`` and ``candidate_embedding`` signatures return the model's own vectors.
 
 What the module stores besides the towers: the candidate embeddings, biases and ids, each
 known user's latest history and features (so a known user id alone is enough),
@@ -50,6 +50,9 @@ class RetrievalModule(tf.Module):
         self.candidate_ids = tf.Variable(ids, trainable=False, name="candidate_ids")
         self.candidate_embeddings = tf.Variable(candidates["embeddings"], trainable=False, name="candidate_embeddings")
         self.candidate_bias = tf.Variable(candidate_bias(candidates), trainable=False, name="candidate_bias")
+        # The query's last component: its share of the stored bias, (warm, cold) (trainer/retrieval/prior.py).
+        self.prior_scales = tf.Variable(np.asarray(candidates.get("prior_scales", (1.0, 1.0)), np.float32),
+                                        trainable=False, name="prior_scales")
         self.unknown_item_embedding = tf.constant(unknown_item_embedding)
         block = candidates.get("als_block")
         self.blended = block is not None
@@ -67,23 +70,26 @@ class RetrievalModule(tf.Module):
         self.item_feature_keys = list(item_feature_keys)
         self.item_strings = {k: tf.constant(candidates["features"][k]) for k in self.item_feature_keys}
 
-    def _served_query(self, inputs: dict, query: tf.Tensor) -> tf.Tensor:
-        """What the top-k layer is queried with: ``[q, w u, 1]`` (``[q, 1]`` without the ALS block)."""
+    def _served_query(self, inputs: dict, query: tf.Tensor, known: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+        """What the top-k layer is queried with: ``[q, w u, s]`` (no ``w u`` without the ALS block);
+        ``s`` the prior's warm scale for a known user or one with a history, else the cold one."""
+        warm = known | tf.reduce_any(tf.not_equal(history, ""), axis=1)
+        scale = tf.where(warm, self.prior_scales[0], self.prior_scales[1])
         if self.blended:
             rows = self.als_user_table.lookup(inputs[names.USER_ID])
             factors = tf.gather(self.als_user_factors, tf.maximum(rows, 0))
             query = tf.concat([query, tf.where((rows >= 0)[:, None], factors, tf.zeros_like(factors))], axis=1)
-        return prior.augment_query_tensor(query)
+        return prior.augment_query_tensor(query, scale)
 
     def _resolve_query(self, inputs: dict) -> dict:
         """Saved as ``resolve_query`` so the index step can wrap this export with ScaNN."""
         query, history, known = self.resolver.resolve(inputs)
         return {names.OUT_EMBEDDING: query, "history": history, names.OUT_KNOWN_USER: known,
-                SERVED_QUERY: self._served_query(inputs, query)}
+                SERVED_QUERY: self._served_query(inputs, query, known, history)}
 
     def _recommend(self, inputs: dict) -> dict:
         query, history, known = self.resolver.resolve(inputs)
-        scores, ids = self.topk(self._served_query(inputs, query), k=self.fetch_k)
+        scores, ids = self.topk(self._served_query(inputs, query, known, history), k=self.fetch_k)
         k = tf.minimum(inputs[names.K], self.max_k)
         top_ids, top_scores = finalize_topk(scores, ids, history, inputs[names.EXCLUDE_HISTORY], k)
         # The history it used (sent or stored): the one-call recommender reads it instead of

@@ -125,31 +125,65 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         q = self.retrieval.query_tower(self.queries, training=False).numpy()[self.position]
         return q, self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
 
-    def _metric(self, q: np.ndarray, c: np.ndarray, bias) -> float:
-        return retrieval_metrics.evaluate_scores(self.task, lambda r: q[r] @ c.T + bias, ks=(self.k,))[self.metric]
+    @property
+    def cold(self) -> np.ndarray:
+        """bool [task users]: no fit event (the validation twin of a user unknown at serving)."""
+        return np.diff(self.task.seen.indptr) == 0
 
-    def score(self, bias: np.ndarray | None = None) -> float:
-        """The metric of the model as it is now, scores ``q . c`` (+ ``bias`` per candidate)."""
+    def _metric(self, q: np.ndarray, c: np.ndarray, bias, scale=None, rows=None) -> float:
+        """The metric of scores ``q . c + scale_u * bias`` (``scale``: per task user, None = 1;
+        ``bias``: [N] or 0), over every task user or only ``rows`` (sorted)."""
+        bias = np.asarray(bias, np.float32)
+        scale = np.ones(len(q), np.float32) if scale is None else np.asarray(scale, np.float32)
+        task = self.task
+        if rows is not None:
+            task, q, scale = task.subset(rows), q[rows], scale[rows]
+        if bias.ndim == 0:
+            return retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ c.T + bias, ks=(self.k,))[self.metric]
+        return retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ c.T + scale[r, None] * bias[None, :],
+                                                 ks=(self.k,))[self.metric]
+
+    def score(self, bias: np.ndarray | None = None, scale=None) -> float:
+        """The metric of the model as it is now, scores ``q . c`` (+ ``scale_u * bias`` per candidate)."""
         vectors = self.vectors()
-        return 0.0 if vectors is None else self._metric(*vectors, 0.0 if bias is None else bias[None, :])
+        return 0.0 if vectors is None else self._metric(*vectors, 0.0 if bias is None else bias, scale)
 
-    def select_blend(self, bias: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
+    def prior_scales(self, beta: float, beta_cold: float, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        """(stored bias, per task user scale) serving ``beta`` to warm and ``beta_cold`` to cold users."""
+        top, warm, cold = prior.scales(beta, beta_cold)
+        return prior.item_bias(self.fit_counts, top, temperature), np.where(self.cold, cold, warm)
+
+    def select_blend(self, bias: np.ndarray, scale: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
                      grid=als_blend.GRID) -> tuple[float, dict]:
-        """The ALS blend's w with the best validation metric, scores ``q . c + bias + w u . v``
+        """The ALS blend's w with the best validation metric, scores ``q . c + scale_u bias + w u . v``
         (``user_factors``: [task users, f], zeros for users ALS has none for)."""
         vectors = self.vectors()
         if vectors is None:
             return 0.0, {}
         q, c = vectors
         return als_blend.select(lambda w: self._metric(np.concatenate([q, w * user_factors], 1),
-                                                       np.concatenate([c, item_factors], 1), bias[None, :]), grid)
+                                                       np.concatenate([c, item_factors], 1), bias, scale), grid)
 
-    def select_prior(self, temperature: float) -> tuple[float, dict]:
-        """The popularity prior's beta with the best validation metric (trainer/retrieval/prior.py)."""
+    def select_prior(self, temperature: float) -> dict:
+        """The popularity prior's betas with the best validation metric (trainer/retrieval/prior.py):
+        ``{"beta", "validation", "beta_cold", "cold_validation", "cold_users"}``. With at least
+        ``prior.MIN_COLD_USERS`` cold validation users, ``beta`` is picked on the others and
+        ``beta_cold`` on them (``prior.COLD_GRID``); otherwise on everyone and ``beta_cold = beta``."""
         vectors = self.vectors()
+        cold = np.flatnonzero(self.cold)
         if vectors is None:
-            return 0.0, {}
-        return prior.select(lambda bias: self._metric(*vectors, bias[None, :]), self.fit_counts, temperature)
+            return {"beta": 0.0, "validation": {}, "beta_cold": 0.0, "cold_validation": {}, "cold_users": len(cold)}
+        if len(cold) < prior.MIN_COLD_USERS:
+            beta, values = prior.select(lambda bias: self._metric(*vectors, bias), self.fit_counts, temperature)
+            return {"beta": beta, "validation": values, "beta_cold": beta, "cold_validation": {},
+                    "cold_users": len(cold)}
+        warm = np.flatnonzero(~self.cold)
+        beta, values = (prior.select(lambda bias: self._metric(*vectors, bias, rows=warm), self.fit_counts,
+                                     temperature) if len(warm) else (0.0, {}))
+        beta_cold, cold_values = prior.select(lambda bias: self._metric(*vectors, bias, rows=cold), self.fit_counts,
+                                              temperature, prior.COLD_GRID)
+        return {"beta": beta, "validation": values, "beta_cold": beta_cold, "cold_validation": cold_values,
+                "cold_users": len(cold)}
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.score()
@@ -263,22 +297,30 @@ class RetrievalRecipe:
         split, on the selected weights, before the refit), then the ALS blend's w (``hp.als_blend``,
         the same way, given that beta), and the validation metric the served scores reach."""
         config = config or TrainerConfig()
+        fixed_cold = None if hp.popularity_prior_cold == prior.AUTO else float(hp.popularity_prior_cold)
         if hp.popularity_prior != prior.AUTO:
-            picked = {"beta": float(hp.popularity_prior), "picked_on": "config"}
-            if callback is not None:
-                picked["validation"] = {float(hp.popularity_prior): callback.score(
-                    prior.item_bias(callback.fit_counts, hp.popularity_prior, hp.temperature))}
+            beta = float(hp.popularity_prior)
+            picked = {"beta": beta, "beta_cold": beta if fixed_cold is None else fixed_cold, "picked_on": "config"}
         elif callback is None:
-            picked = {"beta": 0.0, "picked_on": "no validation split: off"}
+            picked = {"beta": 0.0, "beta_cold": fixed_cold or 0.0, "picked_on": "no validation split: off"}
         else:
             started = time.perf_counter()
-            beta, values = callback.select_prior(hp.temperature)
-            picked = {"beta": beta, "picked_on": "validation", "validation": values}
-            log(f"retrieval: popularity prior {prior.describe(beta)}, picked on validation {callback.metric} "
-                f"({', '.join(f'{b:g}: {v:.4f}' for b, v in values.items())}; "
-                f"{time.perf_counter() - started:.1f} s)")
-        served = picked.get("validation", {}).get(picked["beta"])
-        hp = dataclasses.replace(hp, popularity_prior=picked["beta"])
+            sel = callback.select_prior(hp.temperature)
+            picked = {"beta": sel["beta"], "beta_cold": sel["beta_cold"] if fixed_cold is None else fixed_cold,
+                      "picked_on": "validation", "validation": sel["validation"],
+                      "cold_validation": sel["cold_validation"], "cold_users": sel["cold_users"]}
+            split = (f" on the {callback.task.num_users - sel['cold_users']} warm users; cold users "
+                     f"({sel['cold_users']}, no fit event): "
+                     + ", ".join(f"{b:g}: {v:.4f}" for b, v in sel["cold_validation"].items())
+                     if sel["cold_validation"] else "")
+            log(f"retrieval: popularity prior {prior.describe(picked['beta'], picked['beta_cold'])}, picked on "
+                f"validation {callback.metric} ({', '.join(f'{b:g}: {v:.4f}' for b, v in sel['validation'].items())}"
+                f"{split}; {time.perf_counter() - started:.1f} s)")
+        served = None
+        if callback is not None:  # the served scores' value on all validation users
+            served = callback.score(*callback.prior_scales(picked["beta"], picked["beta_cold"], hp.temperature))
+            picked["served_value"] = served
+        hp = dataclasses.replace(hp, popularity_prior=picked["beta"], popularity_prior_cold=picked["beta_cold"])
         blend = self._pick_als_blend(data, hp, callback, config)
         if blend.get("validation"):
             served = blend["validation"][blend["w"]]
@@ -303,9 +345,9 @@ class RetrievalRecipe:
         except Exception as e:  # noqa: BLE001  as the baseline: never stops the trainer
             log(f"retrieval: ALS blend off: ALS could not be fit on the fit split: {type(e).__name__}: {e}")
             return {"w": 0.0, "picked_on": f"ALS unavailable: off ({type(e).__name__})"}
-        bias = prior.item_bias(callback.fit_counts, hp.popularity_prior, hp.temperature)
+        bias, scale = callback.prior_scales(hp.popularity_prior, hp.popularity_prior_cold, hp.temperature)
         grid = als_blend.GRID if hp.als_blend == als_blend.AUTO else (float(hp.als_blend),)
-        w, values = callback.select_blend(bias, fit.task_user_factors(), fit.item_factors, grid)
+        w, values = callback.select_blend(bias, scale, fit.task_user_factors(), fit.item_factors, grid)
         log(f"retrieval: ALS blend {als_blend.describe(w)}, picked on validation {callback.metric} "
             f"({', '.join(f'{b:g}: {v:.4f}' for b, v in values.items())}; ALS {fit.factors} factors; "
             f"{time.perf_counter() - started:.1f} s)")
@@ -345,9 +387,13 @@ class RetrievalRecipe:
         train = interactions(data.train.raw)  # all of train is excluded and known, as served
         train_items = train[F.ITEM_ID].value_counts()
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
-        # The served scores' popularity prior (picked in after_selection; off when unresolved).
+        # The served scores' popularity prior (picked in after_selection; off when unresolved): the
+        # bias at B = max(beta, beta_cold), each query's last component its user's share of it.
         beta = max(0.0, float(hp.popularity_prior))
-        candidates["bias"] = bias = prior.item_bias(candidates["counts"], beta, hp.temperature)
+        beta_cold = beta if hp.popularity_prior_cold == prior.AUTO else max(0.0, float(hp.popularity_prior_cold))
+        top, warm_scale, cold_scale = prior.scales(beta, beta_cold)
+        candidates["bias"] = bias = prior.item_bias(candidates["counts"], top, hp.temperature)
+        candidates["prior_scales"] = (warm_scale, cold_scale)
         history_length = model_history_length(data, hp)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
                                  history_length)
@@ -375,23 +421,30 @@ class RetrievalRecipe:
         candidates["als_block"] = block
         qs = als_blend.served_queries(q, block, None if block is None else hp.als_blend * als_fit.task_user_factors())
         cs = als_blend.served_candidates(emb, block)
-        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(task, lambda r: qs[r] @ cs.T + bias[None, :],
-                                                                    ks=KS)
+        # Cold: no train event (so no stored history; the first eval event's history is empty too).
+        scale = np.where(np.diff(task.seen.indptr) == 0, cold_scale, warm_scale).astype(np.float32)
+        model_metrics, ranked = retrieval_metrics.evaluate_and_rank(
+            task, lambda r: qs[r] @ cs.T + scale[r, None] * bias[None, :], ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity, pop_ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
-                   "num_eval_users": int(task.num_users), "popularity_prior": beta,
+                   "num_eval_users": int(task.num_users), "popularity_prior": beta, "popularity_prior_cold": beta_cold,
                    "als_blend": 0.0 if block is None else block.weight}
-        if beta > 0 or block is not None:  # what the prior and the blend changed, on the same task
+        if top > 0 or block is not None:  # what the prior and the blend changed, on the same task
             metrics["model_without_prior"] = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
         if block is not None:
             metrics["model_without_als"] = retrieval_metrics.evaluate_scores(
-                task, lambda r: q[r] @ emb.T + bias[None, :], ks=KS)
+                task, lambda r: q[r] @ emb.T + scale[r, None] * bias[None, :], ks=KS)
+        train_users = set(train[F.USER_ID])
 
-        def served_query(columns: dict) -> np.ndarray:  # raw query columns -> [q, w u] (the blend keyed by user id)
-            return als_blend.served_queries(embed(columns), block,
-                                            None if block is None else block.query_rows(columns[F.USER_ID]))
+        def served_query(columns: dict) -> np.ndarray:  # raw query columns -> [q, w u, s], as served
+            users = as_str(columns[F.USER_ID])
+            history = np.asarray(columns[F.HISTORY_ITEM_IDS]).reshape(len(users), -1)
+            warm = np.array([u in train_users for u in users]) | (history != b"").any(axis=1)
+            served = als_blend.served_queries(embed(columns), block,
+                                              None if block is None else block.query_rows(columns[F.USER_ID]))
+            return prior.augment_queries(served, np.where(warm, warm_scale, cold_scale))
         run_files = {}
         if config.evaluation.enabled:
             ranked = {"model": ranked, "popularity": pop_ranked}
@@ -404,7 +457,7 @@ class RetrievalRecipe:
             started = time.perf_counter()
             norms, measured = diagnosis.candidate_norms(model.candidate_tower, export.item_model_inputs(data))
             metrics["diagnosis"], run_files[artifacts.CANDIDATE_NORMS_FILE] = diagnosis.diagnose(
-                task, ranked, pop, norms, measured, query, lambda cols: prior.augment_queries(served_query(cols)),
+                task, ranked, pop, norms, measured, query, served_query,
                 prior.augment_candidates(cs, bias), sorted(data.user_features), KS,
                 config.evaluation, hp.seed, started)
         log(f"retrieval: {fmt_metrics(metrics)}")

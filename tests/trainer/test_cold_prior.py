@@ -1,0 +1,137 @@
+"""The cold users' own popularity prior: picked on the validation split's cold users, served by the
+query's last component ([q, s] . [c, bias]: s = beta / B warm, beta_cold / B cold)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from serving import names
+from trainer import features as F
+from trainer.hparams import ConfigError, trainer_config
+from trainer.retrieval import metrics as M, prior
+
+
+def test_scales_share_one_stored_bias():
+    assert prior.scales(0.5, 4.0) == (4.0, 0.125, 1.0)
+    assert prior.scales(1.0, 1.0) == (1.0, 1.0, 1.0)
+    assert prior.scales(0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert prior.scales(2.0, 0.0) == (2.0, 1.0, 0.0)
+    q, c, bias = np.ones((2, 3)), np.zeros((4, 3)), np.arange(4.0)
+    got = prior.augment_queries(q, [1.0, 0.25]) @ prior.augment_candidates(c, bias).T
+    np.testing.assert_allclose(got, [bias, 0.25 * bias])
+    np.testing.assert_allclose(prior.augment_query_tensor(tf.constant(q, tf.float32), tf.constant([1.0, 0.25])).numpy(),
+                               prior.augment_queries(q, [1.0, 0.25]))
+    with pytest.raises(ConfigError, match="popularity_prior_cold"):
+        trainer_config({"retrieval": {"popularity_prior_cold": -3}})
+
+
+def _validation(num_cold: int):
+    """A ValidationRetrieval over a hand-made task: 60 warm users whose truth is the unpopular item
+    their query points at, ``num_cold`` cold users (no fit event) whose truth is a popular item
+    their flat, slightly anti-popular query ranks last."""
+    from trainer.retrieval.train import ValidationRetrieval
+
+    items = np.array([f"i{j:02d}" for j in range(40)], dtype=object)
+    warm = [f"w{k:02d}" for k in range(60)]
+    cold = [f"c{k:02d}" for k in range(num_cold)]
+    train = pd.DataFrame({F.USER_ID: warm, F.ITEM_ID: ["i39"] * len(warm)})
+    truth = [(u, items[20 + k % 10]) for k, u in enumerate(warm)] + [(u, items[k % 3]) for k, u in enumerate(cold)]
+    task = M.build_eval_task(train, pd.DataFrame(truth, columns=[F.USER_ID, F.ITEM_ID]), items)
+    c = np.eye(40, dtype=np.float32)
+    q = np.zeros((task.num_users, 40), np.float32)
+    for r, user in enumerate(task.user_ids):
+        if user.startswith("w"):
+            q[r, 20 + int(user[1:]) % 10] = 1.0
+        else:
+            q[r] = 0.01 * np.arange(40) / 40  # prefers the least popular items, by a hair
+    val = object.__new__(ValidationRetrieval)
+    val.task, val.k, val.metric = task, 10, "recall@10"
+    val.fit_counts = np.arange(40, 0, -1).astype(np.float64)  # item 0 the most popular
+    val.vectors = lambda: (q, c)
+    return val
+
+
+def test_cold_users_get_their_own_beta_picked_on_them():
+    val = _validation(num_cold=60)
+    assert val.cold.sum() == 60
+    sel = val.select_prior(0.05)
+    assert sel["cold_users"] == 60 and set(sel["cold_validation"]) == set(prior.COLD_GRID)
+    # The warm users' truth is what their query points at: no beta changes it, ties keep 0.
+    assert sel["beta"] == 0.0
+    # The cold users' truth is popular: the smallest beta that lets popularity win is picked.
+    assert sel["beta_cold"] > 0 and sel["cold_validation"][sel["beta_cold"]] == 1.0
+    assert sel["cold_validation"][0.0] == 0.0
+    served = val.score(*val.prior_scales(sel["beta"], sel["beta_cold"], 0.05))
+    assert served == pytest.approx(1.0) and val.score() == pytest.approx(0.5)
+
+
+def test_too_few_cold_users_share_the_warm_beta():
+    val = _validation(num_cold=prior.MIN_COLD_USERS - 1)
+    sel = val.select_prior(0.05)
+    assert sel["cold_validation"] == {} and sel["beta_cold"] == sel["beta"]
+    assert set(sel["validation"]) == set(prior.GRID)  # picked on every user
+
+
+@pytest.fixture(scope="module")
+def with_cold_prior(tiny_pipeline, tmp_path_factory):
+    """A 1-epoch run with fixed betas: 0.5 for warm users, 4 for cold ones; no ALS blend."""
+    from trainer.retrieval.train import train_and_export
+
+    out = tmp_path_factory.mktemp("cold_prior")
+    examples, transform, side, hist = tiny_pipeline
+    retrieval = {"epochs": 1, "batch_size": 64, "popularity_prior": 0.5, "popularity_prior_cold": 4.0,
+                 "als_blend": 0}
+    metrics = train_and_export(examples, transform, str(out / "serving"), str(out / "run"), side, hist,
+                               trainer_config({"retrieval": retrieval, "evaluation": {"enabled": False}}))
+    return out, metrics, side
+
+
+def _inputs(users, histories, side):
+    n = len(users)
+    width = max(1, max(len(h) for h in histories))
+    inputs = {names.USER_ID: tf.constant(users),
+              names.HISTORY_ITEM_IDS: tf.constant([list(h) + [b""] * (width - len(h)) for h in histories]),
+              names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
+              names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n)}
+    for key, kind in side.items():
+        if key.startswith(F.USER_FEATURE_PREFIX):
+            inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
+    return inputs
+
+
+def test_served_scores_carry_the_cold_beta_for_cold_requests_only(with_cold_prior, tiny_pipeline):
+    from trainer import raw_data
+
+    out, metrics, side = with_cold_prior
+    assert metrics["popularity_prior"] == 0.5 and metrics["popularity_prior_cold"] == 4.0
+    model = tf.saved_model.load(str(out / "serving"))
+    ids = model.candidate_ids.numpy()
+    spec = {F.ITEM_ID: tf.io.FixedLenFeature([1], tf.string)}
+    train_items = np.ravel(raw_data.read_numpy(raw_data.split_files(tiny_pipeline.examples_uri, "train"), spec)[F.ITEM_ID])
+    counts = np.array([(train_items == i).sum() for i in ids], np.float64)
+    temperature = trainer_config({}).retrieval.temperature
+    log_p = dict(zip(ids, prior.log_popularity(counts)))
+    # A known user, an unknown one with no history (cold), an unknown one who sends a history (warm).
+    users, histories = [b"u1", b"nobody", b"nobody"], [[], [], [ids[0]]]
+    query = _inputs(users, histories, side)
+    out_ = model.signatures[names.RECOMMEND_SIGNATURE](**query, **{names.K: tf.constant([10] * 3, tf.int32),
+                                                              names.EXCLUDE_HISTORY: tf.constant([False] * 3)})
+    q = model.signatures[names.QUERY_EMBEDDING_SIGNATURE](**query)[names.OUT_EMBEDDING].numpy()
+    for row, beta in enumerate((0.5, 4.0, 0.5)):
+        top = out_[names.OUT_ITEM_IDS].numpy()[row]
+        c = model.signatures[names.CANDIDATE_EMBEDDING_SIGNATURE](
+            **{names.ITEM_IDS_INPUT: tf.constant(top)})[names.OUT_EMBEDDING].numpy()
+        want = c @ q[row] + beta * temperature * np.array([log_p[i] for i in top])
+        np.testing.assert_allclose(out_[names.OUT_SCORES].numpy()[row], want, rtol=1e-4, atol=1e-4)
+    # Cold users' lists lean on popularity: the cold list's items are on average the more popular.
+    count = dict(zip(ids, counts))
+    cold_top, warm_top = out_[names.OUT_ITEM_IDS].numpy()[1], out_[names.OUT_ITEM_IDS].numpy()[2]
+    assert np.mean([count[i] for i in cold_top]) >= np.mean([count[i] for i in warm_top])
+
+
+def test_report_names_the_cold_beta(with_cold_prior):
+    from trainer.report import prior_line
+
+    line = prior_line(with_cold_prior[1])
+    assert "beta 0.5 (config" in line and "cold users (no train event, no history): beta 4" in line, line
