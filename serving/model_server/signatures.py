@@ -77,8 +77,23 @@ class Signature:
             function=function,
         )
 
+    @functools.cached_property
+    def _input_dims(self) -> dict[str, tuple | None]:
+        """Each input's declared dims (None: any size), None for an unknown rank; computed once,
+        so a request's shape check is plain tuple work, not TensorShape.is_compatible_with."""
+        return {k: None if s.shape.rank is None else tuple(s.shape.as_list()) for k, s in self.inputs.items()}
+
+    def shape_ok(self, name: str, shape: tuple) -> bool:
+        """Whether ``shape`` fits input ``name``'s declared shape (TensorShape compatibility)."""
+        dims = self._input_dims[name]
+        return dims is None or (len(dims) == len(shape) and all(d is None or d == n for d, n in zip(dims, shape)))
+
     def has_batch_dimension(self) -> bool:
         """True when every input and output is batch-major ([B, ...] with B unknown)."""
+        return self._batch_major
+
+    @functools.cached_property
+    def _batch_major(self) -> bool:
         if not self.inputs:
             return False
         inputs_ok = all(s.shape.rank and s.shape[0] is None for s in self.inputs.values())
@@ -222,7 +237,8 @@ def decode_inputs(signature: Signature, protos, limits: RequestLimits = UNLIMITE
     check_shapes(limits, {name: proto_shape(name, protos[name]) for name in signature.inputs})
     for name in signature.inputs:
         arrays[name] = tensor_proto_to_ndarray(name, protos[name])
-    validate_arrays(signature, arrays)
+    # Shapes and the shared batch dimension: validate_arrays, which Predictor.run calls on every
+    # request (gRPC and REST alike) before the model runs.
     return arrays
 
 
@@ -249,7 +265,7 @@ def validate_arrays(signature: Signature, arrays: dict[str, np.ndarray], max_bat
                 f"input {name!r} of signature {signature.name!r}: expected dtype {dtype_name(spec.dtype)}, "
                 f"received {array.dtype}"
             )
-        if not spec.shape.is_compatible_with(array.shape):
+        if not signature.shape_ok(name, array.shape):
             raise invalid_argument(
                 f"input {name!r} of signature {signature.name!r}: expected shape {_shape_str(spec.shape)}, "
                 f"received {list(array.shape)}"
