@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                          "validation": sel.get("best_value"), "validation_metric": sel.get("metric"),
                          "served_validation": sel.get("served_value"), "prior": m.get("popularity_prior", 0.0),
                          "prior_cold": m.get("popularity_prior_cold", m.get("popularity_prior", 0.0)),
+                         "prior_betas": (m.get("popularity_prior_buckets") or {}).get("betas"),
                          "without_prior": m.get("model_without_prior"), "als_blend": m.get("als_blend", 0.0),
                          "without_als": m.get("model_without_als"),
                          "seconds": time.time() - started, "epochs_run": m["epochs_run"]})
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Retrieval ablation, {base.name}, {args.split} split ({meta['machine']})", "",
              "Defaults are chosen on the validation column (carved from train), never on the eval columns.", "",
              "`validation`: the epoch-selection metric on the validation split, the model's own scores; "
-             "`prior`: the popularity prior's beta (trainer/retrieval/prior.py; `cold`: the cold users' own) and the validation metric of the served scores; "
+             "`prior`: the popularity prior's beta (trainer/retrieval/prior.py; `by activity`: each activity bucket's, 0 history items first) and the validation metric of the served scores; "
              "`ALS w`: the ALS blend's weight (trainer/retrieval/als_blend.py), picked after the prior; "
              "the eval columns are the served scores (prior and blend included), `without prior` the same model's "
              "own scores, `without ALS` the served scores less the blend.",
@@ -204,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = "-" if r.get("validation") is None else f"{r['validation']:.4f} ({r['validation_metric']})"
+        betas = r.get("prior_betas") or []
         pri = "-" if "prior" not in r else (f"{r['prior']:g}" + (
+            " (by activity " + "/".join(f"{b:g}" for b in betas) + ")" if len(set(betas)) > 1 else
             f", cold {r['prior_cold']:g}" if r.get("prior_cold", r["prior"]) != r["prior"] else "") + (
             f" ({r['served_validation']:.4f})" if r.get("served_validation") is not None else ""))
         wo, wa = (f"{x['recall@100']:.4f} / {x['ndcg@10']:.4f}" if x else "-"

@@ -84,6 +84,10 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
         # What the export's top-k layer indexes: [c, ALS v, prior bias] (trainer/retrieval/export.py).
         served = served_vectors(model)
         scales = model.prior_scales.numpy() if hasattr(model, "prior_scales") else np.ones(2, np.float32)
+        edges = model.prior_edges.numpy() if hasattr(model, "prior_edges") else np.array([1])
+        # The history the served query reads (trainer.retrieval.train.model_history_length).
+        cap = (cfg.examples.state_length if cfg.trainer.retrieval.objective == "sequence"
+               else cfg.examples.history_length)
         ids = [i.decode() for i in model.candidate_ids.numpy()]
         queries = np.load(os.path.join(tmp, "run", EVAL_QUERIES_FILE))  # [q, w u], as served less the 1
         users = np.load(os.path.join(tmp, "run", EVAL_QUERY_USERS_FILE))
@@ -98,7 +102,10 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
         raise ValueError(f"{len(missing)} eval users have no query embedding (e.g. {missing[:3]}); "
                          "the plug-in needs the full dataset (not --smoke)")
     q = queries[[row[u] for u in task.user_ids]]
-    # [q, w u, s] . [c, v, bias]; s: the prior's scale, cold for a user without train events.
-    cold = np.diff(task.seen.indptr) == 0
-    q = np.concatenate([q, np.where(cold, scales[1], scales[0]).astype(np.float32)[:, None]], axis=1)
+    # [q, w u, s] . [c, v, bias]; s: the prior's scale of the user's activity bucket (train items,
+    # capped at the history the query reads; 0: cold).
+    from trainer.retrieval.prior import activity_buckets
+
+    activity = np.minimum(np.diff(task.seen.indptr), cap)
+    q = np.concatenate([q, scales[activity_buckets(activity, edges)].astype(np.float32)[:, None]], axis=1)
     return lambda rows: q[rows] @ cand.T

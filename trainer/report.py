@@ -242,13 +242,16 @@ def prior_line(m: dict) -> str | None:
         metric = ((m.get("selection") or {}).get("metric") or "validation").removeprefix("val_")
         line += f"; validation {metric} {picked['served_value']:.4f}"
     line += ")"
-    cold = picked.get("beta_cold")
-    if cold is not None and float(cold) != beta:
-        line += f"; cold users (no train event, no history): {'off' if float(cold) <= 0 else f'beta {float(cold):g}'}"
-        cold_values = picked.get("cold_validation") or {}
-        if cold_values:
-            line += (f", picked on {picked.get('cold_users', '?')} cold validation users (beta above on the others): "
-                     + ", ".join(f"{float(b):g}: {v:.4f}" for b, v in cold_values.items()))
+    betas, edges = picked.get("betas"), picked.get("edges")
+    if betas and edges and any(float(b) != beta for b in betas):
+        from trainer.retrieval.prior import bucket_name
+
+        users = picked.get("bucket_users") or []
+        own = {int(k) for k in (picked.get("bucket_validation") or {})}
+        line += "; by activity (history items): " + ", ".join(
+            f"{bucket_name(i, edges)}{' (cold)' if i == 0 else ''} beta {float(b):g}"
+            + (f" (own, {users[i]} validation users)" if i in own and i < len(users) else "")
+            for i, b in enumerate(betas))
     without = m.get("model_without_prior")
     if without:
         line += (f". Ours without it: Recall@100 {without['recall@100']:.4f}, NDCG@10 {without['ndcg@10']:.4f} "

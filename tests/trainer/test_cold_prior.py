@@ -1,5 +1,5 @@
-"""The cold users' own popularity prior: picked on the validation split's cold users, served by the
-query's last component ([q, s] . [c, bias]: s = beta / B warm, beta_cold / B cold)."""
+"""The popularity prior by activity bucket (cold users first): picked on each bucket's validation users,
+served by the query's last component ([q, s] . [c, bias]: s = the bucket's beta / B)."""
 
 import numpy as np
 import pandas as pd
@@ -26,17 +26,21 @@ def test_scales_share_one_stored_bias():
         trainer_config({"retrieval": {"popularity_prior_cold": -3}})
 
 
-def _validation(num_cold: int):
-    """A ValidationRetrieval over a hand-made task: 60 warm users whose truth is the unpopular item
-    their query points at, ``num_cold`` cold users (no fit event) whose truth is a popular item
-    their flat, slightly anti-popular query ranks last."""
+def _validation(num_cold: int, num_light: int = 0):
+    """A ValidationRetrieval over a hand-made task: 60 warm users (4 fit items) whose truth is the
+    unpopular item their query points at; ``num_cold`` cold users (no fit item) and ``num_light``
+    users with one fit item, whose truth is a popular item their flat, slightly anti-popular
+    query ranks last."""
     from trainer.retrieval.train import ValidationRetrieval
 
     items = np.array([f"i{j:02d}" for j in range(40)], dtype=object)
     warm = [f"w{k:02d}" for k in range(60)]
     cold = [f"c{k:02d}" for k in range(num_cold)]
-    train = pd.DataFrame({F.USER_ID: warm, F.ITEM_ID: ["i39"] * len(warm)})
-    truth = [(u, items[20 + k % 10]) for k, u in enumerate(warm)] + [(u, items[k % 3]) for k, u in enumerate(cold)]
+    light = [f"l{k:02d}" for k in range(num_light)]
+    train = pd.DataFrame([(u, f"i{j}") for u in warm for j in (36, 37, 38, 39)] + [(u, "i39") for u in light],
+                         columns=[F.USER_ID, F.ITEM_ID])
+    truth = ([(u, items[20 + k % 10]) for k, u in enumerate(warm)]
+             + [(u, items[k % 3]) for k, u in enumerate(cold + light)])
     task = M.build_eval_task(train, pd.DataFrame(truth, columns=[F.USER_ID, F.ITEM_ID]), items)
     c = np.eye(40, dtype=np.float32)
     q = np.zeros((task.num_users, 40), np.float32)
@@ -46,30 +50,50 @@ def _validation(num_cold: int):
         else:
             q[r] = 0.01 * np.arange(40) / 40  # prefers the least popular items, by a hair
     val = object.__new__(ValidationRetrieval)
-    val.task, val.k, val.metric = task, 10, "recall@10"
+    val.task, val.k, val.metric, val.history_cap = task, 10, "recall@10", 20
     val.fit_counts = np.arange(40, 0, -1).astype(np.float64)  # item 0 the most popular
     val.vectors = lambda: (q, c)
     return val
+
+
+def test_bucket_names_and_assignment():
+    edges = prior.ACTIVITY_EDGES
+    np.testing.assert_array_equal(prior.activity_buckets([0, 1, 2, 3, 4, 7, 8, 15, 16, 200], edges),
+                                  [0, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    assert [prior.bucket_name(b, edges) for b in range(6)] == [
+        "0 items", "1 item", "2-3 items", "4-7 items", "8-15 items", "16+ items"]
 
 
 def test_cold_users_get_their_own_beta_picked_on_them():
     val = _validation(num_cold=60)
     assert val.cold.sum() == 60
     sel = val.select_prior(0.05)
-    assert sel["cold_users"] == 60 and set(sel["cold_validation"]) == set(prior.COLD_GRID)
+    assert sel["bucket_users"][0] == 60 and sel["bucket_users"][3] == 60
+    assert set(sel["bucket_validation"]) == {0, 3} and set(sel["bucket_validation"][0]) == set(prior.COLD_GRID)
     # The warm users' truth is what their query points at: no beta changes it, ties keep 0.
-    assert sel["beta"] == 0.0
+    assert sel["betas"][3] == 0.0
     # The cold users' truth is popular: the smallest beta that lets popularity win is picked.
-    assert sel["beta_cold"] > 0 and sel["cold_validation"][sel["beta_cold"]] == 1.0
-    assert sel["cold_validation"][0.0] == 0.0
-    served = val.score(*val.prior_scales(sel["beta"], sel["beta_cold"], 0.05))
+    assert sel["betas"][0] > 0 and sel["bucket_validation"][0][sel["betas"][0]] == 1.0
+    assert sel["bucket_validation"][0][0.0] == 0.0
+    served = val.score(*val.prior_scales(sel["betas"], 0.05))
     assert served == pytest.approx(1.0) and val.score() == pytest.approx(0.5)
+    # Without activity buckets: cold vs the rest, the same picks.
+    two = val.select_prior(0.05, prior.COLD_EDGES)
+    assert two["betas"] == [sel["betas"][0], 0.0]
 
 
-def test_too_few_cold_users_share_the_warm_beta():
+def test_light_users_get_their_own_beta_too():
+    val = _validation(num_cold=0, num_light=60)  # one fit item each, popular truth
+    sel = val.select_prior(0.05)
+    assert set(sel["bucket_validation"]) == {1, 3}
+    assert sel["betas"][1] > 0 and sel["betas"][3] == 0.0
+    assert val.score(*val.prior_scales(sel["betas"], 0.05)) == pytest.approx(1.0)
+
+
+def test_too_few_users_in_a_bucket_share_the_beta():
     val = _validation(num_cold=prior.MIN_COLD_USERS - 1)
     sel = val.select_prior(0.05)
-    assert sel["cold_validation"] == {} and sel["beta_cold"] == sel["beta"]
+    assert sel["bucket_validation"] == {} and set(sel["betas"]) == {sel["beta"]}
     assert set(sel["validation"]) == set(prior.GRID)  # picked on every user
 
 
@@ -134,4 +158,4 @@ def test_report_names_the_cold_beta(with_cold_prior):
     from trainer.report import prior_line
 
     line = prior_line(with_cold_prior[1])
-    assert "beta 0.5 (config" in line and "cold users (no train event, no history): beta 4" in line, line
+    assert "beta 0.5 (config" in line and "0 items (cold) beta 4, 1 item beta 0.5" in line, line

@@ -10,7 +10,7 @@ module class serves both exports; only the top-k layer differs:
 Both rank by ``q . c`` plus each candidate's popularity prior (trainer/retrieval/prior.py) plus,
 when the run picked one, the ALS blend (trainer/retrieval/als_blend.py): the top-k layer indexes
 ``[c, v, bias]`` (``served_vectors``) and is queried with ``[q, w u, s]`` (``u``: the user id's ALS
-row, zeros for an id ALS has none for; ``s``: the prior's scale, ``prior_scales`` warm or cold);
+row, zeros for an id ALS has none for; ``s``: the prior's scale of the query's activity bucket);
 the ``query_embedding`` and ``candidate_embedding`` signatures return the model's own vectors.
 
 What the module stores besides the towers: the candidate embeddings, biases and ids, each
@@ -51,8 +51,11 @@ class RetrievalModule(tf.Module):
         self.candidate_embeddings = tf.Variable(candidates["embeddings"], trainable=False, name="candidate_embeddings")
         self.candidate_bias = tf.Variable(candidate_bias(candidates), trainable=False, name="candidate_bias")
         # The query's last component: its share of the stored bias, (warm, cold) (trainer/retrieval/prior.py).
+        # Each activity bucket's scale, and where the buckets start (history items; bucket 0: none).
         self.prior_scales = tf.Variable(np.asarray(candidates.get("prior_scales", (1.0, 1.0)), np.float32),
                                         trainable=False, name="prior_scales")
+        self.prior_edges = tf.Variable(np.asarray(candidates.get("prior_edges", (1,)), np.int64), trainable=False,
+                                       name="prior_edges")
         self.unknown_item_embedding = tf.constant(unknown_item_embedding)
         block = candidates.get("als_block")
         self.blended = block is not None
@@ -72,9 +75,14 @@ class RetrievalModule(tf.Module):
 
     def _served_query(self, inputs: dict, query: tf.Tensor, known: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
         """What the top-k layer is queried with: ``[q, w u, s]`` (no ``w u`` without the ALS block);
-        ``s`` the prior's warm scale for a known user or one with a history, else the cold one."""
-        warm = known | tf.reduce_any(tf.not_equal(history, ""), axis=1)
-        scale = tf.where(warm, self.prior_scales[0], self.prior_scales[1])
+        ``s`` the prior's scale of the query's activity bucket, by the history items it resolved to
+        (a known user's stored ones, or those sent; none: the cold bucket)."""
+        items = tf.minimum(tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int64), axis=1),
+                           tf.constant(self.resolver.history_length, tf.int64))  # what the query reads
+        bucket = tf.searchsorted(tf.broadcast_to(self.prior_edges[None, :], [tf.shape(items)[0],
+                                                                            tf.shape(self.prior_edges)[0]]),
+                                 items[:, None], side="right")[:, 0]
+        scale = tf.gather(self.prior_scales, bucket)
         if self.blended:
             rows = self.als_user_table.lookup(inputs[names.USER_ID])
             factors = tf.gather(self.als_user_factors, tf.maximum(rows, 0))

@@ -9,19 +9,20 @@ validation recall. ``beta`` is picked on the validation split after epoch select
 from the training counts the scored split may see (+1 smoothed, so an item never seen in
 training gets the lowest).
 
-Cold users (no train events and no history: nothing the model knows of them) get their own
-beta, ``beta_cold``, picked on the validation split's cold users (users without fit events)
-when it has at least ``MIN_COLD_USERS`` of them, from a grid reaching further toward pure
-popularity (``COLD_GRID``); ``beta`` is then picked on the other validation users. With fewer
-cold users (every per-user or leave-last-one split has none) ``beta_cold = beta``, picked on
-all users as before. Under a global time split a third of MovieLens-1M's eval users are cold
-and popularity ranked their items better than the model's unknown-user query did.
+Users with little activity lean on popularity more than the rest: the beta is picked per
+activity bucket, by the number of history items a query carries (``ACTIVITY_EDGES``; bucket 0
+is the cold users: no train events and no history sent, nothing the model knows of them). A
+bucket with at least ``MIN_COLD_USERS`` validation users (fit events counted) gets its own beta,
+from a grid reaching further toward pure popularity (``COLD_GRID``); the others share ``beta``,
+picked on their users together (on every user when they are fewer than that). Under a global
+time split a third of MovieLens-1M's eval users are cold and popularity ranked their items
+better than the model's unknown-user query did.
 
 Scores are dot products in serving (BruteForce and ScaNN), so the prior is served as one
 more dimension: candidates ``[c, bias]`` against queries ``[q, s]`` (``augment_*``), with
-``bias`` at ``B = max(beta, beta_cold)`` and ``s = beta / B`` for a known user or one who
-sent a history, ``beta_cold / B`` otherwise (``scales``; both 1 when the two are equal). The
-``query_embedding`` and ``candidate_embedding`` signatures keep the model's own vectors.
+``bias`` at ``B`` = the largest beta and ``s`` = the query's bucket's beta / B
+(``bucket_scales``; all 1 when the betas are equal). The ``query_embedding`` and
+``candidate_embedding`` signatures keep the model's own vectors.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ AUTO = -1.0  # trainer.retrieval.popularity_prior: pick beta on validation
 GRID = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 # beta_cold's grid: further toward ranking cold users by popularity alone.
 COLD_GRID = GRID + (4.0, 8.0, 16.0)
-# Fewer cold validation users than this: beta_cold = beta (too few to pick a second value on).
+# Fewer validation users than this in a bucket: it keeps the shared beta (too few to pick on).
 MIN_COLD_USERS = 50
+# Activity buckets by the history items a query carries (capped at the model's history length):
+# 0 (cold) | 1 | 2-3 | 4-7 | 8-15 | 16+ (``trainer.retrieval.popularity_prior_by_activity``);
+# without it only cold (0) | the rest.
+ACTIVITY_EDGES = (1, 2, 4, 8, 16)
+COLD_EDGES = (1,)
 
 
 def log_popularity(counts: np.ndarray) -> np.ndarray:
@@ -57,13 +63,26 @@ def augment_candidates(embeddings: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def scales(beta: float, beta_cold: float) -> tuple[float, float, float]:
-    """(B, warm scale, cold scale): the stored bias is at beta ``B`` = max(beta, beta_cold); a
-    query's last component is its scale, so a warm user's scores carry ``beta`` and a cold one's
-    ``beta_cold``. B 0 (both off): scales 1 over a zero bias."""
-    top = max(beta, beta_cold, 0.0)
+    """(B, warm scale, cold scale): ``bucket_scales`` of the two betas."""
+    top, (cold, warm) = bucket_scales([beta_cold, beta])
+    return top, float(warm), float(cold)
+
+
+def bucket_scales(betas) -> tuple[float, np.ndarray]:
+    """(B, scale per activity bucket): the stored bias is at beta ``B`` = the largest; a query's last
+    component is its bucket's scale, so its scores carry its bucket's beta. B 0 (all off): scales 1
+    over a zero bias."""
+    betas = np.maximum(np.asarray(betas, np.float64), 0.0)
+    top = float(betas.max()) if betas.size else 0.0
     if top <= 0:
-        return 0.0, 1.0, 1.0
-    return top, max(beta, 0.0) / top, max(beta_cold, 0.0) / top
+        return 0.0, np.ones(len(betas), np.float32)
+    return top, (betas / top).astype(np.float32)
+
+
+def activity_buckets(history_items, edges) -> np.ndarray:
+    """int [n]: each query's activity bucket from its number of history items (``edges``: the
+    bucket starts after bucket 0, e.g. ``ACTIVITY_EDGES``; 0 items: bucket 0, the cold users)."""
+    return np.searchsorted(np.asarray(edges), np.asarray(history_items), side="right").astype(np.int64)
 
 
 def augment_queries(queries: np.ndarray, scale=1.0) -> np.ndarray:
@@ -95,3 +114,12 @@ def describe(beta: float, beta_cold: float | None = None) -> str:
     if beta_cold is not None and beta_cold != beta:
         text += f", cold users {'off' if beta_cold <= 0 else f'beta {beta_cold:g}'}"
     return text
+
+
+def bucket_name(b: int, edges) -> str:
+    """An activity bucket's name: ``0 items``, ``1 item``, ``2-3 items``, ``16+ items`` ..."""
+    low = 0 if b == 0 else edges[b - 1]
+    high = edges[b] - 1 if b < len(edges) else None
+    if high is None:
+        return f"{low}+ items"
+    return f"{low} item{'s' if low != 1 else ''}" if low == high else f"{low}-{high} items"

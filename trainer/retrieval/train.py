@@ -116,6 +116,7 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
 
         # Each candidate's fit-split count (the popularity the validation queries may know).
         self.fit_counts = fit[F.ITEM_ID].value_counts().reindex(self.item_ids).fillna(0).to_numpy(np.float64)
+        self.history_cap = max(history_length, data.history_length)  # the most history items a query carries
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(query per task user, candidate per catalogue item) of the model as it is now; None
@@ -129,6 +130,13 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
     def cold(self) -> np.ndarray:
         """bool [task users]: no fit event (the validation twin of a user unknown at serving)."""
         return np.diff(self.task.seen.indptr) == 0
+
+    @property
+    def activity(self) -> np.ndarray:
+        """int [task users]: fit items, capped at the history the queries carry (the serving twin:
+        the history items a request resolves to)."""
+        cap = getattr(self, "history_cap", 0) or np.iinfo(np.int64).max
+        return np.minimum(np.diff(self.task.seen.indptr), cap)
 
     def _metric(self, q: np.ndarray, c: np.ndarray, bias, scale=None, rows=None) -> float:
         """The metric of scores ``q . c + scale_u * bias`` (``scale``: per task user, None = 1;
@@ -148,10 +156,11 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         vectors = self.vectors()
         return 0.0 if vectors is None else self._metric(*vectors, 0.0 if bias is None else bias, scale)
 
-    def prior_scales(self, beta: float, beta_cold: float, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        """(stored bias, per task user scale) serving ``beta`` to warm and ``beta_cold`` to cold users."""
-        top, warm, cold = prior.scales(beta, beta_cold)
-        return prior.item_bias(self.fit_counts, top, temperature), np.where(self.cold, cold, warm)
+    def prior_scales(self, betas, temperature: float, edges=prior.ACTIVITY_EDGES) -> tuple[np.ndarray, np.ndarray]:
+        """(stored bias, per task user scale) serving each activity bucket its beta (``betas``)."""
+        top, scales = prior.bucket_scales(betas)
+        return (prior.item_bias(self.fit_counts, top, temperature),
+                scales[prior.activity_buckets(self.activity, edges)])
 
     def select_blend(self, bias: np.ndarray, scale: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray,
                      grid=als_blend.GRID) -> tuple[float, dict]:
@@ -164,26 +173,31 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         return als_blend.select(lambda w: self._metric(np.concatenate([q, w * user_factors], 1),
                                                        np.concatenate([c, item_factors], 1), bias, scale), grid)
 
-    def select_prior(self, temperature: float) -> dict:
+    def select_prior(self, temperature: float, edges=prior.ACTIVITY_EDGES) -> dict:
         """The popularity prior's betas with the best validation metric (trainer/retrieval/prior.py):
-        ``{"beta", "validation", "beta_cold", "cold_validation", "cold_users"}``. With at least
-        ``prior.MIN_COLD_USERS`` cold validation users, ``beta`` is picked on the others and
-        ``beta_cold`` on them (``prior.COLD_GRID``); otherwise on everyone and ``beta_cold = beta``."""
+        ``{"beta", "validation", "betas", "bucket_validation", "bucket_users", "edges"}``. A bucket
+        of at least ``prior.MIN_COLD_USERS`` validation users gets its own beta, picked on them
+        (``prior.COLD_GRID``); the others share ``beta``, picked on their users together, or on
+        every user when those are fewer than that."""
         vectors = self.vectors()
-        cold = np.flatnonzero(self.cold)
+        nb = len(edges) + 1
+        bucket = prior.activity_buckets(self.activity, edges)
+        users = np.bincount(bucket, minlength=nb)
+        out = {"edges": list(edges), "bucket_users": users.tolist(), "bucket_validation": {}}
         if vectors is None:
-            return {"beta": 0.0, "validation": {}, "beta_cold": 0.0, "cold_validation": {}, "cold_users": len(cold)}
-        if len(cold) < prior.MIN_COLD_USERS:
-            beta, values = prior.select(lambda bias: self._metric(*vectors, bias), self.fit_counts, temperature)
-            return {"beta": beta, "validation": values, "beta_cold": beta, "cold_validation": {},
-                    "cold_users": len(cold)}
-        warm = np.flatnonzero(~self.cold)
-        beta, values = (prior.select(lambda bias: self._metric(*vectors, bias, rows=warm), self.fit_counts,
-                                     temperature) if len(warm) else (0.0, {}))
-        beta_cold, cold_values = prior.select(lambda bias: self._metric(*vectors, bias, rows=cold), self.fit_counts,
-                                              temperature, prior.COLD_GRID)
-        return {"beta": beta, "validation": values, "beta_cold": beta_cold, "cold_validation": cold_values,
-                "cold_users": len(cold)}
+            return {**out, "beta": 0.0, "validation": {}, "betas": [0.0] * nb}
+        own = [b for b in range(nb) if users[b] >= prior.MIN_COLD_USERS]
+        rest = np.flatnonzero(~np.isin(bucket, own))
+        rows = rest if len(rest) >= prior.MIN_COLD_USERS else None
+        beta, values = prior.select(lambda bias: self._metric(*vectors, bias, rows=rows), self.fit_counts,
+                                    temperature)
+        betas = [beta] * nb
+        if len(own) > 1 or (own and rows is not None):  # one bucket of everyone: the shared beta is its own
+            for b in own:
+                betas[b], out["bucket_validation"][b] = prior.select(
+                    lambda bias: self._metric(*vectors, bias, rows=np.flatnonzero(bucket == b)), self.fit_counts,
+                    temperature, prior.COLD_GRID)
+        return {**out, "beta": beta, "validation": values, "betas": betas}
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.score()
@@ -298,29 +312,33 @@ class RetrievalRecipe:
         the same way, given that beta), and the validation metric the served scores reach."""
         config = config or TrainerConfig()
         fixed_cold = None if hp.popularity_prior_cold == prior.AUTO else float(hp.popularity_prior_cold)
+        edges = prior_edges(hp)
         if hp.popularity_prior != prior.AUTO:
             beta = float(hp.popularity_prior)
-            picked = {"beta": beta, "beta_cold": beta if fixed_cold is None else fixed_cold, "picked_on": "config"}
+            picked = {"beta": beta, "betas": [beta] * (len(edges) + 1), "picked_on": "config"}
         elif callback is None:
-            picked = {"beta": 0.0, "beta_cold": fixed_cold or 0.0, "picked_on": "no validation split: off"}
+            picked = {"beta": 0.0, "betas": [0.0] * (len(edges) + 1), "picked_on": "no validation split: off"}
         else:
             started = time.perf_counter()
-            sel = callback.select_prior(hp.temperature)
-            picked = {"beta": sel["beta"], "beta_cold": sel["beta_cold"] if fixed_cold is None else fixed_cold,
-                      "picked_on": "validation", "validation": sel["validation"],
-                      "cold_validation": sel["cold_validation"], "cold_users": sel["cold_users"]}
-            split = (f" on the {callback.task.num_users - sel['cold_users']} warm users; cold users "
-                     f"({sel['cold_users']}, no fit event): "
-                     + ", ".join(f"{b:g}: {v:.4f}" for b, v in sel["cold_validation"].items())
-                     if sel["cold_validation"] else "")
-            log(f"retrieval: popularity prior {prior.describe(picked['beta'], picked['beta_cold'])}, picked on "
-                f"validation {callback.metric} ({', '.join(f'{b:g}: {v:.4f}' for b, v in sel['validation'].items())}"
-                f"{split}; {time.perf_counter() - started:.1f} s)")
+            sel = callback.select_prior(hp.temperature, edges)
+            picked = {**sel, "picked_on": "validation"}
+            own = sel["bucket_validation"]
+            split = ("; own beta in bucket(s) " + ", ".join(
+                f"{prior.bucket_name(b, edges)} ({sel['bucket_users'][b]} users): {sel['betas'][b]:g}" for b in own)
+                if own else "")
+            log(f"retrieval: popularity prior {prior.describe(sel['beta'])}, picked on validation {callback.metric} "
+                f"({', '.join(f'{b:g}: {v:.4f}' for b, v in sel['validation'].items())}){split} "
+                f"({time.perf_counter() - started:.1f} s)")
+        if fixed_cold is not None:
+            picked["betas"][0] = fixed_cold
+        picked["beta_cold"] = picked["betas"][0]
+        picked["edges"] = list(edges)
         served = None
         if callback is not None:  # the served scores' value on all validation users
-            served = callback.score(*callback.prior_scales(picked["beta"], picked["beta_cold"], hp.temperature))
+            served = callback.score(*callback.prior_scales(picked["betas"], hp.temperature, edges))
             picked["served_value"] = served
-        hp = dataclasses.replace(hp, popularity_prior=picked["beta"], popularity_prior_cold=picked["beta_cold"])
+        hp = dataclasses.replace(hp, popularity_prior=picked["beta"], popularity_prior_cold=picked["betas"][0],
+                                 prior_betas=tuple(float(b) for b in picked["betas"]))
         blend = self._pick_als_blend(data, hp, callback, config)
         if blend.get("validation"):
             served = blend["validation"][blend["w"]]
@@ -345,7 +363,7 @@ class RetrievalRecipe:
         except Exception as e:  # noqa: BLE001  as the baseline: never stops the trainer
             log(f"retrieval: ALS blend off: ALS could not be fit on the fit split: {type(e).__name__}: {e}")
             return {"w": 0.0, "picked_on": f"ALS unavailable: off ({type(e).__name__})"}
-        bias, scale = callback.prior_scales(hp.popularity_prior, hp.popularity_prior_cold, hp.temperature)
+        bias, scale = callback.prior_scales(served_betas(hp), hp.temperature, prior_edges(hp))
         grid = als_blend.GRID if hp.als_blend == als_blend.AUTO else (float(hp.als_blend),)
         w, values = callback.select_blend(bias, scale, fit.task_user_factors(), fit.item_factors, grid)
         log(f"retrieval: ALS blend {als_blend.describe(w)}, picked on validation {callback.metric} "
@@ -388,12 +406,12 @@ class RetrievalRecipe:
         train_items = train[F.ITEM_ID].value_counts()
         candidates["counts"] = train_items.reindex(candidates["ids"]).fillna(0).to_numpy(np.float64)
         # The served scores' popularity prior (picked in after_selection; off when unresolved): the
-        # bias at B = max(beta, beta_cold), each query's last component its user's share of it.
-        beta = max(0.0, float(hp.popularity_prior))
-        beta_cold = beta if hp.popularity_prior_cold == prior.AUTO else max(0.0, float(hp.popularity_prior_cold))
-        top, warm_scale, cold_scale = prior.scales(beta, beta_cold)
+        # bias at B = the largest bucket beta, each query's last component its bucket's share of it.
+        beta, betas, edges = max(0.0, float(hp.popularity_prior)), served_betas(hp), prior_edges(hp)
+        top, bucket_scale = prior.bucket_scales(betas)
         candidates["bias"] = bias = prior.item_bias(candidates["counts"], top, hp.temperature)
-        candidates["prior_scales"] = (warm_scale, cold_scale)
+        candidates["prior_scales"] = bucket_scale
+        candidates["prior_edges"] = edges
         history_length = model_history_length(data, hp)
         resolver = QueryResolver(data.tft_layer, model.query_tower, data.layout, data.user_features, data.users,
                                  history_length)
@@ -421,30 +439,32 @@ class RetrievalRecipe:
         candidates["als_block"] = block
         qs = als_blend.served_queries(q, block, None if block is None else hp.als_blend * als_fit.task_user_factors())
         cs = als_blend.served_candidates(emb, block)
-        # Cold: no train event (so no stored history; the first eval event's history is empty too).
-        scale = np.where(np.diff(task.seen.indptr) == 0, cold_scale, warm_scale).astype(np.float32)
+        # Activity: train items, capped at the history a query carries (0: no stored history, and the
+        # first eval event's history is empty too).
+        activity = np.minimum(np.diff(task.seen.indptr), history_length)
+        scale = bucket_scale[prior.activity_buckets(activity, edges)]
         model_metrics, ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: qs[r] @ cs.T + scale[r, None] * bias[None, :], ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
         popularity, pop_ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: np.broadcast_to(pop, (len(r), len(pop))), ks=KS)
         metrics = {"model": model_metrics, "popularity": popularity, "als": als,
-                   "num_eval_users": int(task.num_users), "popularity_prior": beta, "popularity_prior_cold": beta_cold,
+                   "num_eval_users": int(task.num_users), "popularity_prior": beta, "popularity_prior_cold": betas[0],
+                   "popularity_prior_buckets": {"edges": list(edges), "betas": list(betas)},
                    "als_blend": 0.0 if block is None else block.weight}
         if top > 0 or block is not None:  # what the prior and the blend changed, on the same task
             metrics["model_without_prior"] = retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ emb.T, ks=KS)
         if block is not None:
             metrics["model_without_als"] = retrieval_metrics.evaluate_scores(
                 task, lambda r: q[r] @ emb.T + scale[r, None] * bias[None, :], ks=KS)
-        train_users = set(train[F.USER_ID])
 
         def served_query(columns: dict) -> np.ndarray:  # raw query columns -> [q, w u, s], as served
             users = as_str(columns[F.USER_ID])
             history = np.asarray(columns[F.HISTORY_ITEM_IDS]).reshape(len(users), -1)
-            warm = np.array([u in train_users for u in users]) | (history != b"").any(axis=1)
+            items = np.minimum((history != b"").sum(axis=1), history_length)
             served = als_blend.served_queries(embed(columns), block,
                                               None if block is None else block.query_rows(columns[F.USER_ID]))
-            return prior.augment_queries(served, np.where(warm, warm_scale, cold_scale))
+            return prior.augment_queries(served, bucket_scale[prior.activity_buckets(items, edges)])
         run_files = {}
         if config.evaluation.enabled:
             ranked = {"model": ranked, "popularity": pop_ranked}
@@ -482,6 +502,22 @@ class RetrievalRecipe:
 
 
 RECIPE = RetrievalRecipe()
+
+
+def prior_edges(hp) -> tuple:
+    """The popularity prior's activity buckets (trainer/retrieval/prior.py)."""
+    return prior.ACTIVITY_EDGES if hp.popularity_prior_by_activity else prior.COLD_EDGES
+
+
+def served_betas(hp) -> list[float]:
+    """The beta of each activity bucket as resolved in after_selection; unresolved: ``popularity_prior``
+    for every bucket, ``popularity_prior_cold`` for bucket 0 when set."""
+    edges = prior_edges(hp)
+    if hp.prior_betas and len(hp.prior_betas) == len(edges) + 1:
+        return [max(0.0, float(b)) for b in hp.prior_betas]
+    beta = max(0.0, float(hp.popularity_prior))
+    cold = beta if hp.popularity_prior_cold == prior.AUTO else max(0.0, float(hp.popularity_prior_cold))
+    return [cold] + [beta] * len(edges)
 
 
 def fmt_metrics(m: dict) -> str:
