@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from serving import names
 from trainer import features as F
-from trainer.hparams import ConfigError, trainer_config
+from trainer.hparams import trainer_config
 from trainer.retrieval import als_blend
+from tests.support.retrieval_requests import assert_picked_on_grid, query_inputs, recommend_inputs, scann_beside
 
 
 def test_select_takes_the_best_w_and_the_smaller_on_ties():
@@ -30,21 +31,12 @@ def test_block_rows_by_user_id_and_the_served_dot_product():
     assert als_blend.served_queries(q, None, None).shape == (3, 4)  # no block: the model's own vectors
 
 
-def test_config_accepts_auto_off_or_a_weight_only():
-    assert trainer_config({}).retrieval.als_blend == als_blend.AUTO
-    assert trainer_config({"retrieval": {"als_blend": 0.5}}).retrieval.als_blend == 0.5
-    with pytest.raises(ConfigError, match="als_blend"):
-        trainer_config({"retrieval": {"als_blend": -2}})
-
-
 def test_default_run_picks_w_on_validation_after_the_prior(trained_retrieval):
     _, metrics, _ = trained_retrieval
     picked = metrics["selection"]["als_blend"]
     assert picked["picked_on"] == "validation"
     values = {float(w): v for w, v in picked["validation"].items()}
-    assert set(values) == set(als_blend.GRID)
-    best = max(values.values())
-    assert picked["w"] == min(w for w, v in values.items() if v == best)
+    assert_picked_on_grid(values, picked["w"], als_blend.GRID)
     assert metrics["als_blend"] == picked["w"]
     assert metrics["selection"]["served_value"] == values[picked["w"]]
     # w 0 is the prior's pick: the same scores, the same value.
@@ -69,14 +61,8 @@ def with_blend(tiny_pipeline, tmp_path_factory):
 
 
 def _request(user_ids, side, k):
-    n = len(user_ids)
-    inputs = {names.USER_ID: tf.constant(user_ids), names.HISTORY_ITEM_IDS: tf.constant([[b""]] * n),
-              names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
-              names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n)}
-    for key, kind in side.items():
-        if key.startswith(F.USER_FEATURE_PREFIX):
-            inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
-    return inputs, {**inputs, names.K: tf.constant([k] * n, tf.int32), names.EXCLUDE_HISTORY: tf.constant([False] * n)}
+    query = query_inputs(user_ids, side)
+    return query, recommend_inputs(query, k)
 
 
 def _train_fit(tiny_pipeline, ids):
@@ -126,17 +112,8 @@ def test_served_scores_are_dot_product_plus_w_times_als(with_blend, tiny_pipelin
 
 
 def test_scann_export_serves_the_same_blend(with_blend, tiny_pipeline, tmp_path):
-    import scann  # noqa: F401
-
-    from trainer.retrieval.index import build_scann_export
-
     out, _, side = with_blend
-    bf_dir = str(out / "serving")
-    queries = np.load(out / "run" / "eval_queries.npy")
-    bf = tf.saved_model.load(bf_dir)
-    n = int(bf.candidate_ids.shape[0])
-    build_scann_export(bf_dir, str(tmp_path / "scann"), queries, max_k=10, fetch_k=n, recall_floor=0.9)
-    scann_model = tf.saved_model.load(str(tmp_path / "scann"))
+    scann_model, bf = scann_beside(out, tmp_path / "scann")
     served = _check_served_scores(scann_model, bf, side, _train_fit(tiny_pipeline, bf.candidate_ids.numpy()))
     _, inputs = _request([b"u1", b"u2", b"nobody"], side, 10)
     np.testing.assert_array_equal(served[names.OUT_ITEM_IDS],

@@ -8,8 +8,9 @@ import tensorflow as tf
 
 from serving import names
 from trainer import features as F
-from trainer.hparams import ConfigError, trainer_config
+from trainer.hparams import trainer_config
 from trainer.retrieval import metrics as M, prior
+from tests.support.retrieval_requests import query_inputs, recommend_inputs
 
 
 def test_scales_share_one_stored_bias():
@@ -22,8 +23,6 @@ def test_scales_share_one_stored_bias():
     np.testing.assert_allclose(got, [bias, 0.25 * bias])
     np.testing.assert_allclose(prior.augment_query_tensor(tf.constant(q, tf.float32), tf.constant([1.0, 0.25])).numpy(),
                                prior.augment_queries(q, [1.0, 0.25]))
-    with pytest.raises(ConfigError, match="popularity_prior_cold"):
-        trainer_config({"retrieval": {"popularity_prior_cold": -3}})
 
 
 def _validation(num_cold: int, num_light: int = 0):
@@ -111,19 +110,6 @@ def with_cold_prior(tiny_pipeline, tmp_path_factory):
     return out, metrics, side
 
 
-def _inputs(users, histories, side):
-    n = len(users)
-    width = max(1, max(len(h) for h in histories))
-    inputs = {names.USER_ID: tf.constant(users),
-              names.HISTORY_ITEM_IDS: tf.constant([list(h) + [b""] * (width - len(h)) for h in histories]),
-              names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
-              names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n)}
-    for key, kind in side.items():
-        if key.startswith(F.USER_FEATURE_PREFIX):
-            inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
-    return inputs
-
-
 def test_served_scores_carry_the_cold_beta_for_cold_requests_only(with_cold_prior, tiny_pipeline):
     from trainer import raw_data
 
@@ -138,9 +124,8 @@ def test_served_scores_carry_the_cold_beta_for_cold_requests_only(with_cold_prio
     log_p = dict(zip(ids, prior.log_popularity(counts)))
     # A known user, an unknown one with no history (cold), an unknown one who sends a history (warm).
     users, histories = [b"u1", b"nobody", b"nobody"], [[], [], [ids[0]]]
-    query = _inputs(users, histories, side)
-    out_ = model.signatures[names.RECOMMEND_SIGNATURE](**query, **{names.K: tf.constant([10] * 3, tf.int32),
-                                                              names.EXCLUDE_HISTORY: tf.constant([False] * 3)})
+    query = query_inputs(users, side, histories)
+    out_ = model.signatures[names.RECOMMEND_SIGNATURE](**recommend_inputs(query, 10))
     q = model.signatures[names.QUERY_EMBEDDING_SIGNATURE](**query)[names.OUT_EMBEDDING].numpy()
     for row, beta in enumerate((0.5, 4.0, 0.5)):
         top = out_[names.OUT_ITEM_IDS].numpy()[row]

@@ -8,6 +8,7 @@ from serving import names
 from trainer import features as F
 from trainer.hparams import ConfigError, trainer_config
 from trainer.retrieval import prior
+from tests.support.retrieval_requests import assert_picked_on_grid, query_inputs, recommend_inputs, scann_beside
 
 
 def test_bias_is_a_share_of_log_popularity_in_score_units():
@@ -37,11 +38,12 @@ def test_select_takes_the_best_beta_and_the_smaller_on_ties():
     assert beta == 0.0
 
 
-def test_config_accepts_auto_off_or_a_beta_only():
-    assert trainer_config({}).retrieval.popularity_prior == prior.AUTO
-    assert trainer_config({"retrieval": {"popularity_prior": 0.75}}).retrieval.popularity_prior == 0.75
-    with pytest.raises(ConfigError, match="popularity_prior"):
-        trainer_config({"retrieval": {"popularity_prior": -0.5}})
+@pytest.mark.parametrize("key", ["popularity_prior", "popularity_prior_cold", "als_blend"])
+def test_config_accepts_auto_off_or_a_value_only(key):
+    assert getattr(trainer_config({}).retrieval, key) == prior.AUTO
+    assert getattr(trainer_config({"retrieval": {key: 0.75}}).retrieval, key) == 0.75
+    with pytest.raises(ConfigError, match=key):
+        trainer_config({"retrieval": {key: -0.5}})
 
 
 def test_default_run_picks_the_prior_on_validation(trained_retrieval):
@@ -49,9 +51,7 @@ def test_default_run_picks_the_prior_on_validation(trained_retrieval):
     picked = metrics["selection"]["popularity_prior"]
     assert picked["picked_on"] == "validation"
     values = {float(b): v for b, v in picked["validation"].items()}
-    assert set(values) == set(prior.GRID)
-    best = max(values.values())
-    assert picked["beta"] == min(b for b, v in values.items() if v == best)
+    assert_picked_on_grid(values, picked["beta"], prior.GRID)
     assert metrics["popularity_prior"] == picked["beta"]
     # No cold users to split out here: the cold users share the beta, the served value is its value.
     assert picked["beta_cold"] == picked["beta"] == metrics["popularity_prior_cold"]
@@ -72,14 +72,8 @@ def with_prior(tiny_pipeline, tmp_path_factory):
 
 
 def _request(user_ids, side, k):
-    n = len(user_ids)
-    inputs = {names.USER_ID: tf.constant(user_ids), names.HISTORY_ITEM_IDS: tf.constant([[b""]] * n),
-              names.HOUR_OF_DAY: tf.constant([-1] * n, tf.int64), names.DAY_OF_WEEK: tf.constant([-1] * n, tf.int64),
-              names.HOURS_SINCE_PREV_EVENT: tf.constant([-1.0] * n)}
-    for key, kind in side.items():
-        if key.startswith(F.USER_FEATURE_PREFIX):
-            inputs[key] = tf.constant([np.nan] * n, tf.float32) if kind == F.NUMERIC else tf.constant([b""] * n)
-    return inputs, {**inputs, names.K: tf.constant([k] * n, tf.int32), names.EXCLUDE_HISTORY: tf.constant([False] * n)}
+    query = query_inputs(user_ids, side)
+    return query, recommend_inputs(query, k)
 
 
 def _check_served_scores(model, query_model, side, bias_by_id):
@@ -113,17 +107,8 @@ def test_served_scores_are_dot_product_plus_the_prior(with_prior, tiny_pipeline)
 
 
 def test_scann_export_serves_the_same_prior(with_prior, tmp_path):
-    import scann  # noqa: F401
-
-    from trainer.retrieval.index import build_scann_export
-
     out, _, side = with_prior
-    bf_dir = str(out / "serving")
-    queries = np.load(out / "run" / "eval_queries.npy")
-    bf = tf.saved_model.load(bf_dir)
-    n = int(bf.candidate_ids.shape[0])
-    build_scann_export(bf_dir, str(tmp_path / "scann"), queries, max_k=10, fetch_k=n, recall_floor=0.9)
-    scann_model = tf.saved_model.load(str(tmp_path / "scann"))
+    scann_model, bf = scann_beside(out, tmp_path / "scann")
     _check_served_scores(scann_model, bf, side, dict(zip(bf.candidate_ids.numpy(), bf.candidate_bias.numpy())))
     _, inputs = _request([b"u1", b"u2"], side, 10)
     np.testing.assert_array_equal(scann_model.signatures[names.RECOMMEND_SIGNATURE](**inputs)[names.OUT_ITEM_IDS],
