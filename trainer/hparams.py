@@ -94,9 +94,11 @@ class RetrievalHParams:
     # split's cold users when it has enough of them (else the same as popularity_prior; a fixed
     # popularity_prior keeps it), 0 = off, > 0 = that beta.
     popularity_prior_cold: float = -1.0
-    # -1 above picks a beta per activity bucket (history items 0 | 1 | 2-3 | 4-7 | 8-15 | 16+) with
-    # enough validation users; false: only cold users vs the rest.
-    popularity_prior_by_activity: bool = True
+    # -1 above picks a beta for the cold users (no history) and one for the rest; true: one per
+    # activity bucket (history items 0 | 1 | 2-3 | 4-7 | 8-15 | 16+) with enough validation users
+    # (not the default: no measured gain over cold vs the rest; README "ALS blend and the cold
+    # users' prior").
+    popularity_prior_by_activity: bool = False
     # Set by the trainer (each bucket's picked beta, in metrics.json); leave empty.
     prior_betas: tuple[float, ...] = ()
     # Served scores add w * (ALS user . ALS item) for users the classical baseline's ALS

@@ -69,6 +69,7 @@ def test_cold_users_get_their_own_beta_picked_on_them():
     sel = val.select_prior(0.05)
     assert sel["bucket_users"][0] == 60 and sel["bucket_users"][3] == 60
     assert set(sel["bucket_validation"]) == {0, 3} and set(sel["bucket_validation"][0]) == set(prior.COLD_GRID)
+    assert set(sel["bucket_validation"][3]) == set(prior.GRID)
     # The warm users' truth is what their query points at: no beta changes it, ties keep 0.
     assert sel["betas"][3] == 0.0
     # The cold users' truth is popular: the smallest beta that lets popularity win is picked.
@@ -143,4 +144,4 @@ def test_report_names_the_cold_beta(with_cold_prior):
     from trainer.report import prior_line
 
     line = prior_line(with_cold_prior[1])
-    assert "beta 0.5 (config" in line and "0 items (cold) beta 4, 1 item beta 0.5" in line, line
+    assert "beta 0.5 (config" in line and "0 items (cold) beta 4, 1+ items beta 0.5" in line, line

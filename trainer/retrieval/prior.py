@@ -11,9 +11,10 @@ training gets the lowest).
 
 Users with little activity lean on popularity more than the rest: the beta is picked per
 activity bucket, by the number of history items a query carries (``ACTIVITY_EDGES``; bucket 0
-is the cold users: no train events and no history sent, nothing the model knows of them). A
-bucket with at least ``MIN_COLD_USERS`` validation users (fit events counted) gets its own beta,
-from a grid reaching further toward pure popularity (``COLD_GRID``); the others share ``beta``,
+is the cold users: no train events and no history sent, nothing the model knows of them; by
+default only cold | the rest, ``COLD_EDGES``). A bucket with at least ``MIN_COLD_USERS``
+validation users (fit events counted) gets its own beta, the cold bucket's from a grid reaching
+further toward pure popularity (``COLD_GRID``); the others share ``beta``,
 picked on their users together (on every user when they are fewer than that). Under a global
 time split a third of MovieLens-1M's eval users are cold and popularity ranked their items
 better than the model's unknown-user query did.

@@ -177,8 +177,8 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         """The popularity prior's betas with the best validation metric (trainer/retrieval/prior.py):
         ``{"beta", "validation", "betas", "bucket_validation", "bucket_users", "edges"}``. A bucket
         of at least ``prior.MIN_COLD_USERS`` validation users gets its own beta, picked on them
-        (``prior.COLD_GRID``); the others share ``beta``, picked on their users together, or on
-        every user when those are fewer than that."""
+        (``prior.COLD_GRID`` for the cold bucket, ``prior.GRID`` for the others); the others share
+        ``beta``, picked on their users together, or on every user when those are fewer than that."""
         vectors = self.vectors()
         nb = len(edges) + 1
         bucket = prior.activity_buckets(self.activity, edges)
@@ -193,10 +193,10 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
                                     temperature)
         betas = [beta] * nb
         if len(own) > 1 or (own and rows is not None):  # one bucket of everyone: the shared beta is its own
-            for b in own:
+            for b in own:  # the cold bucket's grid reaches further toward popularity alone
                 betas[b], out["bucket_validation"][b] = prior.select(
                     lambda bias: self._metric(*vectors, bias, rows=np.flatnonzero(bucket == b)), self.fit_counts,
-                    temperature, prior.COLD_GRID)
+                    temperature, prior.COLD_GRID if b == 0 else prior.GRID)
         return {**out, "beta": beta, "validation": values, "betas": betas}
 
     def on_epoch_end(self, epoch, logs=None):
