@@ -202,7 +202,7 @@ def candidate_bias(candidates: dict) -> np.ndarray:
 
 def served_candidates(embeddings: np.ndarray, bias: np.ndarray, block=None) -> np.ndarray:
     """What the top-k layers index: ``[c, v, bias]`` per candidate (queried with ``[q, w u, 1]``;
-    ``block``: the ``als_blend.AlsBlock``, None: ``[c, bias]`` against ``[q, 1]``)."""
+    ``block``: the ``als_blend.AlsBlock``, None: ``[c, bias]`` against ``[q, s]``)."""
     return prior.augment_candidates(als_blend.served_candidates(embeddings, block), bias)
 
 
