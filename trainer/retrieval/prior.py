@@ -15,7 +15,9 @@ is the cold users: no train events and no history sent, nothing the model knows 
 default only cold | the rest, ``COLD_EDGES``). A bucket with at least ``MIN_COLD_USERS``
 validation users (fit events counted) gets its own beta, the cold bucket's from a grid reaching
 further toward pure popularity (``COLD_GRID``); the others share ``beta``,
-picked on their users together (on every user when they are fewer than that). Under a global
+picked on their users together (on every user when those are fewer than that); when fewer
+than two buckets could have their own and the rest is too small to pick on, every bucket
+shares one ``beta``, picked on every user. Under a global
 time split a third of MovieLens-1M's eval users are cold and popularity ranked their items
 better than the model's unknown-user query did.
 

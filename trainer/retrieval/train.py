@@ -178,7 +178,9 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         ``{"beta", "validation", "betas", "bucket_validation", "bucket_users", "edges"}``. A bucket
         of at least ``prior.MIN_COLD_USERS`` validation users gets its own beta, picked on them
         (``prior.COLD_GRID`` for the cold bucket, ``prior.GRID`` for the others); the others share
-        ``beta``, picked on their users together, or on every user when those are fewer than that."""
+        ``beta``, picked on their users together, or on every user when those are fewer than that.
+        When only one bucket is large enough and the rest is too small to pick on, every bucket
+        shares ``beta`` (picked on every user)."""
         vectors = self.vectors()
         nb = len(edges) + 1
         bucket = prior.activity_buckets(self.activity, edges)
