@@ -104,8 +104,8 @@ def _ours(train_events, task, bcfg, trainer_overrides: dict):
     q = queries[[row[u] for u in task.user_ids]]
     # [q, w u, s] . [c, v, bias]; s: the prior's scale of the user's activity bucket (train items,
     # capped at the history the query reads; 0: cold).
-    from trainer.retrieval.prior import activity_buckets
+    from trainer.retrieval.prior import activity_buckets, task_activity
 
-    activity = np.minimum(np.diff(task.seen.indptr), cap)
-    q = np.concatenate([q, scales[activity_buckets(activity, edges)].astype(np.float32)[:, None]], axis=1)
+    buckets = activity_buckets(task_activity(task, cap), edges)
+    q = np.concatenate([q, scales[buckets].astype(np.float32)[:, None]], axis=1)
     return lambda rows: q[rows] @ cand.T

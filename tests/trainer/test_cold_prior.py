@@ -14,10 +14,10 @@ from tests.support.retrieval_requests import query_inputs, recommend_inputs
 
 
 def test_scales_share_one_stored_bias():
-    assert prior.scales(0.5, 4.0) == (4.0, 0.125, 1.0)
-    assert prior.scales(1.0, 1.0) == (1.0, 1.0, 1.0)
-    assert prior.scales(0.0, 0.0) == (0.0, 1.0, 1.0)
-    assert prior.scales(2.0, 0.0) == (2.0, 1.0, 0.0)
+    for (cold, warm), want in {(4.0, 0.5): (4.0, [1.0, 0.125]), (1.0, 1.0): (1.0, [1.0, 1.0]),
+                               (0.0, 0.0): (0.0, [1.0, 1.0]), (0.0, 2.0): (2.0, [0.0, 1.0])}.items():
+        top, got = prior.bucket_scales([cold, warm])
+        assert top == want[0] and got.tolist() == want[1]
     q, c, bias = np.ones((2, 3)), np.zeros((4, 3)), np.arange(4.0)
     got = prior.augment_queries(q, [1.0, 0.25]) @ prior.augment_candidates(c, bias).T
     np.testing.assert_allclose(got, [bias, 0.25 * bias])
@@ -65,7 +65,7 @@ def test_bucket_names_and_assignment():
 
 def test_cold_users_get_their_own_beta_picked_on_them():
     val = _validation(num_cold=60)
-    assert val.cold.sum() == 60
+    assert (val.activity == 0).sum() == 60
     sel = val.select_prior(0.05)
     assert sel["bucket_users"][0] == 60 and sel["bucket_users"][3] == 60
     assert set(sel["bucket_validation"]) == {0, 3} and set(sel["bucket_validation"][0]) == set(prior.COLD_GRID)

@@ -65,12 +65,6 @@ def augment_candidates(embeddings: np.ndarray, bias: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(embeddings, np.float32), np.asarray(bias, np.float32)[:, None]], axis=1)
 
 
-def scales(beta: float, beta_cold: float) -> tuple[float, float, float]:
-    """(B, warm scale, cold scale): ``bucket_scales`` of the two betas."""
-    top, (cold, warm) = bucket_scales([beta_cold, beta])
-    return top, float(warm), float(cold)
-
-
 def bucket_scales(betas) -> tuple[float, np.ndarray]:
     """(B, scale per activity bucket): the stored bias is at beta ``B`` = the largest; a query's last
     component is its bucket's scale, so its scores carry its bucket's beta. B 0 (all off): scales 1
@@ -80,6 +74,13 @@ def bucket_scales(betas) -> tuple[float, np.ndarray]:
     if top <= 0:
         return 0.0, np.ones(len(betas), np.float32)
     return top, (betas / top).astype(np.float32)
+
+
+def task_activity(task, cap: int) -> np.ndarray:
+    """int [task users]: each evaluated user's train (or fit) items, capped at ``cap``, the history
+    a query reads (cap <= 0: uncapped); the twin of the history items a served query resolves to."""
+    seen = np.diff(task.seen.indptr)
+    return np.minimum(seen, cap) if cap > 0 else seen
 
 
 def activity_buckets(history_items, edges) -> np.ndarray:

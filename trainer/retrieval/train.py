@@ -127,28 +127,19 @@ class ValidationRetrieval(tf.keras.callbacks.Callback):
         return q, self.retrieval.candidate_tower(self.item_inputs, training=False).numpy()
 
     @property
-    def cold(self) -> np.ndarray:
-        """bool [task users]: no fit event (the validation twin of a user unknown at serving)."""
-        return np.diff(self.task.seen.indptr) == 0
-
-    @property
     def activity(self) -> np.ndarray:
-        """int [task users]: fit items, capped at the history the queries carry (the serving twin:
-        the history items a request resolves to)."""
-        cap = getattr(self, "history_cap", 0) or np.iinfo(np.int64).max
-        return np.minimum(np.diff(self.task.seen.indptr), cap)
+        """int [task users]: fit items, capped at the history the queries carry (0: a cold user)."""
+        return prior.task_activity(self.task, getattr(self, "history_cap", 0))
 
     def _metric(self, q: np.ndarray, c: np.ndarray, bias, scale=None, rows=None) -> float:
         """The metric of scores ``q . c + scale_u * bias`` (``scale``: per task user, None = 1;
         ``bias``: [N] or 0), over every task user or only ``rows`` (sorted)."""
-        bias = np.asarray(bias, np.float32)
+        bias = np.asarray(bias, np.float32).reshape(1, -1)  # [1, N], or [1, 1] for a number
         scale = np.ones(len(q), np.float32) if scale is None else np.asarray(scale, np.float32)
         task = self.task
         if rows is not None:
             task, q, scale = task.subset(rows), q[rows], scale[rows]
-        if bias.ndim == 0:
-            return retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ c.T + bias, ks=(self.k,))[self.metric]
-        return retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ c.T + scale[r, None] * bias[None, :],
+        return retrieval_metrics.evaluate_scores(task, lambda r: q[r] @ c.T + scale[r, None] * bias,
                                                  ks=(self.k,))[self.metric]
 
     def score(self, bias: np.ndarray | None = None, scale=None) -> float:
@@ -443,8 +434,7 @@ class RetrievalRecipe:
         cs = als_blend.served_candidates(emb, block)
         # Activity: train items, capped at the history a query carries (0: no stored history, and the
         # first eval event's history is empty too).
-        activity = np.minimum(np.diff(task.seen.indptr), history_length)
-        scale = bucket_scale[prior.activity_buckets(activity, edges)]
+        scale = bucket_scale[prior.activity_buckets(prior.task_activity(task, history_length), edges)]
         model_metrics, ranked = retrieval_metrics.evaluate_and_rank(
             task, lambda r: qs[r] @ cs.T + scale[r, None] * bias[None, :], ks=KS)
         pop = np.asarray(candidates["counts"], dtype=np.float64)
